@@ -16,6 +16,7 @@ from edgeray.io.dxchange import (
 )
 from edgeray.io.errors import EdgeRayFormatError
 from edgeray.io.geometry import EV_J, HC_EV_M, PtychoGeometry
+from edgeray.io.inspect import inspect
 from edgeray.io.product import Product, read_product, write_product
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "PtychoScan",
     "TomoScan",
     "detect_kind",
+    "inspect",
     "read_cxi",
     "read_dxchange",
     "read_product",

@@ -150,7 +150,7 @@ class CXIFile:
                 what = [w for w, on in (("transposed", t), ("rows flipped", fr), ("columns flipped", fc)) if on]
                 self.assumptions.append(
                     "basis_vectors put detector rows/columns against EdgeRay's +y/+x: frames and mask are "
-                    f"{', '.join(what)} on read (use follow_basis=False / --ignore-basis to keep them as stored)"
+                    f"{', '.join(what)} on read (--ignore-basis keeps them as stored)"
                 )
             elif t or fr or fc:
                 self.assumptions.append("basis_vectors differ from +y/+x but are ignored as asked")

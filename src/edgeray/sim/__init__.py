@@ -7,6 +7,7 @@ from edgeray.sim.probes import focused_probe, gaussian_probe, probe_from_file
 from edgeray.sim.ptycho import (
     PtychoSimConfig,
     exit_waves,
+    far_field,
     far_field_intensity,
     positions_m_to_px,
     shifted_probes,
@@ -25,6 +26,7 @@ __all__ = [
     "beam_profile",
     "concentric_scan",
     "exit_waves",
+    "far_field",
     "far_field_intensity",
     "fermat_spiral",
     "foam",

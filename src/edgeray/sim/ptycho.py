@@ -98,8 +98,16 @@ def exit_waves(obj: np.ndarray, probe: np.ndarray, positions_px: np.ndarray) -> 
     return shifted_probes(probe, corner - first) * patches[:, None]
 
 
+def far_field(waves: np.ndarray) -> np.ndarray:
+    """Far-field wave ``fftshift(fft2(wave))`` (numpy's unnormalized forward FFT, zero frequency at the centre).
+
+    Detector row ``H/2 + k`` holds spatial frequency ``k / H`` cycles per object pixel along y; columns likewise x.
+    """
+    return np.fft.fftshift(np.fft.fft2(waves), axes=(-2, -1))
+
+
 def far_field_intensity(waves: np.ndarray) -> np.ndarray:
-    """``sum_modes |fftshift(fft2(wave))|^2`` (numpy forward FFT, zero frequency at the centre).
+    """``sum_modes |fftshift(fft2(wave))|^2``: the intensities a detector records.
 
     Args:
         waves: ``(..., modes, H, W)`` complex exit waves.
@@ -107,7 +115,7 @@ def far_field_intensity(waves: np.ndarray) -> np.ndarray:
     Returns:
         ``(..., H, W)`` float64 intensities; by Parseval their sum is ``H * W * sum |wave|^2``.
     """
-    far = np.fft.fftshift(np.fft.fft2(waves), axes=(-2, -1))
+    far = far_field(waves)
     return (far.real**2 + far.imag**2).sum(axis=-3)
 
 

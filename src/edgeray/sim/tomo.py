@@ -43,11 +43,12 @@ class TomoSimConfig:
 
 
 def beam_profile(n_rows: int, n_cols: int, rng: np.random.Generator) -> np.ndarray:
-    """Open-beam intensity shape ``(rows, cols)``, mean about 1: a smooth bump times a 2% pixel-gain pattern."""
+    """Open-beam intensity shape ``(rows, cols)`` of mean 1: a smooth bump times a 2% pixel-gain pattern."""
     x = np.linspace(-1, 1, n_cols)
     bump = 0.85 + 0.15 * np.exp(-(x**2) / 0.5)
     gain = 1.0 + 0.02 * rng.standard_normal((n_rows, n_cols))
-    return bump[None, :] * gain
+    profile = bump[None, :] * gain
+    return profile / profile.mean()
 
 
 def simulate_tomo(config: TomoSimConfig) -> TomoScan:

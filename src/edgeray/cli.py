@@ -1,0 +1,327 @@
+"""The ``edgeray`` command: one sub-command group per package.
+
+Every command that computes writes a JSON summary beside its output (``-o scan.cxi`` -> ``scan.json``) with
+``seconds`` of compute and ``frames_per_s`` where it applies. Errors in input files are reported as
+``error: FILE: DATASET: what is wrong`` with exit status 2; nothing already written is lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from edgeray import __version__
+from edgeray.io import EdgeRayFormatError, inspect, write_cxi, write_dxchange
+from edgeray.io._h5util import COMPRESSIONS
+from edgeray.sim import PHANTOMS, SCANS, PtychoSimConfig, TomoSimConfig, simulate_ptycho, simulate_tomo
+
+console = Console(stderr=True)
+
+
+@contextmanager
+def progress_bar(description: str, total: int | None):
+    """A rich progress bar on stderr; yields ``update(done, total=None)``."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda done, total=None: bar.update(task, completed=done, total=total or bar.tasks[0].total)
+
+
+def summary_path(output: Path) -> Path:
+    """``out.h5`` -> ``out.json``: where a command's JSON summary goes."""
+    return output.with_suffix(".json")
+
+
+def write_summary(output: Path, summary: dict) -> Path:
+    path = summary_path(output)
+    path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- simulate
+def cmd_simulate_ptycho(args: argparse.Namespace) -> int:
+    config = PtychoSimConfig(
+        frame_size=args.frame_size,
+        scan=args.scan,
+        n_positions=args.n_positions,
+        step_px=args.step_px,
+        jitter_px=args.jitter_px,
+        photons=args.photons,
+        object=args.object,
+        probe=args.probe,
+        probe_diameter_px=args.probe_diameter_px,
+        energy_eV=args.energy_ev,
+        distance_m=args.distance_m,
+        detector_pixel_m=args.detector_pixel_m,
+        beamstop_px=args.beamstop_px,
+        saturation=args.saturation,
+        seed=args.seed,
+    )
+    start = time.perf_counter()
+    with progress_bar("simulating frames", config.n_positions) as update:
+        scan = simulate_ptycho(config, progress=update)
+    seconds = time.perf_counter() - start
+    write_cxi(args.output, scan, compression=args.compression)
+    summary = {
+        "command": "simulate ptycho",
+        "output": str(args.output),
+        "seconds": seconds,
+        "frames_per_s": config.n_positions / seconds,
+        "n_frames": scan.n_frames,
+        "frame_shape": list(scan.frames.shape[1:]),
+        "dtype": str(scan.frames.dtype),
+        "object_shape": list(scan.ground_truth.object.shape),
+        "object_pixel_size_m": list(scan.geometry.object_pixel_size_m),
+        "mean_counts_per_frame": float(scan.frames.sum(axis=(1, 2)).mean()),
+        "config": asdict(config),
+    }
+    write_summary(args.output, summary)
+    console.print(
+        f"[green]wrote[/] {args.output}: {scan.n_frames} frames of {config.frame_size}x{config.frame_size}, "
+        f"object {scan.ground_truth.object.shape[0]}x{scan.ground_truth.object.shape[1]} px "
+        f"({seconds:.2f} s, {summary['frames_per_s']:.0f} frames/s)"
+    )
+    _maybe_preview(args)
+    return 0
+
+
+def cmd_simulate_tomo(args: argparse.Namespace) -> int:
+    config = TomoSimConfig(
+        phantom=args.phantom,
+        size=args.size,
+        slices=args.slices,
+        angles=args.angles,
+        photons=args.photons,
+        max_attenuation=args.max_attenuation,
+        rings=args.rings,
+        seed=args.seed,
+    )
+    start = time.perf_counter()
+    with console.status("simulating projections"):
+        scan = simulate_tomo(config)
+    seconds = time.perf_counter() - start
+    write_dxchange(args.output, scan, compression=args.compression)
+    summary = {
+        "command": "simulate tomo",
+        "output": str(args.output),
+        "seconds": seconds,
+        "frames_per_s": config.angles / seconds,
+        "projections_shape": list(scan.projections.shape),
+        "dtype": str(scan.projections.dtype),
+        "config": asdict(config),
+    }
+    write_summary(args.output, summary)
+    console.print(
+        f"[green]wrote[/] {args.output}: {config.angles} projections of {config.slices}x{config.size} "
+        f"({config.phantom} phantom, {seconds:.2f} s)"
+    )
+    _maybe_preview(args)
+    return 0
+
+
+def _maybe_preview(args: argparse.Namespace) -> None:
+    if getattr(args, "preview", None):
+        from edgeray.viz import save_preview
+
+        save_preview(args.output, args.preview)
+        console.print(f"[green]wrote[/] {args.preview}")
+
+
+# ---------------------------------------------------------------------------------------------- info, view
+def _format_value(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_format_value(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return "[" + ", ".join(_format_value(v) for v in value) + "]"
+    return str(value)
+
+
+def _cxi_options(args: argparse.Namespace) -> dict:
+    return {"translation": args.translation, "follow_basis": not args.ignore_basis}
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    if args.no_scan:
+        info = inspect(args.file, scan_counts=False, cxi_options=_cxi_options(args))
+    else:
+        with progress_bar("checking counts", None) as update:
+            info = inspect(args.file, progress=update, cxi_options=_cxi_options(args))
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 1 if info["problems"] else 0
+    out = Console(width=max(Console().width, 130))
+    out.print(f"[bold]{args.file}[/]", soft_wrap=True)
+    table = Table(show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for key, value in info.items():
+        if key in ("datasets", "assumptions", "problems", "file"):
+            continue
+        table.add_row(key, _format_value(value))
+    out.print(table)
+    if info.get("datasets"):
+        ds_table = Table(title="datasets", title_justify="left")
+        for column in ("path", "shape", "dtype", "filters"):
+            ds_table.add_column(column)
+        for name, meta in info["datasets"].items():
+            ds_table.add_row(name, str(tuple(meta["shape"])), meta["dtype"], meta["filters"])
+        out.print(ds_table)
+    if info["assumptions"]:
+        out.print("[bold]assumed:[/]")
+        for line in info["assumptions"]:
+            out.print(f"  - {escape(line)}", soft_wrap=True)
+    if info["problems"]:
+        out.print("[bold red]problems:[/]")
+        for line in info["problems"]:
+            out.print(f"  - [red]{escape(line)}[/]", soft_wrap=True)
+        return 1
+    out.print("[green]no validation problems[/]")
+    return 0
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    from edgeray.viz import save_preview
+
+    output = save_preview(args.file, args.output, frame_index=args.frame, cxi_options=_cxi_options(args))
+    console.print(f"[green]wrote[/] {output}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------- demo
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Simulate a scan, write it, check it and show it (the live streaming demo builds on this)."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    scan_file = out / "scan.cxi"
+    preview = out / "scan.png"
+    sim_args = build_parser().parse_args(
+        ["simulate", "ptycho", "-o", str(scan_file), "--n-positions", str(args.n_positions), "--preview", str(preview)]
+    )
+    cmd_simulate_ptycho(sim_args)
+    info = inspect(scan_file)
+    console.print(
+        f"[bold]{scan_file}[/]: {info['n_frames']} frames {tuple(info['frame_shape'])} {info['dtype']}, "
+        f"{info['mean_counts_per_frame']:.3g} counts/frame, "
+        f"object pixel {info['geometry']['object_pixel_size_m'][0] * 1e9:.1f} nm, "
+        f"problems: {len(info['problems'])}"
+    )
+    console.print(f"[bold green]demo done[/]: look at {preview} (object, probe, diffraction, scan path)")
+    return 0
+
+
+# -------------------------------------------------------------------------------------------------- parser
+def _add_cxi_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--translation",
+        choices=("sample", "probe"),
+        default="sample",
+        help="CXI translation moves the sample (CXI definition: probe position = -translation) or is the probe's",
+    )
+    parser.add_argument(
+        "--ignore-basis", action="store_true", help="keep CXI frames as stored instead of orienting by basis_vectors"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgeray",
+        description="EdgeRay: real-time analysis of synchrotron X-ray ptychography and tomography.",
+    )
+    parser.add_argument("--version", action="version", version=f"edgeray {__version__}")
+    groups = parser.add_subparsers(dest="group", metavar="GROUP", required=True)
+
+    simulate = groups.add_parser("simulate", help="simulate scans with ground truth (ptycho, tomo)")
+    kinds = simulate.add_subparsers(dest="kind", metavar="KIND", required=True)
+    defaults = PtychoSimConfig()
+    p = kinds.add_parser("ptycho", help="far-field ptychography scan -> CXI file", description=PtychoSimConfig.__doc__)
+    p.add_argument("-o", "--output", type=Path, required=True, help="output CXI file")
+    p.add_argument("--frame-size", type=int, default=defaults.frame_size, help="detector frame side, pixels")
+    p.add_argument("--scan", choices=SCANS, default=defaults.scan, help="scan path")
+    p.add_argument("--n-positions", type=int, default=defaults.n_positions, help="number of frames")
+    p.add_argument("--step-px", type=float, default=defaults.step_px, help="step between points, object pixels")
+    p.add_argument("--jitter-px", type=float, default=defaults.jitter_px, help="raster jitter, object pixels")
+    p.add_argument("--photons", type=float, default=defaults.photons, help="mean photons per frame")
+    p.add_argument(
+        "--object", default=defaults.object, help="'random', IMAGE or AMP,PHASE (scikit-image names or files)"
+    )
+    p.add_argument("--probe", default=defaults.probe, help="'focused', 'gaussian' or a file (.npy/.cxi/.h5)")
+    p.add_argument("--probe-diameter-px", type=float, default=None, help="beam diameter (default 0.35 frame)")
+    p.add_argument("--energy-ev", type=float, default=defaults.energy_eV, help="photon energy, eV")
+    p.add_argument("--distance-m", type=float, default=defaults.distance_m, help="sample-detector distance, m")
+    p.add_argument("--detector-pixel-m", type=float, default=defaults.detector_pixel_m, help="pixel pitch, m")
+    p.add_argument("--beamstop-px", type=float, default=0.0, help="central beamstop radius, pixels (masked)")
+    p.add_argument("--saturation", type=float, default=None, help="detector saturation level, counts")
+    p.add_argument("--compression", choices=COMPRESSIONS, default="gzip", help="frame compression")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--preview", type=Path, default=None, help="also write a PNG preview here")
+    p.set_defaults(func=cmd_simulate_ptycho)
+
+    tdefaults = TomoSimConfig()
+    t = kinds.add_parser(
+        "tomo", help="parallel-beam tomography -> Data Exchange file", description=TomoSimConfig.__doc__
+    )
+    t.add_argument("-o", "--output", type=Path, required=True, help="output Data Exchange HDF5 file")
+    t.add_argument("--phantom", choices=PHANTOMS, default=tdefaults.phantom, help="phantom")
+    t.add_argument("--size", type=int, default=tdefaults.size, help="slice size = detector columns, pixels")
+    t.add_argument("--slices", type=int, default=tdefaults.slices, help="detector rows = slices")
+    t.add_argument("--angles", type=int, default=tdefaults.angles, help="projections over [0, 180) degrees")
+    t.add_argument("--photons", type=float, default=tdefaults.photons, help="open-beam counts per pixel")
+    t.add_argument("--max-attenuation", type=float, default=tdefaults.max_attenuation, help="largest -log(T)")
+    t.add_argument("--rings", action="store_true", help="add pixel response errors (ring artifacts)")
+    t.add_argument("--compression", choices=COMPRESSIONS, default="gzip", help="projection compression")
+    t.add_argument("--seed", type=int, default=0, help="random seed")
+    t.add_argument("--preview", type=Path, default=None, help="also write a PNG preview here")
+    t.set_defaults(func=cmd_simulate_tomo)
+
+    info = groups.add_parser("info", help="summarize and validate a file (CXI, product, Data Exchange)")
+    info.add_argument("file", type=Path)
+    info.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    info.add_argument("--no-scan", action="store_true", help="skip reading every frame for NaN/negative counts")
+    _add_cxi_flags(info)
+    info.set_defaults(func=cmd_info)
+
+    view = groups.add_parser("view", help="write a PNG preview of a file")
+    view.add_argument("file", type=Path)
+    view.add_argument("-o", "--output", type=Path, required=True, help="output PNG")
+    view.add_argument("--frame", type=int, default=0, help="which diffraction frame to show (CXI)")
+    _add_cxi_flags(view)
+    view.set_defaults(func=cmd_view)
+
+    demo = groups.add_parser("demo", help="the main job on simulated data, all local")
+    demo.add_argument("--out", type=Path, default=Path("demo_run"), help="output folder")
+    demo.add_argument("--n-positions", type=int, default=900, help="frames to simulate")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 1 validation problems, 2 bad input, 130 Ctrl-C)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except EdgeRayFormatError as exc:
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        return 2
+    except (ValueError, FileNotFoundError) as exc:
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: files are written atomically, so none was left half-written")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""What a file holds, in a JSON-ready dict: the engine behind ``edgeray info``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from edgeray.io._h5util import count_problems, describe_filters
+from edgeray.io.cxi import CXIFile
+from edgeray.io.detect import detect_kind
+from edgeray.io.dxchange import DataExchangeFile, read_reconstruction
+from edgeray.io.errors import EdgeRayFormatError
+from edgeray.io.product import read_product
+
+
+def _datasets(path: Path) -> dict:
+    """Every dataset's shape, dtype and filters, keyed by HDF5 path."""
+    found = {}
+
+    def visit(name: str, obj: object) -> None:
+        if isinstance(obj, h5py.Dataset):
+            found["/" + name] = {"shape": list(obj.shape), "dtype": str(obj.dtype), "filters": describe_filters(obj)}
+
+    with h5py.File(path, "r") as h5:
+        h5.visititems(visit)
+    return found
+
+
+def inspect(
+    path: str | Path,
+    *,
+    scan_counts: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+    cxi_options: dict | None = None,
+) -> dict:
+    """Summarize any EdgeRay file: kind, datasets, geometry, the reader's assumptions and validation problems.
+
+    Args:
+        path: the file.
+        scan_counts: read every frame (in chunks) to look for NaN/inf and negative counts.
+        progress: called with ``(frames_done, frames_total)`` while scanning.
+        cxi_options: keywords for :class:`~edgeray.io.CXIFile` (``translation``, ``follow_basis``).
+
+    Returns:
+        ``{"file", "kind", "datasets", "geometry", "assumptions", "problems", ...}``; a file that cannot be read
+        at all comes back with ``kind`` None and the reason in ``problems``.
+    """
+    path = Path(path)
+    out: dict = {"file": str(path), "kind": None, "assumptions": [], "problems": []}
+    try:
+        out["kind"] = detect_kind(path)
+    except EdgeRayFormatError as exc:
+        out["problems"].append(str(exc))
+        return out
+    out["datasets"] = _datasets(path)
+    try:
+        if out["kind"] == "cxi":
+            _inspect_cxi(path, out, scan_counts, progress, cxi_options or {})
+        elif out["kind"] == "tomo-raw":
+            _inspect_tomo(path, out, scan_counts)
+        elif out["kind"] == "product":
+            product = read_product(path)
+            out.update(
+                object_shape=list(product.object.shape),
+                probe_modes=len(product.probe),
+                n_positions=len(product.positions_m),
+                energy_eV=product.energy_eV,
+                object_pixel_size_m=list(product.object_pixel_size_m),
+                epochs=len(product.loss_values),
+            )
+        elif out["kind"] == "tomo-recon":
+            volume, params = read_reconstruction(path)
+            out.update(volume_shape=list(volume.shape), parameters={k: str(v) for k, v in params.items()})
+    except EdgeRayFormatError as exc:
+        out["problems"].append(str(exc))
+    return out
+
+
+def _inspect_cxi(path: Path, out: dict, scan_counts: bool, progress: Callable | None, options: dict) -> None:
+    with CXIFile(path, **options) as cxi:
+        out.update(
+            n_frames=cxi.n_frames,
+            frame_shape=list(cxi.frame_shape),
+            dtype=str(cxi.dtype),
+            compression=cxi.compression(),
+            geometry=cxi.geometry.to_dict() | {"wavelength_m": cxi.geometry.wavelength_m},
+            scan_extent_m=(np.ptp(cxi.positions_m, axis=0).tolist() if cxi.n_frames else [0, 0]),
+            mask_bad_pixels=int(cxi.mask.sum()) if cxi.mask is not None else None,
+            has_probe_guess=cxi.probe is not None,
+            has_ground_truth=cxi.ground_truth() is not None,
+        )
+        out["assumptions"] += cxi.assumptions
+        if scan_counts:
+            total = np.zeros(cxi.frame_shape)
+            for start, block in cxi.iter_frames(validate=False):
+                out["problems"] += count_problems(block, start)
+                total += block.sum(axis=0, dtype=np.float64)
+                if progress:
+                    progress(start + len(block), cxi.n_frames)
+            out["mean_counts_per_frame"] = float(total.sum() / max(cxi.n_frames, 1))
+
+
+def _inspect_tomo(path: Path, out: dict, scan_counts: bool) -> None:
+    with DataExchangeFile(path) as dx:
+        out.update(
+            n_angles=dx.n_angles,
+            frame_shape=list(dx.frame_shape),
+            dtype=str(dx.dtype),
+            theta_range_deg=[float(dx.theta_deg.min()), float(dx.theta_deg.max())] if dx.n_angles else [],
+            n_flats=None if dx.flats() is None else len(dx.flats()),
+            n_darks=None if dx.darks() is None else len(dx.darks()),
+            has_ground_truth=dx.ground_truth() is not None,
+        )
+        out["assumptions"] += dx.assumptions
+        if scan_counts:
+            out["problems"] += dx.problems()

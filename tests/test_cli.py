@@ -1,0 +1,109 @@
+"""The `edgeray` command, run as a user runs it: a real subprocess, real files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from edgeray.io import read_cxi
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def edgeray(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "-m", "edgeray", *args], capture_output=True, text=True, timeout=300, check=False
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"edgeray {' '.join(args)} -> {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def test_help_lists_groups():
+    out = edgeray("--help").stdout
+    for group in ("simulate", "info", "view", "demo"):
+        assert group in out
+
+
+@pytest.mark.parametrize("scan", ["spiral", "raster", "concentric"])
+def test_simulate_ptycho_writes_cxi_summary_and_preview(tmp_path, scan):
+    out = tmp_path / "scan.cxi"
+    preview = tmp_path / "scan.png"
+    edgeray(
+        "simulate", "ptycho", "-o", str(out), "--frame-size", "32", "--n-positions", "60", "--step-px", "4",
+        "--scan", scan, "--photons", "1e4", "--object", "random", "--compression", "bitshuffle",
+        "--preview", str(preview),
+    )  # fmt: skip
+    summary = json.loads((tmp_path / "scan.json").read_text())
+    assert summary["seconds"] > 0 and summary["frames_per_s"] > 0
+    assert summary["n_frames"] == 60 and summary["config"]["scan"] == scan
+    with h5py.File(out, "r") as h5:
+        assert h5["entry_1/data_1/data"].shape == (60, 32, 32)
+        assert "entry_1/sample_1/ground_truth/object" in h5
+    scan_data = read_cxi(out)
+    assert abs(scan_data.frames.sum(axis=(1, 2)).mean() - 1e4) < 5 * np.sqrt(1e4 / 60)
+    assert preview.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_info_and_view_on_simulated_and_real_files(tmp_path, petra_cxi, tooth_h5):
+    out = tmp_path / "scan.cxi"
+    edgeray("simulate", "ptycho", "-o", str(out), "--frame-size", "32", "--n-positions", "40", "--step-px", "4")
+    text = edgeray("info", str(out)).stdout
+    assert "no validation problems" in text and "object_pixel_size_m" in text
+    info = json.loads(edgeray("info", str(petra_cxi), "--json").stdout)
+    assert info["kind"] == "cxi" and info["n_frames"] == 200
+    assert any("(3, 2)" in line for line in info["assumptions"])
+    flipped = json.loads(edgeray("info", str(petra_cxi), "--json", "--translation", "probe").stdout)
+    assert any("not negated" in line for line in flipped["assumptions"])
+    for source in (out, petra_cxi, tooth_h5):
+        png = tmp_path / f"{source.stem}.png"
+        edgeray("view", str(source), "-o", str(png))
+        assert png.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_simulate_tomo_info_view(tmp_path):
+    out = tmp_path / "tomo.h5"
+    edgeray("simulate", "tomo", "-o", str(out), "--phantom", "foam", "--size", "48", "--slices", "2",
+            "--angles", "30", "--rings")  # fmt: skip
+    summary = json.loads((tmp_path / "tomo.json").read_text())
+    assert summary["projections_shape"] == [30, 2, 48] and summary["seconds"] > 0
+    info = json.loads(edgeray("info", str(out), "--json").stdout)
+    assert info["kind"] == "tomo-raw" and info["n_angles"] == 30 and info["problems"] == []
+    edgeray("view", str(out), "-o", str(tmp_path / "tomo.png"))
+    assert (tmp_path / "tomo.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_bad_input_gives_a_clear_error_and_exit_2(tmp_path):
+    out = tmp_path / "scan.cxi"
+    edgeray("simulate", "ptycho", "-o", str(out), "--frame-size", "32", "--n-positions", "20", "--step-px", "4")
+    with h5py.File(out, "r+") as h5:
+        del h5["entry_1/sample_1/geometry_1/translation"]
+    result = edgeray("view", str(out), "-o", str(tmp_path / "x.png"), check=False)
+    assert result.returncode == 2
+    assert "translation: missing dataset" in result.stderr and str(out) in result.stderr
+    assert not (tmp_path / "x.png").exists()
+    info = edgeray("info", str(out), check=False)
+    assert info.returncode == 1 and "missing dataset" in info.stdout
+    missing = edgeray("info", str(tmp_path / "nope.cxi"), check=False)
+    assert missing.returncode == 1 and "no such file" in missing.stdout
+
+
+def test_failed_simulation_leaves_existing_file(tmp_path):
+    out = tmp_path / "scan.cxi"
+    edgeray("simulate", "ptycho", "-o", str(out), "--frame-size", "32", "--n-positions", "20", "--step-px", "4")
+    before = out.read_bytes()
+    result = edgeray("simulate", "ptycho", "-o", str(out), "--object", "no-such-image", check=False)
+    assert result.returncode == 2 and "no-such-image" in result.stderr
+    assert out.read_bytes() == before
+
+
+def test_demo_runs(tmp_path):
+    edgeray("demo", "--out", str(tmp_path / "demo"), "--n-positions", "50")
+    assert (tmp_path / "demo" / "scan.cxi").exists()
+    assert (tmp_path / "demo" / "scan.png").read_bytes()[:8] == PNG_MAGIC
+    assert json.loads((tmp_path / "demo" / "scan.json").read_text())["n_frames"] == 50
