@@ -173,3 +173,11 @@ def test_bad_simulation_parameters():
         simulate_ptycho(PtychoSimConfig(scan="zigzag", n_positions=4))
     with pytest.raises(ValueError, match="neither a file nor"):
         simulate_ptycho(PtychoSimConfig(object="no-such-image", n_positions=4, frame_size=16))
+
+
+def test_zone_plate_probe_has_a_dark_centre_in_the_far_field():
+    config = PtychoSimConfig(frame_size=64, n_positions=4, step_px=4, probe="zoneplate", photons=1e6)
+    scan = simulate_ptycho(config)
+    far = far_field_intensity(scan.ground_truth.probe)
+    ring = far[32, 32 + 12]  # inside the pupil, outside the central stop (30% of radius 16)
+    assert far[32, 32] < 1e-6 * ring

@@ -28,7 +28,8 @@ class PtychoSimConfig:
         step_px: distance between neighbouring points, object pixels.
         photons: mean total photon count per frame.
         object: ``random``, an image, or ``AMPLITUDE,PHASE`` images (scikit-image names or paths).
-        probe: ``focused`` (zone-plate-like defocused beam), ``gaussian`` or a file (.npy, CXI, product).
+        probe: ``focused`` (defocused beam of a circular lens), ``zoneplate`` (the same with a 30% central stop,
+            as a Fresnel zone plate with its central stop), ``gaussian`` or a file (.npy, CXI, product).
         probe_diameter_px: beam diameter at the sample, object pixels (default 0.35 frame_size).
         amplitude_min, phase_range_rad: object transmission ranges.
         energy_eV, distance_m, detector_pixel_m: geometry.
@@ -125,6 +126,8 @@ def make_probe(config: PtychoSimConfig) -> np.ndarray:
     diameter = config.probe_diameter_px or 0.35 * config.frame_size
     if config.probe == "focused":
         return focused_probe(shape, diameter)[None]
+    if config.probe == "zoneplate":
+        return focused_probe(shape, diameter, central_stop=0.3)[None]
     if config.probe == "gaussian":
         return gaussian_probe(shape, diameter / 2)[None]
     probe = probe_from_file(config.probe, shape)
