@@ -257,7 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--object", default=defaults.object, help="'random', IMAGE or AMP,PHASE (scikit-image names or files)"
     )
-    p.add_argument("--probe", default=defaults.probe, help="'focused', 'zoneplate', 'gaussian' or a file (.npy/.cxi/.h5)")
+    p.add_argument(
+        "--probe", default=defaults.probe, help="'focused', 'zoneplate', 'gaussian' or a file (.npy/.cxi/.h5)"
+    )
     p.add_argument("--probe-diameter-px", type=float, default=None, help="beam diameter (default 0.35 frame)")
     p.add_argument("--energy-ev", type=float, default=defaults.energy_eV, help="photon energy, eV")
     p.add_argument("--distance-m", type=float, default=defaults.distance_m, help="sample-detector distance, m")
