@@ -7,6 +7,7 @@ STAMP := $(VENV)/.edgeray-installed
 # The CPU build of torch lies on this machine's disk; installing it first keeps pip from
 # resolving torch>=2.13 to a multi-GB CUDA build.
 TORCH_PIN := torch==2.13.0
+PY_DIRS := $(wildcard src tests benchmarks)
 
 .PHONY: demo test lint format clean venv
 
@@ -23,12 +24,12 @@ demo: $(STAMP)
 	$(BIN)/edgeray demo --out demo_run
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check $(PY_DIRS)
+	$(BIN)/ruff format --check $(PY_DIRS)
 
 format: $(STAMP)
-	$(BIN)/ruff format src tests benchmarks
-	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format $(PY_DIRS)
+	$(BIN)/ruff check --fix $(PY_DIRS)
 
 test: lint
 	$(BIN)/python -m pytest -q
