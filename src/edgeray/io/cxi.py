@@ -265,6 +265,11 @@ class CXIFile:
             found += count_problems(block, start)
         return found
 
+    @property
+    def has_ground_truth(self) -> bool:
+        """Whether the file keeps a simulation's ground truth."""
+        return GROUND_TRUTH in self._h5
+
     def ground_truth(self) -> GroundTruth | None:
         """The simulation's ground truth, or None when the file has none."""
         if GROUND_TRUTH not in self._h5:

@@ -128,6 +128,18 @@ class DataExchangeFile:
                 raise EdgeRayFormatError(self.path, self._data.name, msg)
         return block
 
+    @property
+    def n_flats(self) -> int:
+        return 0 if self._flats is None else self._flats.shape[0]
+
+    @property
+    def n_darks(self) -> int:
+        return 0 if self._darks is None else self._darks.shape[0]
+
+    @property
+    def has_ground_truth(self) -> bool:
+        return GROUND_TRUTH in self._h5
+
     def flats(self, rows: slice = slice(None)) -> np.ndarray | None:
         """Flat (white) fields ``(n, rows, cols)`` or None."""
         return None if self._flats is None else self._checked(self._flats[:, rows], self._flats, 0, True)

@@ -90,7 +90,7 @@ def _inspect_cxi(path: Path, out: dict, scan_counts: bool, progress: Callable | 
             scan_extent_m=(np.ptp(cxi.positions_m, axis=0).tolist() if cxi.n_frames else [0, 0]),
             mask_bad_pixels=int(cxi.mask.sum()) if cxi.mask is not None else None,
             has_probe_guess=cxi.probe is not None,
-            has_ground_truth=cxi.ground_truth() is not None,
+            has_ground_truth=cxi.has_ground_truth,
         )
         out["assumptions"] += cxi.assumptions
         if scan_counts:
@@ -110,9 +110,9 @@ def _inspect_tomo(path: Path, out: dict, scan_counts: bool) -> None:
             frame_shape=list(dx.frame_shape),
             dtype=str(dx.dtype),
             theta_range_deg=[float(dx.theta_deg.min()), float(dx.theta_deg.max())] if dx.n_angles else [],
-            n_flats=None if dx.flats() is None else len(dx.flats()),
-            n_darks=None if dx.darks() is None else len(dx.darks()),
-            has_ground_truth=dx.ground_truth() is not None,
+            n_flats=dx.n_flats,
+            n_darks=dx.n_darks,
+            has_ground_truth=dx.has_ground_truth,
         )
         out["assumptions"] += dx.assumptions
         if scan_counts:
