@@ -75,6 +75,7 @@ def align(
     tolerance: float = 1e-6,
     shift: bool = True,
     ramp: bool = True,
+    weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, Alignment]:
     """Align ``image`` to ``reference``: linear phase ramp, sub-pixel shift, then global complex scale.
 
@@ -88,6 +89,8 @@ def align(
         image, reference: ``(Y, X)`` complex (or real) arrays of equal shape.
         tolerance: precision of the shift (pixels) and ramp (cycles).
         shift, ramp: whether to estimate and remove each.
+        weights: ``(Y, X)`` non-negative weights of the final least-squares scale (e.g. a mask of the
+            well-measured region); None weighs all pixels alike.
 
     Returns:
         The aligned image (complex128) and the :class:`Alignment` applied.
@@ -126,15 +129,17 @@ def align(
         if moved < 10 * tolerance:
             break
     image = transformed()
-    scale = np.vdot(image, reference) / max(np.vdot(image, image).real, 1e-300)
+    w = np.ones(image.shape) if weights is None else np.asarray(weights, dtype=np.float64)
+    scale = np.vdot(w * image, reference) / max(np.vdot(w * image, image).real, 1e-300)
     image = image * scale
     return image, Alignment(tuple(found_shift), tuple(found_ramp), complex(scale))
 
 
-def relative_error(image: np.ndarray, reference: np.ndarray) -> float:
-    """``||image - reference|| / ||reference||`` (no alignment; see :func:`align`)."""
+def relative_error(image: np.ndarray, reference: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """``||image - reference|| / ||reference||``, optionally weighted (no alignment; see :func:`align`)."""
     image, reference = np.asarray(image), np.asarray(reference)
-    return float(np.linalg.norm(image - reference) / np.linalg.norm(reference))
+    w = np.ones(reference.shape) if weights is None else np.asarray(weights, dtype=np.float64)
+    return float(np.sqrt((w * np.abs(image - reference) ** 2).sum() / (w * np.abs(reference) ** 2).sum()))
 
 
 def _data_range(reference: np.ndarray) -> float:
@@ -211,16 +216,19 @@ def frc(image_a: np.ndarray, image_b: np.ndarray, *, window: bool = True) -> FRC
     return FRCResult(frequency, correlation, threshold, float(resolution))
 
 
-def compare(image: np.ndarray, reference: np.ndarray, *, align_first: bool = True) -> dict:
+def compare(
+    image: np.ndarray, reference: np.ndarray, *, align_first: bool = True, weights: np.ndarray | None = None
+) -> dict:
     """All metrics of a complex reconstruction against a reference, amplitude and phase separately.
 
     Returns a JSON-ready dict: ``rel_error``, ``ssim_amplitude``, ``ssim_phase``, ``psnr_amplitude``,
     ``psnr_phase``, ``frc_resolution_px`` and, when aligned, ``shift_px``, ``ramp_cycles``, ``phase_offset_rad``.
+    ``weights`` (e.g. a mask of the well-measured region) weigh the complex scale and the relative error.
     """
     image, reference = np.asarray(image), np.asarray(reference)
     out: dict = {}
     if align_first:
-        image, how = align(image, reference)
+        image, how = align(image, reference, weights=weights)
         out.update(
             shift_px=[float(v) for v in how.shift_px],
             ramp_cycles=[float(v) for v in how.ramp_cycles],
@@ -228,7 +236,7 @@ def compare(image: np.ndarray, reference: np.ndarray, *, align_first: bool = Tru
         )
     phase, phase_ref = np.angle(image), np.angle(reference)
     out.update(
-        rel_error=relative_error(image, reference),
+        rel_error=relative_error(image, reference, weights),
         ssim_amplitude=ssim(np.abs(image), np.abs(reference)),
         ssim_phase=ssim(phase, phase_ref),
         psnr_amplitude=psnr(np.abs(image), np.abs(reference)),

@@ -1,0 +1,255 @@
+"""What every engine shares: options, state, the forward model of a batch, the epoch loop and its safeguards."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from edgeray.ptycho.ops import extract_patches, patch_indices, shift_ramps, shifted_probes, split_positions
+from edgeray.ptycho.problem import Problem
+
+NOISE_MODELS = ("gaussian", "poisson")
+
+
+@dataclass
+class EngineOptions:
+    """Options every engine takes (defaults work on real data without tuning).
+
+    Attributes:
+        batch_size: frames per update (mini-batch); the whole scan in one batch when larger than it.
+        probe_refine: refine the probe (False keeps the start probe).
+        probe_start_epoch: first epoch in which the probe is refined (object-only before).
+        n_probe_modes: incoherent probe modes (extra modes are made from the first).
+        position_correction: refine positions from the data.
+        position_start_epoch: first epoch of position correction.
+        position_step_limit_px: largest position change per epoch, pixels.
+        seed: seed of the random batch order.
+        dtype: ``float32`` (default) or ``float64`` (references, tests).
+        divergence_factor: stop when the cost grows beyond this multiple of its best value.
+    """
+
+    batch_size: int = 96
+    probe_refine: bool = True
+    probe_start_epoch: int = 0
+    n_probe_modes: int = 1
+    position_correction: bool = False
+    position_start_epoch: int = 5
+    position_step_limit_px: float = 0.5
+    seed: int = 0
+    dtype: str = "float32"
+    divergence_factor: float = 10.0
+
+
+@dataclass
+class State:
+    """What an engine refines.
+
+    Attributes:
+        object: ``(Y, X)`` complex; probe: ``(M, H, W)`` complex; positions_px: ``(N, 2)`` float64.
+    """
+
+    object: torch.Tensor
+    probe: torch.Tensor
+    positions_px: torch.Tensor
+
+    def clone(self) -> State:
+        return State(self.object.clone(), self.probe.clone(), self.positions_px.clone())
+
+
+@dataclass
+class History:
+    """Cost per epoch (normalized amplitude misfit) and wall time, plus how the run ended."""
+
+    cost: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    stopped: str | None = None
+
+
+class Batch:
+    """The forward model of one batch of frames, with everything the updates reuse.
+
+    Attributes:
+        index: ``(B,)`` frame numbers; ramps: ``(B, H, W)`` sub-pixel shift factors or None;
+        patch_index: ``(B, H, W)`` flat object indices; probes: ``(B, M, H, W)`` shifted probe modes;
+        patches: ``(B, H, W)`` object windows; waves: ``(B, M, H, W)`` exit waves; far: detector waves;
+        intensity: ``(B, H, W)`` model intensities; amplitudes: ``(B, H, W)`` measured.
+    """
+
+    def __init__(self, problem: Problem, state: State, index: torch.Tensor, probe_spectrum: torch.Tensor):
+        self.index = index
+        corners, fractions = split_positions(state.positions_px[index], problem.frame_shape)
+        self.ramps = (
+            None if bool((fractions == 0).all()) else shift_ramps(fractions, problem.frame_shape, state.object.dtype)
+        )
+        self.patch_index = patch_indices(corners, problem.frame_shape, problem.object_shape[1])
+        self.probes = shifted_probes(probe_spectrum, self.ramps)
+        self.patches = extract_patches(state.object, self.patch_index)
+        self.waves = self.probes * self.patches[:, None]
+        self.far = problem.propagator.forward(self.waves)
+        self.intensity = (self.far.real**2 + self.far.imag**2).sum(dim=1)
+        self.amplitudes = problem.amplitudes[index].to(self.intensity.dtype)
+
+    def misfit(self, valid: torch.Tensor) -> float:
+        """Sum of squared amplitude differences over valid pixels."""
+        return float((valid * (torch.sqrt(self.intensity) - self.amplitudes) ** 2).sum())
+
+    def exit_wave_update(self, problem: Problem, noise: str = "gaussian") -> torch.Tensor:
+        """``chi`` ``(B, M, H, W)``: the change of exit waves that best explains the data under ``noise``.
+
+        Gaussian: the amplitude projection ``far * A / |far|`` on valid pixels. Poisson: the likelihood gradient
+        direction ``far * (A^2 / I - 1)`` with a per-frame Newton step on the Poisson likelihood.
+        """
+        eps = 1e-12
+        valid = problem.valid
+        if noise == "gaussian":
+            factor = valid * (self.amplitudes / (torch.sqrt(self.intensity) + eps) - 1.0)
+        elif noise == "poisson":
+            ratio = self.amplitudes**2 / (self.intensity + eps)
+            weight = valid * (ratio - 1.0) ** 2 * self.intensity
+            gamma = weight.sum(dim=(1, 2)) / ((weight * (1.0 + ratio)).sum(dim=(1, 2)) + eps)
+            factor = valid * gamma[:, None, None] * (ratio - 1.0)
+        else:
+            raise ValueError(f"noise model must be one of {NOISE_MODELS}, not {noise!r}")
+        return problem.propagator.backward(self.far * factor[:, None])
+
+
+def real_dtype(name: str) -> tuple[torch.dtype, torch.dtype]:
+    """``(real, complex)`` torch dtypes for ``float32`` or ``float64``."""
+    if name == "float32":
+        return torch.float32, torch.complex64
+    if name == "float64":
+        return torch.float64, torch.complex128
+    raise ValueError(f"dtype must be float32 or float64, not {name!r}")
+
+
+def orthogonalize_modes(probe: torch.Tensor) -> torch.Tensor:
+    """Incoherent probe modes made orthogonal and sorted by power (the intensity they give is unchanged)."""
+    if probe.shape[0] == 1:
+        return probe
+    flat = probe.reshape(probe.shape[0], -1)
+    gram = flat @ flat.conj().T
+    _, vectors = torch.linalg.eigh(gram)
+    return (vectors.conj().T.flip(0) @ flat).reshape(probe.shape)
+
+
+class ReconstructionDiverged(RuntimeError):
+    """Raised inside the loop when the cost becomes NaN or explodes; the engine restores the last good state."""
+
+
+class Engine:
+    """Base of the iterative engines: run ``epochs``, each calling :meth:`epoch`, with progress and safeguards."""
+
+    name = "engine"
+
+    def __init__(self, problem: Problem, state: State, options: EngineOptions):
+        self.problem = problem
+        self.options = options
+        self.real, self.complex = real_dtype(options.dtype)
+        self.state = State(
+            state.object.to(problem.device, self.complex),
+            state.probe.to(problem.device, self.complex),
+            state.positions_px.to(problem.device, torch.float64),
+        )
+        self.valid = problem.valid.to(self.real)
+        self.data_norm = float((self.valid * problem.amplitudes.to(self.real) ** 2).sum())
+        self.rng = np.random.default_rng(options.seed)
+        self.history = History()
+        self.epochs_done = 0
+        self._check_positions(self.state.positions_px)
+
+    def _check_positions(self, positions_px: torch.Tensor) -> None:
+        corners, _ = split_positions(positions_px, self.problem.frame_shape)
+        limit = torch.tensor(self.problem.object_shape, device=corners.device) - torch.tensor(
+            self.problem.frame_shape, device=corners.device
+        )
+        if bool((corners < 0).any()) or bool((corners > limit).any()):
+            bad = int(torch.nonzero(((corners < 0) | (corners > limit)).any(dim=1))[0, 0])
+            raise ValueError(
+                f"frame {bad} at position {positions_px[bad].tolist()} px reaches outside the object "
+                f"{self.problem.object_shape}"
+            )
+
+    def batches(self) -> list[torch.Tensor]:
+        """This epoch's random partition of the frames into mini-batches."""
+        n = self.problem.n_frames
+        order = torch.from_numpy(self.rng.permutation(n)).to(self.problem.device)
+        size = max(1, min(self.options.batch_size, n))
+        return list(torch.split(order, size))
+
+    def refine_probe_now(self) -> bool:
+        return self.options.probe_refine and self.epochs_done >= self.options.probe_start_epoch
+
+    def correct_positions_now(self) -> bool:
+        return self.options.position_correction and self.epochs_done >= self.options.position_start_epoch
+
+    def epoch(self) -> float:
+        """One pass over the data; returns the summed amplitude misfit measured before each update."""
+        raise NotImplementedError
+
+    def run(self, epochs: int, callback: Callable[[int, float, float], None] | None = None) -> History:
+        """Run ``epochs`` epochs; ``callback(epoch, cost, frames_per_s)`` after each.
+
+        On a NaN or exploding cost the last good state is restored and ``history.stopped`` says why.
+        """
+        best = math.inf
+        good = self.state.clone()
+        for _ in range(epochs):
+            start = time.perf_counter()
+            misfit = self.epoch()
+            if self.state.probe.shape[0] > 1:
+                self.state.probe = orthogonalize_modes(self.state.probe)
+            seconds = time.perf_counter() - start
+            cost = misfit / self.data_norm
+            finite = math.isfinite(cost) and bool(torch.isfinite(self.state.object).all())
+            if not finite or cost > self.options.divergence_factor * best:
+                self.state = good
+                self.history.stopped = (
+                    f"{self.name} diverged at epoch {self.epochs_done + 1} (cost {cost:.3g}, best {best:.3g}); "
+                    "kept the state of the last good epoch"
+                )
+                break
+            best = min(best, cost)
+            good = self.state.clone()
+            self.epochs_done += 1
+            self.history.cost.append(cost)
+            self.history.seconds.append(seconds)
+            if callback:
+                callback(self.epochs_done, cost, self.problem.n_frames / seconds)
+        return self.history
+
+    # Shared pieces ---------------------------------------------------------------------------------------
+    def forward(self, index: torch.Tensor, probe_spectrum: torch.Tensor) -> Batch:
+        return Batch(self.problem, self.state, index, probe_spectrum)
+
+    def position_step(self, batch: Batch, chi: torch.Tensor, probe_spectrum: torch.Tensor) -> None:
+        """Move each frame's position by the least-squares shift explaining ``chi`` (clipped per epoch)."""
+        height, width = self.problem.frame_shape
+        device = probe_spectrum.device
+        ky = torch.fft.fftfreq(height, device=device, dtype=self.real)[:, None]
+        kx = torch.fft.fftfreq(width, device=device, dtype=self.real)[None, :]
+        shifted = probe_spectrum[None] if batch.ramps is None else probe_spectrum[None] * batch.ramps[:, None]
+        # d(probe(r - p))/dp = -grad probe: the exit-wave derivative along y and x.
+        d_y = -torch.fft.ifft2(shifted * (2j * math.pi * ky)) * batch.patches[:, None]
+        d_x = -torch.fft.ifft2(shifted * (2j * math.pi * kx)) * batch.patches[:, None]
+        dims = (1, 2, 3)
+        a_yy = (d_y.abs() ** 2).sum(dim=dims)
+        a_xx = (d_x.abs() ** 2).sum(dim=dims)
+        a_yx = (d_y.conj() * d_x).real.sum(dim=dims)
+        b_y = (d_y.conj() * chi).real.sum(dim=dims)
+        b_x = (d_x.conj() * chi).real.sum(dim=dims)
+        det = a_yy * a_xx - a_yx**2
+        scale = 1e-3 * (a_yy + a_xx) ** 2 + 1e-30
+        step_y = (a_xx * b_y - a_yx * b_x) / (det + scale)
+        step_x = (a_yy * b_x - a_yx * b_y) / (det + scale)
+        limit = self.options.position_step_limit_px
+        step = torch.stack([step_y, step_x], dim=1).to(torch.float64).clamp(-limit, limit)
+        step = step - step.mean(dim=0)  # a common shift of all frames is an object shift, not information
+        half = torch.tensor([height / 2, width / 2], dtype=torch.float64, device=device)
+        high = torch.tensor(self.problem.object_shape, dtype=torch.float64, device=device) - half - 1
+        moved = self.state.positions_px[batch.index] + step
+        self.state.positions_px[batch.index] = torch.maximum(torch.minimum(moved, high), half)

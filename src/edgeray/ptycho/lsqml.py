@@ -1,0 +1,76 @@
+"""LSQML: least-squares maximum likelihood (Odstrcil et al. 2018) with per-frame optimal step sizes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from edgeray.ptycho.engine import Engine, EngineOptions
+from edgeray.ptycho.ops import extract_patches, scatter_patches, shifted_probes, unshift_sum
+
+
+@dataclass
+class LSQMLOptions(EngineOptions):
+    """LSQML options.
+
+    Attributes:
+        noise: ``gaussian`` (amplitude misfit, robust default) or ``poisson`` (counting statistics).
+        delta_object, delta_probe: regularization of the preconditioners, as a fraction of their maximum.
+        max_step: cap of the per-frame step sizes.
+    """
+
+    noise: str = "gaussian"
+    delta_object: float = 1e-2
+    delta_probe: float = 1e-2
+    max_step: float = 2.0
+
+
+class LSQMLEngine(Engine):
+    """Each batch: exit-wave change, preconditioned object and probe directions, then for every frame the
+    object and probe step sizes that best explain its exit-wave change (a 2 x 2 least-squares problem)."""
+
+    name = "lsqml"
+
+    def epoch(self) -> float:
+        options: LSQMLOptions = self.options
+        misfit = 0.0
+        refine_probe = self.refine_probe_now()
+        shape = self.problem.object_shape
+        dims = (1, 2, 3)
+        for index in self.batches():
+            spectrum = torch.fft.fft2(self.state.probe)
+            batch = self.forward(index, spectrum)
+            misfit += batch.misfit(self.valid)
+            chi = batch.exit_wave_update(self.problem, options.noise)
+            if self.correct_positions_now():
+                self.position_step(batch, chi, spectrum)
+            probe_power = (batch.probes.real**2 + batch.probes.imag**2).sum(dim=1)
+            illumination = scatter_patches(probe_power, batch.patch_index, shape)
+            regularizer = options.delta_object * illumination.max()
+            direction = scatter_patches((batch.probes.conj() * chi).sum(dim=1), batch.patch_index, shape)
+            direction = direction / (illumination + regularizer)
+            u = batch.probes * extract_patches(direction, batch.patch_index)[:, None]
+            a11 = (u.real**2 + u.imag**2).sum(dim=dims)
+            b1 = (u.conj() * chi).real.sum(dim=dims)
+            if refine_probe:
+                weight = (batch.patches.real**2 + batch.patches.imag**2).sum(dim=0)
+                probe_direction = unshift_sum(batch.patches.conj()[:, None] * chi, batch.ramps)
+                probe_direction = probe_direction / (weight + options.delta_probe * weight.max())
+                v = shifted_probes(torch.fft.fft2(probe_direction), batch.ramps) * batch.patches[:, None]
+                a22 = (v.real**2 + v.imag**2).sum(dim=dims)
+                a12 = (u.conj() * v).real.sum(dim=dims)
+                b2 = (v.conj() * chi).real.sum(dim=dims)
+                ridge = 1e-6 * (a11 + a22) + 1e-30
+                det = (a11 + ridge) * (a22 + ridge) - a12**2
+                step_object = ((a22 + ridge) * b1 - a12 * b2) / det
+                step_probe = ((a11 + ridge) * b2 - a12 * b1) / det
+                step_probe = step_probe.clamp(0, options.max_step)
+                self.state.probe = self.state.probe + step_probe.mean() * probe_direction
+            else:
+                step_object = b1 / (a11 + 1e-6 * a11.max() + 1e-30)
+            step_object = step_object.clamp(0, options.max_step)
+            # Per-pixel average of the frames' object steps, weighted by their illumination.
+            weighted = scatter_patches(step_object[:, None, None] * probe_power, batch.patch_index, shape)
+            self.state.object = self.state.object + weighted / (illumination + regularizer) * direction
+        return misfit

@@ -1,0 +1,70 @@
+"""ePIE and rPIE with mini-batches: preconditioned object and probe updates from the exit-wave change."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from edgeray.ptycho.engine import Engine, EngineOptions
+from edgeray.ptycho.ops import scatter_patches, unshift_sum
+
+
+@dataclass
+class PIEOptions(EngineOptions):
+    """(r)PIE options.
+
+    The object update divides by ``(1 - alpha) * illumination + alpha * max(illumination)``: ``alpha = 1`` is
+    ePIE's normalization by the brightest pixel, small ``alpha`` is rPIE's (Maiden et al. 2017), which steps
+    further where the probe is weak. The probe update mirrors it with the object's intensity.
+
+    Attributes:
+        alpha_object, alpha_probe: regularization weights in ``[0, 1]``.
+        step_object, step_probe: update step sizes.
+    """
+
+    alpha_object: float = 0.1
+    alpha_probe: float = 0.1
+    step_object: float = 1.0
+    step_probe: float = 1.0
+
+
+def epie_options(**overrides) -> PIEOptions:
+    """ePIE: alpha = 1 for object and probe."""
+    return PIEOptions(**{"alpha_object": 1.0, "alpha_probe": 1.0, **overrides})
+
+
+class PIEEngine(Engine):
+    """Mini-batch (r)PIE: each batch's exit-wave changes are summed into one object and one probe update."""
+
+    name = "rpie"
+
+    def epoch(self) -> float:
+        options: PIEOptions = self.options
+        misfit = 0.0
+        refine_probe = self.refine_probe_now()
+        shape = self.problem.object_shape
+        for index in self.batches():
+            spectrum = torch.fft.fft2(self.state.probe)
+            batch = self.forward(index, spectrum)
+            misfit += batch.misfit(self.valid)
+            chi = batch.exit_wave_update(self.problem)
+            if self.correct_positions_now():
+                self.position_step(batch, chi, spectrum)
+            numerator = scatter_patches((batch.probes.conj() * chi).sum(dim=1), batch.patch_index, shape)
+            illumination = scatter_patches(
+                (batch.probes.real**2 + batch.probes.imag**2).sum(dim=1), batch.patch_index, shape
+            )
+            a = options.alpha_object
+            denominator = (1 - a) * illumination + a * illumination.max()
+            object_step = options.step_object * numerator / (denominator + 1e-12 * illumination.max())
+            if refine_probe:
+                probe_numerator = unshift_sum(batch.patches.conj()[:, None] * chi, batch.ramps)
+                weight = (batch.patches.real**2 + batch.patches.imag**2).sum(dim=0)
+                b = options.alpha_probe
+                probe_denominator = (1 - b) * weight + b * weight.max()
+                self.state.probe = self.state.probe + options.step_probe * probe_numerator / (
+                    probe_denominator + 1e-12 * weight.max()
+                )
+            self.state.object = self.state.object + object_step
+        return misfit

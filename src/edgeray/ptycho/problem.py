@@ -1,0 +1,184 @@
+"""A scan made ready for the engines: amplitudes on the device, positions in object pixels, propagator, start."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from edgeray.io import PtychoScan
+from edgeray.ptycho.ops import Propagator, fresnel_kernel
+
+PROPAGATIONS = ("far", "near")
+
+
+@dataclass
+class Geometry:
+    """How the exit wave reaches the detector.
+
+    Attributes:
+        propagation: ``far`` (Fraunhofer: the detector records ``|FFT(exit wave)|^2``, fftshifted) or ``near``
+            (Fresnel: the detector records ``|exit wave propagated over distance|^2`` in real space).
+        focus_to_sample_m: near field only: distance from the beam focus to the sample for a magnified
+            (point-projection) geometry; with it, the Fresnel scaling theorem gives object pixels of
+            ``detector_pixel / M`` and an effective distance ``distance / M``, ``M = (z1 + z2) / z1``.
+            None: flat illumination, object pixel = detector pixel, distance as in the file.
+    """
+
+    propagation: str = "far"
+    focus_to_sample_m: float | None = None
+
+
+@dataclass
+class Problem:
+    """Tensors an engine works on.
+
+    Attributes:
+        amplitudes: ``(N, H, W)`` float32 measured amplitudes ``sqrt(counts)``, scaled to the orthonormal
+            propagator and laid out as the propagator returns them (far field: ifftshifted).
+        valid: ``(H, W)`` float32, 1 where the detector pixel is good, 0 where masked.
+        positions_px: ``(N, 2)`` float64 probe-centre positions ``[y, x]``, object pixels.
+        object_shape: ``(Y, X)`` of the object array.
+        pixel_size_m: ``(y, x)`` object pixel size, m.
+        propagator: exit wave <-> detector.
+        origin_m: ``(y, x)`` position in metres of object pixel ``(0, 0)``'s probe-centre coordinate origin, so
+            ``positions_m = positions_px * pixel_size_m + origin_m``.
+    """
+
+    amplitudes: torch.Tensor
+    valid: torch.Tensor
+    positions_px: torch.Tensor
+    object_shape: tuple[int, int]
+    pixel_size_m: tuple[float, float]
+    propagator: Propagator
+    origin_m: tuple[float, float]
+    geometry: Geometry
+    energy_eV: float
+    distance_m: float
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.amplitudes.shape[0])
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        return int(self.amplitudes.shape[1]), int(self.amplitudes.shape[2])
+
+    @property
+    def device(self) -> torch.device:
+        return self.amplitudes.device
+
+
+def object_pixel_size(scan: PtychoScan, geometry: Geometry) -> tuple[tuple[float, float], float]:
+    """Object pixel size ``(y, x)`` in m and the propagation distance (m) the engines use."""
+    if geometry.propagation == "far":
+        return scan.geometry.object_pixel_size_m, scan.geometry.distance_m
+    if geometry.propagation != "near":
+        raise ValueError(f"propagation must be one of {PROPAGATIONS}, not {geometry.propagation!r}")
+    pixel = scan.geometry.detector_pixel_size_m
+    if geometry.focus_to_sample_m is None:
+        return pixel, scan.geometry.distance_m
+    z1, z2 = geometry.focus_to_sample_m, scan.geometry.distance_m
+    magnification = (z1 + z2) / z1
+    return (pixel[0] / magnification, pixel[1] / magnification), z2 / magnification
+
+
+def prepare(
+    scan: PtychoScan, geometry: Geometry | None = None, device: str | torch.device = "cpu", margin_px: int = 4
+) -> Problem:
+    """Check a scan and move it to ``device`` in the engines' layout.
+
+    Raises:
+        ValueError: mismatched shapes, all-zero frames, or non-finite/negative counts or positions.
+    """
+    geometry = geometry or Geometry()
+    frames = np.asarray(scan.frames)
+    if frames.ndim != 3:
+        raise ValueError(f"frames must be (N, H, W), got shape {frames.shape}")
+    n, height, width = frames.shape
+    positions_m = np.asarray(scan.positions_m, dtype=np.float64)
+    if positions_m.shape != (n, 2):
+        raise ValueError(f"positions_m must be ({n}, 2) to match {n} frames, got {positions_m.shape}")
+    if not np.isfinite(positions_m).all():
+        raise ValueError("positions hold NaN or inf")
+    if tuple(scan.geometry.frame_shape) != (height, width):
+        raise ValueError(f"geometry frame shape {scan.geometry.frame_shape} differs from frames' {(height, width)}")
+    totals = frames.reshape(n, -1).sum(axis=1, dtype=np.float64)
+    if not np.isfinite(totals).all() or (frames.min() < 0 if frames.dtype.kind in "if" else False):
+        raise ValueError("frames hold NaN, inf or negative counts")
+    if (totals <= 0).all():
+        raise ValueError("every frame is zero: no photons were recorded")
+    if scan.mask is not None and np.asarray(scan.mask).shape != (height, width):
+        raise ValueError(f"mask shape {np.asarray(scan.mask).shape} differs from frames' {(height, width)}")
+
+    pixel, distance = object_pixel_size(scan, geometry)
+    device = torch.device(device)
+    half = np.array([height / 2, width / 2])
+    low = positions_m.min(axis=0)
+    positions_px = (positions_m - low) / np.asarray(pixel) + half + margin_px
+    object_shape = tuple(int(v) for v in np.ceil(positions_px.max(axis=0) + half + margin_px) + 1)
+    origin = tuple(low - (half + margin_px) * np.asarray(pixel))
+
+    intensities = frames.astype(np.float32)
+    valid = np.ones((height, width), dtype=np.float32)
+    if scan.mask is not None:
+        valid[np.asarray(scan.mask, dtype=bool)] = 0.0
+    if geometry.propagation == "far":
+        intensities = np.fft.ifftshift(intensities, axes=(-2, -1)) / (height * width)
+        valid = np.fft.ifftshift(valid)
+        propagator = Propagator()
+    else:
+        kernel = fresnel_kernel((height, width), pixel, scan.geometry.wavelength_m, distance, device)
+        propagator = Propagator(kernel)
+    amplitudes = torch.from_numpy(np.sqrt(np.maximum(intensities, 0.0))).to(device)
+    return Problem(
+        amplitudes=amplitudes,
+        valid=torch.from_numpy(valid).to(device),
+        positions_px=torch.from_numpy(positions_px).to(device),
+        object_shape=object_shape,
+        pixel_size_m=tuple(float(p) for p in pixel),
+        propagator=propagator,
+        origin_m=(float(origin[0]), float(origin[1])),
+        geometry=geometry,
+        energy_eV=scan.geometry.energy_eV,
+        distance_m=scan.geometry.distance_m,
+    )
+
+
+def initial_probe(problem: Problem, n_modes: int = 1) -> torch.Tensor:
+    """A probe guess from the mean measured pattern: ``(modes, H, W)`` complex64.
+
+    Far field: the inverse transform of the mean amplitude with a flat phase (a focused spot carrying the measured
+    power). Near field: the mean amplitude propagated back to the sample. Extra modes are the first one times
+    ``y``, ``x``, ``xy``... (orthogonalized), each holding 5% of the power.
+    """
+    mean_amplitude = torch.sqrt((problem.amplitudes**2).mean(dim=0)).to(torch.complex64)
+    first = problem.propagator.backward(mean_amplitude[None])[0]
+    if problem.geometry.propagation == "far":
+        first = torch.fft.fftshift(first)  # centre the spot in the frame
+    return add_probe_modes(first[None], n_modes)
+
+
+def add_probe_modes(probe: torch.Tensor, n_modes: int, power_fraction: float = 0.05) -> torch.Tensor:
+    """Extend ``probe`` ``(m, H, W)`` to ``n_modes`` incoherent modes by polynomial weighting of the first mode."""
+    if n_modes <= probe.shape[0]:
+        return probe[:n_modes].clone()
+    height, width = probe.shape[-2:]
+    y = torch.linspace(-1, 1, height, device=probe.device)[:, None]
+    x = torch.linspace(-1, 1, width, device=probe.device)[None, :]
+    weights = [y, x, y * x, y**2 - x**2, y**2 + x**2]
+    modes = [m for m in probe]
+    power = (probe[0].abs() ** 2).sum()
+    for k in range(n_modes - probe.shape[0]):
+        mode = probe[0] * weights[k % len(weights)] * (1 + k // len(weights))
+        for other in modes:
+            mode = mode - (other.conj() * mode).sum() / (other.abs() ** 2).sum() * other
+        mode = mode * torch.sqrt(power_fraction * power / (mode.abs() ** 2).sum())
+        modes.append(mode)
+    return torch.stack(modes).to(torch.complex64)
+
+
+def initial_object(problem: Problem) -> torch.Tensor:
+    """An object of ones ``(Y, X)`` complex64: full transmission, no phase."""
+    return torch.ones(problem.object_shape, dtype=torch.complex64, device=problem.device)

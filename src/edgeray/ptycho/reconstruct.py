@@ -1,0 +1,211 @@
+"""``reconstruct``: a scan in, a product out, with any engine, on CPU or CUDA."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+import torch
+
+from edgeray.io import GroundTruth, Product, PtychoScan
+from edgeray.metrics import compare
+from edgeray.ptycho.engine import EngineOptions, History, State
+from edgeray.ptycho.lsqml import LSQMLEngine, LSQMLOptions
+from edgeray.ptycho.mlcg import MLCGEngine, MLCGOptions
+from edgeray.ptycho.pie import PIEEngine, PIEOptions, epie_options
+from edgeray.ptycho.problem import Geometry, Problem, add_probe_modes, initial_object, initial_probe, prepare
+
+ENGINES = ("lsqml", "rpie", "epie", "mlcg")
+
+
+def default_options(engine: str, **overrides) -> EngineOptions:
+    """The documented defaults of ``engine`` with ``overrides`` applied (unknown names are an error)."""
+    if engine == "lsqml":
+        cls, base = LSQMLOptions, {}
+    elif engine == "rpie":
+        cls, base = PIEOptions, {}
+    elif engine == "epie":
+        cls, base = PIEOptions, asdict(epie_options())
+    elif engine == "mlcg":
+        cls, base = MLCGOptions, {}
+    else:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    known = {f.name for f in fields(cls)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise ValueError(f"engine {engine} has no option(s) {', '.join(sorted(unknown))}; it has {sorted(known)}")
+    return cls(**{**base, **overrides})
+
+
+def _engine_class(engine: str):
+    return {"lsqml": LSQMLEngine, "rpie": PIEEngine, "epie": PIEEngine, "mlcg": MLCGEngine}[engine]
+
+
+def resolve_device(device: str) -> torch.device:
+    """``cpu``, ``cuda`` (or ``cuda:N``), or ``auto`` (CUDA when available); a clear error when CUDA is absent."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device here")
+    return torch.device(device)
+
+
+@dataclass
+class ReconstructionResult:
+    """A reconstruction and how it went: the product, the cost history, the prepared problem and final state."""
+
+    product: Product
+    history: History
+    problem: Problem
+    state: State
+    seconds: float
+
+
+def run(
+    scan: PtychoScan,
+    engine: str = "lsqml",
+    epochs: int = 50,
+    device: str = "cpu",
+    *,
+    geometry: Geometry | None = None,
+    probe: np.ndarray | None = None,
+    obj: np.ndarray | None = None,
+    callback: Callable[[int, float, float], None] | None = None,
+    options: EngineOptions | None = None,
+    **option_overrides,
+) -> ReconstructionResult:
+    """Reconstruct ``scan`` and keep everything (see :func:`reconstruct` for the arguments)."""
+    options = options or default_options(engine, **option_overrides)
+    problem = prepare(scan, geometry, resolve_device(device))
+    start_probe = probe if probe is not None else scan.probe
+    if start_probe is None:
+        probe_t = initial_probe(problem, options.n_probe_modes)
+    else:
+        probe_t = torch.as_tensor(np.asarray(start_probe, dtype=np.complex64)).reshape(-1, *problem.frame_shape)
+        probe_t = add_probe_modes(probe_t.to(problem.device), options.n_probe_modes)
+    if obj is not None:
+        obj_t = torch.as_tensor(np.asarray(obj, dtype=np.complex64)).to(problem.device)
+        if tuple(obj_t.shape) != problem.object_shape:
+            raise ValueError(f"start object shape {tuple(obj_t.shape)} differs from the scan's {problem.object_shape}")
+    else:
+        obj_t = initial_object(problem)
+    state = State(obj_t, probe_t, problem.positions_px.clone())
+    runner = _engine_class(engine)(problem, state, options)
+    runner.name = engine
+    started = time.perf_counter()
+    history = runner.run(epochs, callback)
+    seconds = time.perf_counter() - started
+    product = to_product(runner.state, problem, history, engine, options, seconds)
+    return ReconstructionResult(product, history, problem, runner.state, seconds)
+
+
+def reconstruct(
+    scan: PtychoScan,
+    engine: str = "lsqml",
+    epochs: int = 50,
+    device: str = "cpu",
+    **kwargs,
+) -> Product:
+    """Reconstruct a ptychography scan.
+
+    Args:
+        scan: frames, positions and geometry (e.g. from :func:`edgeray.io.read_cxi`).
+        engine: ``lsqml`` (default), ``rpie``, ``epie`` or ``mlcg``.
+        epochs: passes over the data.
+        device: ``cpu``, ``cuda`` or ``auto``.
+        geometry: far field (default) or near field, see :class:`~edgeray.ptycho.Geometry`.
+        probe: start probe ``(modes, H, W)``; default the file's illumination, else one made from the data.
+        obj: start object; default ones.
+        callback: ``callback(epoch, cost, frames_per_s)`` after each epoch.
+        options: an options dataclass of the engine; or give its fields as keywords
+            (e.g. ``batch_size=128, n_probe_modes=2``).
+
+    Returns:
+        The product; its ``loss_values`` are the cost per epoch, its ``attrs`` hold the engine, options, seconds
+        and, when the engine stopped early, why.
+    """
+    return run(scan, engine, epochs, device, **kwargs).product
+
+
+def to_product(
+    state: State, problem: Problem, history: History, engine: str, options: EngineOptions, seconds: float
+) -> Product:
+    """Package an engine state as a :class:`~edgeray.io.Product` (positions back in metres)."""
+    pixel = np.asarray(problem.pixel_size_m)
+    origin = np.asarray(problem.origin_m)
+    positions_m = state.positions_px.detach().cpu().numpy() * pixel + origin
+    centre = np.asarray(problem.object_shape) / 2 * pixel + origin
+    attrs = {
+        "engine": engine,
+        "options": json.dumps(asdict(options)),
+        "seconds": seconds,
+        "epochs": len(history.cost),
+        "propagation": problem.geometry.propagation,
+    }
+    if history.stopped:
+        attrs["stopped"] = history.stopped
+    return Product(
+        object=state.object.detach().cpu().numpy().astype(np.complex64)[None],
+        probe=state.probe.detach().cpu().numpy().astype(np.complex64),
+        positions_m=positions_m,
+        object_pixel_size_m=tuple(float(p) for p in pixel),
+        probe_pixel_size_m=tuple(float(p) for p in pixel),
+        energy_eV=problem.energy_eV,
+        distance_m=problem.distance_m,
+        object_center_m=(float(centre[0]), float(centre[1])),
+        loss_values=np.asarray(history.cost, dtype=np.float64),
+        loss_epochs=np.arange(1, len(history.cost) + 1),
+        name=f"edgeray {engine}",
+        attrs=attrs,
+    )
+
+
+def error_vs_ground_truth(product: Product, scan: PtychoScan) -> dict:
+    """Aligned metrics of the reconstructed object against the simulation's ground truth, over the scanned region.
+
+    The region is the bounding box of the probe centres (every pixel of it lit by several frames); both images are
+    cropped to it (the reconstruction grid is offset from the ground truth's by a known amount), then aligned
+    (sub-pixel shift, phase ramp, complex scale) and compared with :func:`edgeray.metrics.compare`.
+    """
+    if scan.ground_truth is None:
+        raise ValueError("the scan has no ground truth")
+    return compare_on_scanned_region(product, scan.ground_truth, scan.positions_m)
+
+
+def illumination_mask(truth: GroundTruth, fraction: float = 0.3) -> np.ndarray:
+    """Where the scan lit the ground-truth object well: summed probe intensity >= ``fraction`` of its maximum.
+
+    Returns ``(Y, X)`` bool on the ground truth's grid (positions rounded to whole pixels).
+    """
+    power = (np.abs(truth.probe) ** 2).sum(axis=0)
+    height, width = power.shape
+    corners = np.floor(truth.positions_px - np.array([height / 2, width / 2])).astype(int)
+    rows = corners[:, 0, None, None] + np.arange(height)[None, :, None]
+    cols = corners[:, 1, None, None] + np.arange(width)[None, None, :]
+    lit = np.zeros(truth.object.shape)
+    np.add.at(lit, (rows, cols), np.broadcast_to(power, (len(corners), height, width)))
+    return lit >= fraction * lit.max()
+
+
+def compare_on_scanned_region(product: Product, truth: GroundTruth, positions_m: np.ndarray) -> dict:
+    """Metrics of ``product``'s object against ``truth`` where the scan lit the object well.
+
+    Both objects are cropped to the bounding box of :func:`illumination_mask` (the reconstruction grid is
+    offset from the ground truth's by a whole number of pixels, found from the positions), aligned (sub-pixel
+    shift, phase ramp, complex scale, weighted by the mask) and compared with :func:`edgeray.metrics.compare`;
+    the relative error counts only masked pixels.
+    """
+    pixel = np.asarray(product.object_pixel_size_m)
+    origin = np.asarray(product.object_center_m) - np.asarray(product.object.shape[-2:]) / 2 * pixel
+    ours = (positions_m - origin) / pixel  # probe centres in our object pixels
+    offset = np.round((ours - truth.positions_px).mean(axis=0)).astype(int)
+    mask = illumination_mask(truth)
+    rows, cols = np.nonzero(mask)
+    low = np.maximum(np.array([rows.min(), cols.min()]), -offset)
+    high = np.minimum(np.array([rows.max(), cols.max()]) + 1, np.asarray(product.object.shape[-2:]) - offset)
+    reference = truth.object[low[0] : high[0], low[1] : high[1]]
+    recon = product.object[0][low[0] + offset[0] : high[0] + offset[0], low[1] + offset[1] : high[1] + offset[1]]
+    return compare(recon, reference, weights=mask[low[0] : high[0], low[1] : high[1]])
