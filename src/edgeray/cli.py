@@ -200,6 +200,89 @@ def cmd_view(args: argparse.Namespace) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------------------------------- ptycho
+def cmd_ptycho_reconstruct(args: argparse.Namespace) -> int:
+    from rich.progress import TimeElapsedColumn
+
+    from edgeray.io import CXIFile, write_product
+    from edgeray.ptycho import Geometry
+    from edgeray.ptycho.reconstruct import compare_on_scanned_region, default_options, run
+    from edgeray.viz import save_preview
+
+    overrides = {
+        "batch_size": args.batch_size,
+        "n_probe_modes": args.probe_modes,
+        "probe_refine": not args.fixed_probe,
+        "position_correction": args.position_correction,
+    }
+    if args.noise and args.engine in ("lsqml", "mlcg"):
+        overrides["noise"] = args.noise
+    options = default_options(args.engine, **{k: v for k, v in overrides.items() if v is not None})
+    geometry = Geometry("near" if args.near_field else "far", args.focus_to_sample_m)
+    with CXIFile(args.scan, **_cxi_options(args)) as cxi:
+        scan = cxi.load()
+    probe = None
+    if args.probe:
+        from edgeray.sim import probe_from_file
+
+        probe = probe_from_file(args.probe, scan.frames.shape[1:])
+    elif args.true_probe:
+        if scan.ground_truth is None:
+            raise ValueError(f"{args.scan}: --true-probe needs a simulated file with a ground truth")
+        probe = scan.ground_truth.probe
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("cost {task.fields[cost]:.4g}  {task.fields[rate]:.0f} frames/s"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task(f"{args.engine} on {args.device}", total=args.epochs, cost=float("nan"), rate=0.0)
+        result = run(
+            scan,
+            args.engine,
+            args.epochs,
+            args.device,
+            geometry=geometry,
+            probe=probe,
+            options=options,
+            callback=lambda epoch, cost, rate: bar.update(task, completed=epoch, cost=cost, rate=rate),
+        )
+    product = result.product
+    product.attrs["source"] = str(args.scan)
+    write_product(args.output, product)
+    preview = args.output.with_suffix(".png")
+    save_preview(args.output, preview)
+    epochs_done = len(result.history.cost)
+    summary = {
+        "command": "ptycho reconstruct",
+        "scan": str(args.scan),
+        "output": str(args.output),
+        "engine": args.engine,
+        "device": args.device,
+        "epochs": epochs_done,
+        "seconds": result.seconds,
+        "frames_per_s": scan.n_frames * epochs_done / result.seconds if result.seconds > 0 else None,
+        "final_cost": result.history.cost[-1] if result.history.cost else None,
+        "cost": result.history.cost,
+        "propagation": geometry.propagation,
+        "object_pixel_size_m": list(product.object_pixel_size_m),
+        "options": json.loads(product.attrs["options"]),
+        "stopped": result.history.stopped,
+    }
+    if scan.ground_truth is not None:
+        summary["vs_ground_truth"] = compare_on_scanned_region(product, scan.ground_truth, scan.positions_m)
+    write_summary(args.output, summary)
+    if result.history.stopped:
+        console.print(f"[yellow]warning:[/] {escape(result.history.stopped)}", soft_wrap=True)
+    line = f"[green]wrote[/] {args.output}, {preview}: {epochs_done} epochs in {result.seconds:.2f} s"
+    if "vs_ground_truth" in summary:
+        line += f", error vs ground truth {summary['vs_ground_truth']['rel_error']:.3f}"
+    console.print(line)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> int:
     """Simulate a scan, write it, check it and show it (the live streaming demo builds on this)."""
@@ -301,6 +384,28 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument("--frame", type=int, default=0, help="which diffraction frame to show (CXI)")
     _add_cxi_flags(view)
     view.set_defaults(func=cmd_view)
+
+    ptycho = groups.add_parser("ptycho", help="iterative ptychography reconstruction")
+    ptycho_cmds = ptycho.add_subparsers(dest="action", metavar="ACTION", required=True)
+    r = ptycho_cmds.add_parser("reconstruct", help="reconstruct a CXI scan -> product HDF5, PNG, JSON")
+    r.add_argument("scan", type=Path, help="CXI file")
+    r.add_argument("-o", "--output", type=Path, required=True, help="product HDF5 file")
+    r.add_argument("--engine", choices=("lsqml", "rpie", "epie", "mlcg"), default="lsqml", help="engine")
+    r.add_argument("--epochs", type=int, default=50, help="passes over the data")
+    r.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    r.add_argument("--batch-size", type=int, default=None, help="frames per update (engine default)")
+    r.add_argument("--probe-modes", type=int, default=None, help="incoherent probe modes (default 1)")
+    r.add_argument("--fixed-probe", action="store_true", help="do not refine the probe")
+    r.add_argument("--position-correction", action="store_true", help="refine scan positions (lsqml, rpie, epie)")
+    r.add_argument("--noise", choices=("gaussian", "poisson"), default=None, help="noise model (lsqml, mlcg)")
+    r.add_argument("--near-field", action="store_true", help="Fresnel (near-field) propagation")
+    r.add_argument(
+        "--focus-to-sample-m", type=float, default=None, help="near field: focus-sample distance (magnified geometry)"
+    )
+    r.add_argument("--probe", type=Path, default=None, help="start probe file (.npy, CXI, product)")
+    r.add_argument("--true-probe", action="store_true", help="start from a simulated file's ground-truth probe")
+    _add_cxi_flags(r)
+    r.set_defaults(func=cmd_ptycho_reconstruct)
 
     demo = groups.add_parser("demo", help="the main job on simulated data, all local")
     demo.add_argument("--out", type=Path, default=Path("demo_run"), help="output folder")

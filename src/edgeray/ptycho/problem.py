@@ -146,17 +146,42 @@ def prepare(
     )
 
 
-def initial_probe(problem: Problem, n_modes: int = 1) -> torch.Tensor:
-    """A probe guess from the mean measured pattern: ``(modes, H, W)`` complex64.
+def typical_step_px(positions_px: torch.Tensor, sample: int = 2000) -> float:
+    """Median distance from a scan point to its nearest neighbour, pixels (on a sample of the points)."""
+    points = positions_px[:: max(1, len(positions_px) // sample)].to(torch.float64)
+    if len(points) < 2:
+        return 0.0
+    distances = torch.cdist(points, points)
+    distances.fill_diagonal_(float("inf"))
+    return float(distances.min(dim=1).values.median())
 
-    Far field: the inverse transform of the mean amplitude with a flat phase (a focused spot carrying the measured
-    power). Near field: the mean amplitude propagated back to the sample. Extra modes are the first one times
-    ``y``, ``x``, ``xy``... (orthogonalized), each holding 5% of the power.
+
+def initial_probe(problem: Problem, n_modes: int = 1) -> torch.Tensor:
+    """A probe guess from the mean measured pattern and the scan geometry: ``(modes, H, W)`` complex64.
+
+    Far field: the mean measured amplitude is taken as the probe's far field (the optic's pupil), given the
+    quadratic (defocus) phase that makes the beam at the sample 2.5 scan steps wide (capped at half the frame),
+    the usual overlap of a ptychography scan; a flat phase would give a focused spot far smaller than the
+    illuminated area. Near field: the mean amplitude propagated back to the sample. Extra modes are the first
+    one times ``y``, ``x``, ``xy``... (orthogonalized), each holding 5% of the power.
     """
     mean_amplitude = torch.sqrt((problem.amplitudes**2).mean(dim=0)).to(torch.complex64)
-    first = problem.propagator.backward(mean_amplitude[None])[0]
-    if problem.geometry.propagation == "far":
-        first = torch.fft.fftshift(first)  # centre the spot in the frame
+    if problem.geometry.propagation == "near":
+        return add_probe_modes(problem.propagator.backward(mean_amplitude[None]), n_modes)
+    height, width = problem.frame_shape
+    n = min(height, width)
+    ky = torch.fft.fftfreq(height, device=problem.device) * height
+    kx = torch.fft.fftfreq(width, device=problem.device) * width
+    k2 = ky[:, None] ** 2 + kx[None, :] ** 2
+    power = mean_amplitude.abs() ** 2
+    order = torch.argsort(k2.reshape(-1))
+    cumulative = torch.cumsum(power.reshape(-1)[order], 0)
+    radius = float(torch.sqrt(k2.reshape(-1)[order][torch.searchsorted(cumulative, 0.95 * cumulative[-1])])) + 1.0
+    diameter = min(max(2.5 * typical_step_px(problem.positions_px), 4.0), 0.5 * n)
+    phase = torch.pi * diameter * k2 / (2 * radius * n)
+    first = torch.fft.fftshift(
+        torch.fft.ifft2(mean_amplitude * torch.polar(torch.ones_like(phase), -phase), norm="ortho")
+    )
     return add_probe_modes(first[None], n_modes)
 
 
