@@ -51,25 +51,26 @@ class LSQMLEngine(Engine):
             direction = scatter_patches((batch.probes.conj() * chi).sum(dim=1), batch.patch_index, shape)
             direction = direction / (illumination + regularizer)
             u = batch.probes * extract_patches(direction, batch.patch_index)[:, None]
-            a11 = (u.real**2 + u.imag**2).sum(dim=dims)
-            b1 = (u.conj() * chi).real.sum(dim=dims)
+            # The 2 x 2 normal equations are solved in float64: in float32 their determinant cancels badly.
+            a11 = (u.real**2 + u.imag**2).sum(dim=dims).double()
+            b1 = (u.conj() * chi).real.sum(dim=dims).double()
             if refine_probe:
                 weight = (batch.patches.real**2 + batch.patches.imag**2).sum(dim=0)
                 probe_direction = unshift_sum(batch.patches.conj()[:, None] * chi, batch.ramps)
                 probe_direction = probe_direction / (weight + options.delta_probe * weight.max())
                 v = shifted_probes(torch.fft.fft2(probe_direction), batch.ramps) * batch.patches[:, None]
-                a22 = (v.real**2 + v.imag**2).sum(dim=dims)
-                a12 = (u.conj() * v).real.sum(dim=dims)
-                b2 = (v.conj() * chi).real.sum(dim=dims)
+                a22 = (v.real**2 + v.imag**2).sum(dim=dims).double()
+                a12 = (u.conj() * v).real.sum(dim=dims).double()
+                b2 = (v.conj() * chi).real.sum(dim=dims).double()
                 ridge = 1e-6 * (a11 + a22) + 1e-30
                 det = (a11 + ridge) * (a22 + ridge) - a12**2
                 step_object = ((a22 + ridge) * b1 - a12 * b2) / det
                 step_probe = ((a11 + ridge) * b2 - a12 * b1) / det
                 step_probe = step_probe.clamp(0, options.max_step)
-                self.state.probe = self.state.probe + step_probe.mean() * probe_direction
+                self.state.probe = self.state.probe + float(step_probe.mean()) * probe_direction
             else:
                 step_object = b1 / (a11 + 1e-6 * a11.max() + 1e-30)
-            step_object = step_object.clamp(0, options.max_step)
+            step_object = step_object.clamp(0, options.max_step).to(probe_power.dtype)
             # Per-pixel average of the frames' object steps, weighted by their illumination.
             weighted = scatter_patches(step_object[:, None, None] * probe_power, batch.patch_index, shape)
             self.state.object = self.state.object + weighted / (illumination + regularizer) * direction
