@@ -9,7 +9,12 @@ STAMP := $(VENV)/.edgeray-installed
 TORCH_PIN := torch==2.13.0
 PY_DIRS := $(wildcard src tests benchmarks)
 
-.PHONY: demo test lint format clean venv
+# Peer tools for the benchmarks live in their own environment: pty-chi needs torchvision, which does not
+# import beside the CPU torch 2.13 build (both torch 2.14.1 and torchvision 0.29.1 lie on this machine's disk).
+PEERS := .venv-peers
+PEERS_STAMP := $(PEERS)/.peers-installed
+
+.PHONY: demo test lint format clean venv peers bench
 
 venv: $(STAMP)
 
@@ -34,5 +39,16 @@ format: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -q
 
+peers: $(PEERS_STAMP)
+
+$(PEERS_STAMP):
+	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS)/bin/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1 ptychi==2.2.0
+	touch $@
+
+bench: $(STAMP) $(PEERS_STAMP)
+	$(BIN)/python benchmarks/ptycho_vs_ptychi.py --quick
+
 clean:
-	rm -rf $(VENV) demo_run build dist src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(PEERS) demo_run build dist src/*.egg-info .pytest_cache .ruff_cache

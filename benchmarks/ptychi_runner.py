@@ -9,8 +9,10 @@ each epoch took.
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -20,6 +22,8 @@ def main(source: str, target: str) -> None:
     import ptychi.api as api
     from ptychi.api.task import PtychographyTask
 
+    warnings.simplefilter("ignore")  # pty-chi's deprecation notices about its own options API
+    logging.disable(logging.WARNING)
     torch.set_num_threads(int(np.load(source)["threads"]))
     data = np.load(source)
     engine = str(data["engine"])

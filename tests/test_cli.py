@@ -103,7 +103,43 @@ def test_failed_simulation_leaves_existing_file(tmp_path):
 
 
 def test_demo_runs(tmp_path):
-    edgeray("demo", "--out", str(tmp_path / "demo"), "--n-positions", "50")
+    edgeray("demo", "--out", str(tmp_path / "demo"), "--n-positions", "200", "--epochs", "5")
     assert (tmp_path / "demo" / "scan.cxi").exists()
     assert (tmp_path / "demo" / "scan.png").read_bytes()[:8] == PNG_MAGIC
-    assert json.loads((tmp_path / "demo" / "scan.json").read_text())["n_frames"] == 50
+    assert json.loads((tmp_path / "demo" / "scan.json").read_text())["n_frames"] == 200
+    summary = json.loads((tmp_path / "demo" / "product.json").read_text())
+    assert summary["epochs"] == 5 and summary["vs_ground_truth"]["rel_error"] < 1.0
+    assert (tmp_path / "demo" / "product.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_ptycho_reconstruct_writes_product_png_and_summary(tmp_path):
+    scan = tmp_path / "scan.cxi"
+    edgeray("simulate", "ptycho", "-o", str(scan), "--frame-size", "32", "--n-positions", "150", "--step-px", "3",
+            "--photons", "1e6")  # fmt: skip
+    out = tmp_path / "product.h5"
+    edgeray("ptycho", "reconstruct", str(scan), "-o", str(out), "--epochs", "30", "--batch-size", "32")
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["engine"] == "lsqml" and summary["epochs"] == 30
+    assert summary["seconds"] > 0 and summary["frames_per_s"] > 0
+    assert summary["final_cost"] < summary["cost"][0]
+    assert summary["vs_ground_truth"]["rel_error"] < 0.1
+    assert out.with_suffix(".png").read_bytes()[:8] == PNG_MAGIC
+    with h5py.File(out, "r") as h5:
+        assert h5["object"].ndim == 3 and h5["probe"].shape == (1, 32, 32)
+        assert len(h5["loss_values"]) == 30
+
+
+def test_ptycho_reconstruct_near_field_real_scan(tmp_path, petra_cxi):
+    out = tmp_path / "petra.h5"
+    edgeray("ptycho", "reconstruct", str(petra_cxi), "-o", str(out), "--epochs", "4", "--batch-size", "20",
+            "--near-field", "--focus-to-sample-m", "3.65e-3", "--engine", "rpie")  # fmt: skip
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["propagation"] == "near" and "vs_ground_truth" not in summary
+    assert summary["object_pixel_size_m"][0] == pytest.approx(1.7866e-7, rel=1e-3)
+
+
+def test_ptycho_reconstruct_bad_option(tmp_path, petra_cxi):
+    result = edgeray("ptycho", "reconstruct", str(petra_cxi), "-o", str(tmp_path / "x.h5"), "--device", "cuda:7",
+                     check=False)  # fmt: skip
+    assert result.returncode == 2 and "cuda" in result.stderr.lower()
+    assert not (tmp_path / "x.h5").exists()

@@ -285,15 +285,26 @@ def cmd_ptycho_reconstruct(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Simulate a scan, write it, check it and show it (the live streaming demo builds on this)."""
+    """Simulate a scan, check it, reconstruct it with LSQML and show both (the streaming demo builds on this)."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     scan_file = out / "scan.cxi"
     preview = out / "scan.png"
-    sim_args = build_parser().parse_args(
-        ["simulate", "ptycho", "-o", str(scan_file), "--n-positions", str(args.n_positions), "--preview", str(preview)]
+    parser = build_parser()
+    cmd_simulate_ptycho(
+        parser.parse_args(
+            [
+                "simulate",
+                "ptycho",
+                "-o",
+                str(scan_file),
+                "--n-positions",
+                str(args.n_positions),
+                "--preview",
+                str(preview),
+            ]
+        )
     )
-    cmd_simulate_ptycho(sim_args)
     info = inspect(scan_file)
     console.print(
         f"[bold]{scan_file}[/]: {info['n_frames']} frames {tuple(info['frame_shape'])} {info['dtype']}, "
@@ -301,7 +312,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"object pixel {info['geometry']['object_pixel_size_m'][0] * 1e9:.1f} nm, "
         f"problems: {len(info['problems'])}"
     )
-    console.print(f"[bold green]demo done[/]: look at {preview} (object, probe, diffraction, scan path)")
+    product = out / "product.h5"
+    cmd_ptycho_reconstruct(
+        parser.parse_args(["ptycho", "reconstruct", str(scan_file), "-o", str(product), "--epochs", str(args.epochs)])
+    )
+    console.print(
+        f"[bold green]demo done[/]: look at {preview} (the simulated scan) and {product.with_suffix('.png')} "
+        "(its reconstruction)"
+    )
     return 0
 
 
@@ -410,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = groups.add_parser("demo", help="the main job on simulated data, all local")
     demo.add_argument("--out", type=Path, default=Path("demo_run"), help="output folder")
     demo.add_argument("--n-positions", type=int, default=900, help="frames to simulate")
+    demo.add_argument("--epochs", type=int, default=30, help="LSQML epochs of the reconstruction")
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from edgeray.ptycho.ops import extract_patches, patch_indices, shift_ramps, shifted_probes, split_positions
+from edgeray.ptycho.ops import abs2, extract_patches, patch_indices, shift_ramps, shifted_probes, split_positions
 from edgeray.ptycho.problem import Problem
 
 NOISE_MODELS = ("gaussian", "poisson")
@@ -94,7 +94,7 @@ class Batch:
         self.patches = extract_patches(state.object, self.patch_index)
         self.waves = self.probes * self.patches[:, None]
         self.far = problem.propagator.forward(self.waves)
-        self.intensity = (self.far.real**2 + self.far.imag**2).sum(dim=1)
+        self.intensity = abs2(self.far).sum(dim=1)
         self.amplitudes = problem.amplitudes[index].to(self.intensity.dtype)
 
     def misfit(self, valid: torch.Tensor) -> float:
@@ -205,8 +205,13 @@ class Engine:
         """One pass over the data; returns the summed amplitude misfit measured before each update."""
         raise NotImplementedError
 
-    def run(self, epochs: int, callback: Callable[[int, float, float], None] | None = None) -> History:
-        """Run ``epochs`` epochs; ``callback(epoch, cost, frames_per_s)`` after each.
+    def run(
+        self,
+        epochs: int,
+        callback: Callable[[int, float, float], None] | None = None,
+        observer: Callable[[State], None] | None = None,
+    ) -> History:
+        """Run ``epochs`` epochs; ``callback(epoch, cost, frames_per_s)`` and ``observer(state)`` after each.
 
         On a NaN or exploding cost the last good state is restored and ``history.stopped`` says why.
         """
@@ -234,6 +239,8 @@ class Engine:
             self.history.seconds.append(seconds)
             if callback:
                 callback(self.epochs_done, cost, self.problem.n_frames / seconds)
+            if observer:
+                observer(self.state)
         return self.history
 
     # Shared pieces ---------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from edgeray.ptycho.engine import Engine, EngineOptions
-from edgeray.ptycho.ops import extract_patches, scatter_patches, shifted_probes, unshift_sum
+from edgeray.ptycho.ops import abs2, extract_patches, scatter_patches, shifted_probes, unshift_sum
 
 
 @dataclass
@@ -45,21 +45,21 @@ class LSQMLEngine(Engine):
             chi = batch.exit_wave_update(self.problem, options.noise)
             if self.correct_positions_now():
                 self.position_step(batch, chi, spectrum)
-            probe_power = (batch.probes.real**2 + batch.probes.imag**2).sum(dim=1)
+            probe_power = abs2(batch.probes).sum(dim=1)
             illumination = scatter_patches(probe_power, batch.patch_index, shape)
             regularizer = options.delta_object * illumination.max()
             direction = scatter_patches((batch.probes.conj() * chi).sum(dim=1), batch.patch_index, shape)
             direction = direction / (illumination + regularizer)
             u = batch.probes * extract_patches(direction, batch.patch_index)[:, None]
             # The 2 x 2 normal equations are solved in float64: in float32 their determinant cancels badly.
-            a11 = (u.real**2 + u.imag**2).sum(dim=dims).double()
+            a11 = abs2(u).sum(dim=dims).double()
             b1 = (u.conj() * chi).real.sum(dim=dims).double()
             if refine_probe:
-                weight = (batch.patches.real**2 + batch.patches.imag**2).sum(dim=0)
+                weight = abs2(batch.patches).sum(dim=0)
                 probe_direction = unshift_sum(batch.patches.conj()[:, None] * chi, batch.ramps)
                 probe_direction = probe_direction / (weight + options.delta_probe * weight.max())
                 v = shifted_probes(torch.fft.fft2(probe_direction), batch.ramps) * batch.patches[:, None]
-                a22 = (v.real**2 + v.imag**2).sum(dim=dims).double()
+                a22 = abs2(v).sum(dim=dims).double()
                 a12 = (u.conj() * v).real.sum(dim=dims).double()
                 b2 = (v.conj() * chi).real.sum(dim=dims).double()
                 ridge = 1e-6 * (a11 + a22) + 1e-30

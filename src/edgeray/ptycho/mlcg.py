@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from edgeray.ptycho.engine import Batch, Engine, EngineOptions, State
-from edgeray.ptycho.ops import scatter_patches
+from edgeray.ptycho.ops import abs2, scatter_patches
 
 
 @dataclass
@@ -86,9 +86,9 @@ class MLCGEngine(Engine):
             cost += float(value.detach())
             with torch.no_grad():
                 misfit += batch.misfit(self.valid)
-                power = (batch.probes.real**2 + batch.probes.imag**2).sum(dim=1)
+                power = abs2(batch.probes).sum(dim=1)
                 illumination += scatter_patches(power, batch.patch_index, shape)
-                probe_weight += (batch.patches.real**2 + batch.patches.imag**2).sum(dim=0)
+                probe_weight += abs2(batch.patches).sum(dim=0)
         grads = [obj.grad, probe.grad if probe.grad is not None else torch.zeros_like(probe)]
         precondition = [
             1.0 / (illumination + self.options.delta_object * illumination.max()),

@@ -7,16 +7,17 @@ from dataclasses import dataclass
 import torch
 
 from edgeray.ptycho.engine import Engine, EngineOptions
-from edgeray.ptycho.ops import scatter_patches, unshift_sum
+from edgeray.ptycho.ops import abs2, scatter_patches, unshift_sum
 
 
 @dataclass
 class PIEOptions(EngineOptions):
     """(r)PIE options.
 
-    The object update divides by ``(1 - alpha) * illumination + alpha * max(illumination)``: ``alpha = 1`` is
-    ePIE's normalization by the brightest pixel, small ``alpha`` is rPIE's (Maiden et al. 2017), which steps
-    further where the probe is weak. The probe update mirrors it with the object's intensity.
+    The object update divides by ``(1 - alpha) * illumination + alpha * max|probe|^2``, the illumination summed
+    over the batch's frames and the maximum taken over one frame's probe: ``alpha = 1`` is ePIE's normalization
+    by the brightest pixel, small ``alpha`` is rPIE's (Maiden et al. 2017), which steps further where the probe
+    is weak. The probe update mirrors it with the object's intensity.
 
     Attributes:
         alpha_object, alpha_probe: regularization weights in ``[0, 1]``.
@@ -52,15 +53,16 @@ class PIEEngine(Engine):
             if self.correct_positions_now():
                 self.position_step(batch, chi, spectrum)
             numerator = scatter_patches((batch.probes.conj() * chi).sum(dim=1), batch.patch_index, shape)
-            illumination = scatter_patches(
-                (batch.probes.real**2 + batch.probes.imag**2).sum(dim=1), batch.patch_index, shape
-            )
+            illumination = scatter_patches(abs2(batch.probes).sum(dim=1), batch.patch_index, shape)
+            # alpha weighs the brightest pixel of ONE frame's probe, as in sequential (r)PIE: the batch's summed
+            # illumination would shrink the steps of every frame that does not overlap another in the batch.
             a = options.alpha_object
-            denominator = (1 - a) * illumination + a * illumination.max()
+            single = float(abs2(batch.probes).sum(dim=1).amax())
+            denominator = (1 - a) * illumination + a * single
             object_step = options.step_object * numerator / (denominator + 1e-12 * illumination.max())
             if refine_probe:
                 probe_numerator = unshift_sum(batch.patches.conj()[:, None] * chi, batch.ramps)
-                weight = (batch.patches.real**2 + batch.patches.imag**2).sum(dim=0)
+                weight = abs2(batch.patches).sum(dim=0)
                 b = options.alpha_probe
                 probe_denominator = (1 - b) * weight + b * weight.max()
                 self.state.probe = self.state.probe + options.step_probe * probe_numerator / (

@@ -74,10 +74,14 @@ def run(
     probe: np.ndarray | None = None,
     obj: np.ndarray | None = None,
     callback: Callable[[int, float, float], None] | None = None,
+    observer: Callable[[State], None] | None = None,
     options: EngineOptions | None = None,
     **option_overrides,
 ) -> ReconstructionResult:
-    """Reconstruct ``scan`` and keep everything (see :func:`reconstruct` for the arguments)."""
+    """Reconstruct ``scan`` and keep everything (see :func:`reconstruct` for the arguments).
+
+    ``observer(state)`` is called after each epoch, outside the timed part (benchmarks score every epoch).
+    """
     options = options or default_options(engine, **option_overrides)
     problem = prepare(scan, geometry, resolve_device(device))
     start_probe = probe if probe is not None else scan.probe
@@ -96,7 +100,7 @@ def run(
     runner = _engine_class(engine)(problem, state, options)
     runner.name = engine
     started = time.perf_counter()
-    history = runner.run(epochs, callback)
+    history = runner.run(epochs, callback, observer)
     seconds = time.perf_counter() - started
     product = to_product(runner.state, problem, history, engine, options, seconds)
     return ReconstructionResult(product, history, problem, runner.state, seconds)
@@ -190,22 +194,35 @@ def illumination_mask(truth: GroundTruth, fraction: float = 0.3) -> np.ndarray:
     return lit >= fraction * lit.max()
 
 
-def compare_on_scanned_region(product: Product, truth: GroundTruth, positions_m: np.ndarray) -> dict:
-    """Metrics of ``product``'s object against ``truth`` where the scan lit the object well.
+def scanned_region_pair(
+    obj: np.ndarray, truth: GroundTruth, positions_m: np.ndarray, pixel_size_m, object_center_m
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(reconstruction, reference, mask)`` cropped to where the scan lit the ground truth well.
 
-    Both objects are cropped to the bounding box of :func:`illumination_mask` (the reconstruction grid is
-    offset from the ground truth's by a whole number of pixels, found from the positions), aligned (sub-pixel
-    shift, phase ramp, complex scale, weighted by the mask) and compared with :func:`edgeray.metrics.compare`;
-    the relative error counts only masked pixels.
+    ``obj`` ``(Y, X)`` lies on a grid whose centre is at ``object_center_m``; it is offset from the ground truth's
+    grid by a whole number of pixels, found from the positions.
     """
-    pixel = np.asarray(product.object_pixel_size_m)
-    origin = np.asarray(product.object_center_m) - np.asarray(product.object.shape[-2:]) / 2 * pixel
+    pixel = np.asarray(pixel_size_m)
+    origin = np.asarray(object_center_m) - np.asarray(obj.shape[-2:]) / 2 * pixel
     ours = (positions_m - origin) / pixel  # probe centres in our object pixels
     offset = np.round((ours - truth.positions_px).mean(axis=0)).astype(int)
     mask = illumination_mask(truth)
     rows, cols = np.nonzero(mask)
     low = np.maximum(np.array([rows.min(), cols.min()]), -offset)
-    high = np.minimum(np.array([rows.max(), cols.max()]) + 1, np.asarray(product.object.shape[-2:]) - offset)
+    high = np.minimum(np.array([rows.max(), cols.max()]) + 1, np.asarray(obj.shape[-2:]) - offset)
     reference = truth.object[low[0] : high[0], low[1] : high[1]]
-    recon = product.object[0][low[0] + offset[0] : high[0] + offset[0], low[1] + offset[1] : high[1] + offset[1]]
-    return compare(recon, reference, weights=mask[low[0] : high[0], low[1] : high[1]])
+    recon = obj[low[0] + offset[0] : high[0] + offset[0], low[1] + offset[1] : high[1] + offset[1]]
+    return recon, reference, mask[low[0] : high[0], low[1] : high[1]]
+
+
+def compare_on_scanned_region(product: Product, truth: GroundTruth, positions_m: np.ndarray) -> dict:
+    """Metrics of ``product``'s object against ``truth`` where the scan lit the object well.
+
+    Both objects are cropped by :func:`scanned_region_pair`, aligned (sub-pixel shift, phase ramp, complex
+    scale, weighted by the mask) and compared with :func:`edgeray.metrics.compare`; the relative error counts
+    only masked pixels.
+    """
+    recon, reference, mask = scanned_region_pair(
+        product.object[0], truth, positions_m, product.object_pixel_size_m, product.object_center_m
+    )
+    return compare(recon, reference, weights=mask)
