@@ -8,6 +8,7 @@ import torch
 
 from edgeray.io import PtychoScan, read_cxi
 from edgeray.ptycho import Geometry, State, initial_probe, prepare
+from edgeray.ptycho.evaluate import compare_on_scanned_region
 from edgeray.ptycho.mlcg import MLCGEngine, MLCGOptions
 from edgeray.ptycho.ops import (
     Propagator,
@@ -20,7 +21,7 @@ from edgeray.ptycho.ops import (
     split_positions,
     unshift_sum,
 )
-from edgeray.ptycho.reconstruct import compare_on_scanned_region, default_options, run
+from edgeray.ptycho.reconstruct import default_options, run
 from edgeray.sim import PtychoSimConfig, simulate_ptycho
 
 

@@ -206,7 +206,8 @@ def cmd_ptycho_reconstruct(args: argparse.Namespace) -> int:
 
     from edgeray.io import CXIFile, write_product
     from edgeray.ptycho import Geometry
-    from edgeray.ptycho.reconstruct import compare_on_scanned_region, default_options, run
+    from edgeray.ptycho.evaluate import compare_on_scanned_region
+    from edgeray.ptycho.reconstruct import default_options, run
     from edgeray.viz import save_preview
 
     overrides = {
