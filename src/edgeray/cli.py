@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 from rich.console import Console
@@ -49,25 +49,16 @@ def write_summary(output: Path, summary: dict) -> Path:
     return path
 
 
+def config_from_args(cls: type, args: argparse.Namespace):
+    """A config dataclass filled from the command line: each field from the option of the same (lower-case) name,
+    the dataclass default where the command has no such option."""
+    values = {f.name: getattr(args, f.name.lower()) for f in fields(cls) if hasattr(args, f.name.lower())}
+    return cls(**values)
+
+
 # ----------------------------------------------------------------------------------------------- simulate
 def cmd_simulate_ptycho(args: argparse.Namespace) -> int:
-    config = PtychoSimConfig(
-        frame_size=args.frame_size,
-        scan=args.scan,
-        n_positions=args.n_positions,
-        step_px=args.step_px,
-        jitter_px=args.jitter_px,
-        photons=args.photons,
-        object=args.object,
-        probe=args.probe,
-        probe_diameter_px=args.probe_diameter_px,
-        energy_eV=args.energy_ev,
-        distance_m=args.distance_m,
-        detector_pixel_m=args.detector_pixel_m,
-        beamstop_px=args.beamstop_px,
-        saturation=args.saturation,
-        seed=args.seed,
-    )
+    config = config_from_args(PtychoSimConfig, args)
     start = time.perf_counter()
     with progress_bar("simulating frames", config.n_positions) as update:
         scan = simulate_ptycho(config, progress=update)
@@ -97,16 +88,7 @@ def cmd_simulate_ptycho(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate_tomo(args: argparse.Namespace) -> int:
-    config = TomoSimConfig(
-        phantom=args.phantom,
-        size=args.size,
-        slices=args.slices,
-        angles=args.angles,
-        photons=args.photons,
-        max_attenuation=args.max_attenuation,
-        rings=args.rings,
-        seed=args.seed,
-    )
+    config = config_from_args(TomoSimConfig, args)
     start = time.perf_counter()
     with console.status("simulating projections"):
         scan = simulate_tomo(config)
