@@ -45,12 +45,13 @@ def _ramp(shape: tuple[int, int], cycles: np.ndarray) -> np.ndarray:
 def _dtft_peak(values: np.ndarray, coords: list[np.ndarray], tolerance: float) -> np.ndarray:
     """The ``q`` (y, x) maximizing ``|sum_u values[u] exp(2 pi i q . u / n)|``, u on the ``coords`` grid.
 
-    The integer peak of a 4x zero-padded inverse FFT starts a quasi-Newton (BFGS) search on the continuous
-    transform, with the analytic gradient.
+    The integer peak of a zero-padded inverse FFT (4x for images up to 256^2, 2x above, to bound memory and time)
+    starts a quasi-Newton (BFGS) search on the continuous transform, with the analytic gradient.
     """
     shape = np.array(values.shape)
-    padded = np.abs(np.fft.ifft2(values, s=tuple(4 * shape)))
-    start = np.array(np.unravel_index(np.argmax(padded), padded.shape), dtype=np.float64) / 4
+    pad = 4 if values.size <= 256 * 256 else 2
+    padded = np.abs(np.fft.ifft2(values, s=tuple(pad * shape)))
+    start = np.array(np.unravel_index(np.argmax(padded), padded.shape), dtype=np.float64) / pad
     start = (start + shape / 2) % shape - shape / 2  # to the signed range
     values = values / np.abs(values).sum()
     wy, wx = 2j * np.pi * coords[0] / shape[0], 2j * np.pi * coords[1] / shape[1]
