@@ -143,3 +143,23 @@ def test_ptycho_reconstruct_bad_option(tmp_path, petra_cxi):
                      check=False)  # fmt: skip
     assert result.returncode == 2 and "cuda" in result.stderr.lower()
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_nn_make_trainset_train_infer(tmp_path):
+    trainset = tmp_path / "set.h5"
+    edgeray("nn", "make-trainset", "--simulate", "120", "--frame-size", "32", "--step-px", "4", "-o", str(trainset))
+    assert json.loads(trainset.with_suffix(".json").read_text())["samples"] == 120
+    with h5py.File(trainset, "r") as h5:
+        assert h5["frames"].shape == h5["amplitude"].shape == h5["phase"].shape == (120, 32, 32)
+        assert json.loads(h5.attrs["valid_for"])["frame_size"] == 32
+    model = tmp_path / "model"
+    edgeray("nn", "train", str(trainset), "-o", str(model), "--epochs", "2", "--width", "4", "--frame-size", "32")
+    card = json.loads((model / "model.json").read_text())
+    assert len(card["history"]["val_loss"]) == 2 and card["valid_for"]["frame_size"] == 32
+    scan = tmp_path / "scan.cxi"
+    edgeray("simulate", "ptycho", "-o", str(scan), "--frame-size", "32", "--n-positions", "50", "--step-px", "4")
+    out = tmp_path / "nn.h5"
+    edgeray("nn", "infer", str(scan), "-o", str(out), "--model", str(model))
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["frames_per_s"] > 0 and "vs_ground_truth" in summary and summary["geometry_mismatches"] == []
+    assert out.with_suffix(".png").read_bytes()[:8] == PNG_MAGIC

@@ -266,6 +266,125 @@ def cmd_ptycho_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------------ nn
+def cmd_nn_make_trainset(args: argparse.Namespace) -> int:
+    from edgeray.io import read_cxi, read_product
+    from edgeray.nn.trainset import (
+        probe_fingerprint,
+        samples_from_reconstruction,
+        samples_from_scan,
+        simulate_scans,
+        write_trainset,
+    )
+
+    start = time.perf_counter()
+    if args.simulate:
+        base = PtychoSimConfig(frame_size=args.frame_size, step_px=args.step_px, scan=args.scan_kind, probe=args.probe)
+        with progress_bar("simulating training scans", args.simulate) as update:
+            scans = simulate_scans(args.simulate, base, seed=args.seed, progress=update)
+        samples = [samples_from_scan(scan) for scan in scans]
+        attrs = {"source": "simulation", "valid_for": probe_fingerprint(base), "scans": len(scans)}
+    else:
+        if not (args.scan and args.labels):
+            raise ValueError("give --simulate N, or --scan A.cxi with --labels A_product.h5")
+        scan, product = read_cxi(args.scan), read_product(args.labels)
+        samples = [samples_from_reconstruction(scan, product)]
+        valid = {
+            "frame_size": scan.frames.shape[-1],
+            "energy_eV": scan.geometry.energy_eV,
+            "distance_m": scan.geometry.distance_m,
+            "detector_pixel_m": scan.geometry.detector_pixel_size_m[1],
+        }
+        attrs = {
+            "source": f"{args.scan} + {args.labels}",
+            "engine": product.attrs.get("engine", ""),
+            "valid_for": valid,
+        }
+    path = write_trainset(args.output, samples, attrs)
+    n = sum(len(s["frames"]) for s in samples)
+    seconds = time.perf_counter() - start
+    write_summary(
+        path,
+        {
+            "command": "nn make-trainset",
+            "output": str(path),
+            "samples": n,
+            "seconds": seconds,
+            "frames_per_s": n / seconds,
+            "attrs": attrs,
+        },
+    )
+    console.print(f"[green]wrote[/] {path}: {n} samples ({seconds:.1f} s)")
+    return 0
+
+
+def cmd_nn_train(args: argparse.Namespace) -> int:
+    from edgeray.nn.models import ModelConfig
+    from edgeray.nn.train import TrainOptions, train
+
+    config = ModelConfig(args.model, args.width or (8 if args.model == "compact" else 32), args.depth, args.frame_size)
+    options = TrainOptions(args.epochs, args.batch, args.lr, seed=args.seed, device=args.device, workers=args.workers)
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("train {task.fields[train]:.4f}  val {task.fields[val]:.4f}"),
+    )
+    start = time.perf_counter()
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task(f"training {args.model}", total=args.epochs, train=float("nan"), val=float("nan"))
+        card = train(
+            args.trainset,
+            args.output,
+            config,
+            options,
+            resume=args.resume,
+            progress=lambda e, m: bar.update(task, completed=e, train=m["train_loss"], val=m["val_loss"]),
+        )
+    seconds = time.perf_counter() - start
+    write_summary(
+        args.output / "train.h5",
+        {"command": "nn train", "seconds": seconds, **card["validation"], "samples": card["training"]["samples"]},
+    )
+    console.print(
+        f"[green]wrote[/] {args.output}: model.safetensors, model.json, MODEL_CARD.md, loss.png ({seconds:.0f} s)"
+    )
+    return 0
+
+
+def cmd_nn_infer(args: argparse.Namespace) -> int:
+    import warnings
+
+    from edgeray.io import CXIFile, write_product
+    from edgeray.nn.infer import infer_scan
+    from edgeray.ptycho.evaluate import compare_on_scanned_region
+    from edgeray.viz import save_preview
+
+    with CXIFile(args.scan, **_cxi_options(args)) as cxi:
+        scan = cxi.load()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = infer_scan(scan, args.model, args.device, args.batch, args.backend)
+    for line in result.mismatches:
+        console.print(f"[yellow]warning:[/] the model was trained for another geometry: {escape(line)}")
+    write_product(args.output, result.product)
+    save_preview(args.output, args.output.with_suffix(".png"))
+    summary = {
+        "command": "nn infer",
+        "scan": str(args.scan),
+        "output": str(args.output),
+        "model": str(args.model),
+        "seconds": result.seconds,
+        "frames_per_s": result.frames_per_s,
+        "geometry_mismatches": result.mismatches,
+    }
+    if scan.ground_truth is not None:
+        summary["vs_ground_truth"] = compare_on_scanned_region(result.product, scan.ground_truth, scan.positions_m)
+    write_summary(args.output, summary)
+    console.print(f"[green]wrote[/] {args.output}: {scan.n_frames} frames at {result.frames_per_s:.0f} frames/s")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> int:
     """Simulate a scan, check it, reconstruct it with LSQML and show both (the streaming demo builds on this)."""
@@ -407,6 +526,44 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--true-probe", action="store_true", help="start from a simulated file's ground-truth probe")
     _add_cxi_flags(r)
     r.set_defaults(func=cmd_ptycho_reconstruct)
+
+    nn_group = groups.add_parser("nn", help="neural-network surrogates (PtychoNN, compact edge model)")
+    nn_cmds = nn_group.add_subparsers(dest="action", metavar="ACTION", required=True)
+    m = nn_cmds.add_parser("make-trainset", help="build a training set (HDF5) from simulations or a reconstruction")
+    m.add_argument("-o", "--output", type=Path, required=True, help="training-set HDF5 file")
+    m.add_argument("--simulate", type=int, default=None, help="simulate this many frames (diverse objects, doses)")
+    m.add_argument("--scan", type=Path, default=None, help="a measured scan (CXI) ...")
+    m.add_argument("--labels", type=Path, default=None, help="... and its iterative reconstruction (product)")
+    m.add_argument("--frame-size", type=int, default=64)
+    m.add_argument("--step-px", type=float, default=8.0)
+    m.add_argument("--scan-path", dest="scan_kind", choices=SCANS, default="spiral", help="scan path of simulations")
+    m.add_argument("--probe", default="focused", help="probe of the simulations (focused, zoneplate, gaussian, FILE)")
+    m.add_argument("--seed", type=int, default=0)
+    m.set_defaults(func=cmd_nn_make_trainset)
+    t = nn_cmds.add_parser("train", help="train a model on a training set")
+    t.add_argument("trainset", type=Path)
+    t.add_argument("-o", "--output", type=Path, required=True, help="model directory")
+    t.add_argument("--model", choices=("compact", "ptychonn"), default="compact")
+    t.add_argument("--width", type=int, default=None, help="base channels (compact 8, ptychonn 32)")
+    t.add_argument("--depth", type=int, default=3)
+    t.add_argument("--frame-size", type=int, default=64)
+    t.add_argument("--epochs", type=int, default=20)
+    t.add_argument("--batch", type=int, default=64)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--workers", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--resume", action="store_true", help="continue from the model directory's last epoch")
+    t.set_defaults(func=cmd_nn_train)
+    i = nn_cmds.add_parser("infer", help="invert a scan with a model and stitch the patches -> product")
+    i.add_argument("scan", type=Path)
+    i.add_argument("-o", "--output", type=Path, required=True, help="product HDF5 file")
+    i.add_argument("--model", type=Path, default=None, help="model directory (default: the shipped compact model)")
+    i.add_argument("--device", default="cpu")
+    i.add_argument("--batch", type=int, default=256)
+    i.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto")
+    _add_cxi_flags(i)
+    i.set_defaults(func=cmd_nn_infer)
 
     demo = groups.add_parser("demo", help="the main job on simulated data, all local")
     demo.add_argument("--out", type=Path, default=Path("demo_run"), help="output folder")

@@ -43,6 +43,9 @@ def atomic_h5(path: str | Path) -> Iterator[h5py.File]:
     try:
         with h5py.File(tmp_name, "w") as h5:
             yield h5
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp makes 0600; a finished file gets the usual permissions
         os.replace(tmp_name, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

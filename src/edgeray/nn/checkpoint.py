@@ -1,0 +1,72 @@
+"""Model directories: weights in safetensors (no pickle), architecture and model card in JSON.
+
+``DIR/model.safetensors`` (weights), ``DIR/model.json`` (architecture, input normalization, what the model is
+valid for, training data and metrics), ``DIR/MODEL_CARD.md`` (the same for people), ``DIR/loss.png``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from edgeray.nn.models import ModelConfig, build_model
+
+SHIPPED = Path(__file__).parent / "shipped" / "compact"
+
+
+def save_model(directory: str | Path, model: nn.Module, card: dict) -> Path:
+    """Write weights and card; the card must hold ``config`` (a :class:`ModelConfig` dict)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = directory / ".model.safetensors.tmp"
+    save_file(weights, str(tmp))
+    tmp.chmod(0o644)
+    tmp.replace(directory / "model.safetensors")
+    (directory / "model.json").write_text(json.dumps(card, indent=2, default=str) + "\n")
+    return directory
+
+
+def load_model(directory: str | Path | None = None, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Load a model directory (default: the shipped compact model) -> ``(model in eval mode, card)``.
+
+    Raises:
+        ValueError: a missing or corrupt file, or weights that do not fit the architecture in the card.
+    """
+    directory = Path(directory) if directory is not None else SHIPPED
+    card_path, weights_path = directory / "model.json", directory / "model.safetensors"
+    for path in (card_path, weights_path):
+        if not path.is_file():
+            raise ValueError(f"{directory}: not a model directory (no {path.name})")
+    try:
+        card = json.loads(card_path.read_text())
+        config = ModelConfig(**card["config"])
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"{card_path}: unreadable model card ({exc})") from exc
+    try:
+        weights = load_file(str(weights_path))
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"{weights_path}: corrupt weights file ({exc})") from exc
+    model = build_model(config)
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise ValueError(
+            f"{weights_path}: weights do not fit the {config.kind} architecture in the card: {first}"
+        ) from exc
+    return model.to(device).eval(), card
+
+
+def save_training_state(path: Path, optimizer: torch.optim.Optimizer, epoch: int, history: dict) -> None:
+    """Optimizer state and progress for ``--resume`` (tensors and plain values only: loads with weights_only)."""
+    torch.save({"optimizer": optimizer.state_dict(), "epoch": epoch, "history": history}, path)
+
+
+def load_training_state(path: Path) -> dict:
+    return torch.load(path, weights_only=True)

@@ -1,0 +1,134 @@
+"""Surrogate networks: shapes, overfitting a tiny set, exact stitching, ONNX parity, checkpoint errors, inference."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from edgeray.nn.checkpoint import load_model, save_model
+from edgeray.nn.export import OnnxModel, export_onnx
+from edgeray.nn.infer import infer_scan
+from edgeray.nn.models import ModelConfig, build_model, normalize_frames
+from edgeray.nn.stitch import stitch
+from edgeray.nn.train import TrainOptions, TrainsetDataset, train
+from edgeray.nn.trainset import object_patches, samples_from_reconstruction, samples_from_scan, write_trainset
+from edgeray.ptycho import prepare
+from edgeray.ptycho.reconstruct import run
+from edgeray.sim import PtychoSimConfig, simulate_ptycho
+
+
+@pytest.fixture(scope="module")
+def small_scan():
+    return simulate_ptycho(PtychoSimConfig(frame_size=32, n_positions=64, step_px=4.0, photons=1e5, seed=7))
+
+
+@pytest.mark.parametrize("kind", ["compact", "ptychonn"])
+def test_model_shapes_and_ranges(kind):
+    model = build_model(ModelConfig(kind, width=4, depth=3, frame_size=32))
+    amplitude, phase = model(torch.randn(5, 1, 32, 32) * 10)
+    assert amplitude.shape == phase.shape == (5, 1, 32, 32)
+    assert float(amplitude.min()) > 0 and float(amplitude.max()) < 1
+    assert float(phase.abs().max()) < math.pi
+
+
+def test_bad_model_configs():
+    with pytest.raises(ValueError, match="not divisible"):
+        build_model(ModelConfig("compact", 8, 3, 36))
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model(ModelConfig("resnet"))
+
+
+def test_normalization_keeps_frame_to_frame_differences():
+    counts = torch.tensor([[[100.0, 0.0]], [[400.0, 0.0]]])
+    x = normalize_frames(counts)
+    assert x.shape == (2, 1, 1, 2)
+    assert float(x[1, 0, 0, 0] / x[0, 0, 0, 0]) == pytest.approx(2.0)
+    assert float((x**2).mean()) == pytest.approx(1.0)
+
+
+def test_stitching_exact_patches_reproduces_the_object(small_scan):
+    problem = prepare(small_scan)
+    rng = np.random.default_rng(0)
+    obj = (rng.random(problem.object_shape) + 0.5) * np.exp(1j * rng.uniform(-1, 1, problem.object_shape))
+    patches = object_patches(obj, problem.positions_px.numpy(), (32, 32))
+    stitched, coverage = stitch(
+        torch.from_numpy(patches.astype(np.complex64)), problem.positions_px, problem.object_shape
+    )
+    covered = coverage.numpy() > 0
+    assert covered.mean() > 0.3
+    np.testing.assert_allclose(stitched.numpy()[covered], obj[covered], rtol=1e-5, atol=1e-6)
+    assert (stitched.numpy()[~covered] == 1).all()
+
+
+def test_tiny_model_overfits_a_tiny_set(tmp_path):
+    scan = simulate_ptycho(
+        PtychoSimConfig(frame_size=32, n_positions=9, step_px=4.0, photons=1e5, seed=7, object="random")
+    )
+    path = write_trainset(tmp_path / "set.h5", [samples_from_scan(scan)], {"source": "test"})
+    dataset = TrainsetDataset(path)
+    assert len(dataset) == 9 and dataset.frame_shape == [32, 32]
+    options = TrainOptions(epochs=300, batch_size=4, learning_rate=1e-2, val_fraction=0.1, seed=0)
+    card = train(path, tmp_path / "model", ModelConfig("compact", 8, 3, 32), options)
+    history = card["history"]
+    assert history["train_loss"][-1] < 0.1 * history["initial_train_loss"]  # measured 18x
+    assert (tmp_path / "model" / "MODEL_CARD.md").exists() and (tmp_path / "model" / "loss.png").exists()
+    _, loaded = load_model(tmp_path / "model")
+    assert loaded["config"]["width"] == 8
+
+
+def test_training_is_deterministic_and_resumes(tmp_path, small_scan):
+    path = write_trainset(tmp_path / "set.h5", [samples_from_scan(small_scan)], {"source": "test"})
+    config = ModelConfig("compact", 4, 3, 32)
+    a = train(path, tmp_path / "a", config, TrainOptions(epochs=3, batch_size=16, seed=1))
+    b = train(path, tmp_path / "b", config, TrainOptions(epochs=3, batch_size=16, seed=1))
+    assert a["history"]["train_loss"] == b["history"]["train_loss"]
+    resumed = train(path, tmp_path / "a", config, TrainOptions(epochs=5, batch_size=16, seed=1), resume=True)
+    assert len(resumed["history"]["train_loss"]) == 5
+    assert resumed["history"]["train_loss"][:3] == a["history"]["train_loss"]
+
+
+def test_onnx_matches_torch(tmp_path):
+    model = build_model(ModelConfig("compact", 8, 3, 32)).eval()
+    onnx_model = OnnxModel(export_onnx(model, tmp_path / "m.onnx", 32))
+    x = torch.randn(7, 1, 32, 32)
+    with torch.inference_mode():
+        amplitude, phase = model(x)
+    amplitude_o, phase_o = onnx_model(x)
+    assert float((amplitude - amplitude_o).abs().max()) < 1e-4
+    assert float((phase - phase_o).abs().max()) < 1e-4
+
+
+def test_corrupt_and_mismatched_checkpoints(tmp_path):
+    model = build_model(ModelConfig("compact", 8, 3, 32))
+    save_model(tmp_path / "m", model, {"config": ModelConfig("compact", 8, 3, 32).to_dict()})
+    card = json.loads((tmp_path / "m" / "model.json").read_text())
+    card["config"]["width"] = 16
+    (tmp_path / "m" / "model.json").write_text(json.dumps(card))
+    with pytest.raises(ValueError, match="do not fit the compact architecture"):
+        load_model(tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="corrupt weights"):
+        load_model(tmp_path / "m")
+    with pytest.raises(ValueError, match="not a model directory"):
+        load_model(tmp_path / "nothing")
+
+
+def test_labels_from_a_reconstruction(small_scan):
+    product = run(small_scan, "lsqml", 3, probe=small_scan.ground_truth.probe, batch_size=32).product
+    samples = samples_from_reconstruction(small_scan, product)
+    assert samples["frames"].shape == samples["amplitude"].shape == samples["phase"].shape == (64, 32, 32)
+    assert samples["amplitude"].max() <= 1.0 and np.abs(samples["phase"]).max() <= np.pi
+
+
+def test_shipped_model_inverts_a_scan_and_warns_on_other_geometry():
+    scan = simulate_ptycho(PtychoSimConfig(n_positions=100, photons=1e5, seed=11))
+    result = infer_scan(scan)
+    assert result.product.object.shape[0] == 1 and result.frames_per_s > 0
+    assert result.mismatches == []
+    other = simulate_ptycho(PtychoSimConfig(n_positions=20, photons=1e5, energy_eV=8000.0, seed=11))
+    with pytest.warns(UserWarning, match="energy_eV"):
+        infer_scan(other)
