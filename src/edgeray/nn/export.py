@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,13 @@ def export_onnx(model: nn.Module, path: str | Path, frame_size: int) -> Path:
     ``phase``."""
     path = Path(path)
     example = torch.zeros(2, 1, frame_size, frame_size)
+    with warnings.catch_warnings():  # the TorchScript exporter is deprecated, but needs no onnxscript
+        warnings.simplefilter("ignore", DeprecationWarning)
+        _export(model, example, path)
+    return path
+
+
+def _export(model: nn.Module, example: torch.Tensor, path: Path) -> None:
     torch.onnx.export(
         model.eval().cpu(),
         (example,),
@@ -24,7 +32,6 @@ def export_onnx(model: nn.Module, path: str | Path, frame_size: int) -> Path:
         opset_version=17,
         dynamo=False,
     )
-    return path
 
 
 class OnnxModel:

@@ -111,9 +111,6 @@ def train(
     else:
         model = build_model(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=options.learning_rate)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, options.epochs, eta_min=options.learning_rate / 100
-    )
     history: dict = {"train_loss": [], "val_loss": [], "val_amplitude_l1": [], "val_phase_l1": [], "seconds": []}
     first_epoch = 0
     state_path = output / "training_state.pt"
@@ -121,8 +118,11 @@ def train(
         state = load_training_state(state_path)
         optimizer.load_state_dict(state["optimizer"])
         first_epoch, history = state["epoch"], state["history"]
-        for _ in range(first_epoch):
-            scheduler.step()
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", options.learning_rate)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, options.epochs, eta_min=options.learning_rate / 100, last_epoch=first_epoch - 1
+    )
     output.mkdir(parents=True, exist_ok=True)
     if "initial_train_loss" not in history:  # the untrained model's loss: the baseline every figure is read against
         model.eval()
