@@ -1,7 +1,14 @@
 """Simulators: ptychography (probes, scan paths, objects, far-field counts) and tomography (phantoms,
 exact projections, flats/darks, dose, rings). Everything is seeded and vectorized."""
 
-from edgeray.sim.objects import BUNDLED_IMAGES, load_image, make_object, object_from_images, random_object
+from edgeray.sim.objects import (
+    BUNDLED_IMAGES,
+    HELD_OUT_IMAGES,
+    load_image,
+    make_object,
+    object_from_images,
+    random_object,
+)
 from edgeray.sim.phantoms import PHANTOMS, Ellipsoid, foam, make_phantom, project, rasterize, shepp_logan
 from edgeray.sim.probes import focused_probe, gaussian_probe, probe_from_file
 from edgeray.sim.ptycho import (
@@ -18,6 +25,7 @@ from edgeray.sim.tomo import TomoSimConfig, beam_profile, simulate_tomo
 
 __all__ = [
     "BUNDLED_IMAGES",
+    "HELD_OUT_IMAGES",
     "PHANTOMS",
     "SCANS",
     "Ellipsoid",

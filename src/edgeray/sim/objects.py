@@ -10,6 +10,8 @@ from skimage import color, data, io, transform
 
 #: Images bundled with scikit-image that load without a download.
 BUNDLED_IMAGES = ("camera", "astronaut", "coins", "moon", "text", "brick", "grass", "gravel", "cell", "page")
+#: Further bundled images, kept out of EdgeRay's simulated training sets so models can be scored on unseen objects.
+HELD_OUT_IMAGES = ("chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry")
 DEFAULT_OBJECT = "camera,astronaut"
 
 
@@ -19,7 +21,7 @@ def load_image(name_or_path: str) -> np.ndarray:
     Raises:
         ValueError: the name is neither a bundled image nor a readable file.
     """
-    if name_or_path in BUNDLED_IMAGES:
+    if name_or_path in BUNDLED_IMAGES + HELD_OUT_IMAGES:
         image = getattr(data, name_or_path)()
     elif Path(name_or_path).is_file():
         image = io.imread(name_or_path)
