@@ -549,7 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--frame-size", type=int, default=64)
     t.add_argument("--epochs", type=int, default=20)
     t.add_argument("--batch", type=int, default=64)
-    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--lr", type=float, default=5e-3, help="peak learning rate (cosine schedule)")
     t.add_argument("--device", default="cpu")
     t.add_argument("--workers", type=int, default=0)
     t.add_argument("--seed", type=int, default=0)

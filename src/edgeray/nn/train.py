@@ -63,7 +63,7 @@ class TrainOptions:
 
     epochs: int = 20
     batch_size: int = 64
-    learning_rate: float = 2e-3
+    learning_rate: float = 5e-3
     val_fraction: float = 0.1
     seed: int = 0
     device: str = "cpu"
