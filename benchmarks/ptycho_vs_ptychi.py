@@ -35,6 +35,7 @@ from edgeray.metrics import align, relative_error
 from edgeray.ptycho import Geometry, State, initial_probe, prepare
 from edgeray.ptycho.engine import Batch
 from edgeray.ptycho.evaluate import illumination_mask, scanned_region_pair
+from edgeray.ptycho.problem import object_grid
 from edgeray.ptycho.reconstruct import run
 from edgeray.sim import PtychoSimConfig, simulate_ptycho
 
@@ -86,9 +87,8 @@ def summarize(case, tool, engine, seconds, errors, n_frames, cost) -> dict:
 
 def run_ours(case, scan, engine, epochs, geometry, probe, batch, threads) -> tuple[dict, np.ndarray, np.ndarray]:
     torch.set_num_threads(threads)
-    problem = prepare(scan, geometry)
-    pixel = problem.pixel_size_m
-    centre = np.asarray(problem.object_shape) / 2 * np.asarray(pixel) + np.asarray(problem.origin_m)
+    grid = object_grid(scan, geometry)
+    pixel, centre = grid.pixel_size_m, grid.center_m
     errors: list = []
     lit = illumination_mask(scan.ground_truth) if scan.ground_truth is not None else None
 
@@ -105,8 +105,8 @@ def run_ours(case, scan, engine, epochs, geometry, probe, batch, threads) -> tup
 
 
 def run_ptychi(case, scan, engine, epochs, geometry, probe, batch, threads, python) -> tuple[dict, np.ndarray]:
-    problem = prepare(scan, geometry)
-    pixel = problem.pixel_size_m
+    grid = object_grid(scan, geometry)
+    pixel = grid.pixel_size_m
     near = np.inf
     if geometry.propagation == "near":
         z1, z2 = geometry.focus_to_sample_m, scan.geometry.distance_m
@@ -117,9 +117,9 @@ def run_ptychi(case, scan, engine, epochs, geometry, probe, batch, threads, pyth
         np.savez(
             source,
             frames=scan.frames,
-            positions_px=problem.positions_px.numpy(),
+            positions_px=grid.positions_px,
             probe=np.asarray(probe, np.complex64),
-            object_shape=np.array(problem.object_shape),
+            object_shape=np.array(grid.object_shape),
             pixel_size_m=pixel[0],
             engine=engine,
             epochs=epochs,
@@ -132,7 +132,7 @@ def run_ptychi(case, scan, engine, epochs, geometry, probe, batch, threads, pyth
         subprocess.run([python, str(ROOT / "benchmarks" / "ptychi_runner.py"), str(source), str(target)], check=True)
         out = np.load(target)
         objects, seconds, probe_out = out["objects"], out["seconds"], out["probe"]
-    centre = np.asarray(problem.object_shape) / 2 * np.asarray(pixel) + np.asarray(problem.origin_m)
+    centre = grid.center_m
     if scan.ground_truth is not None:
         lit = illumination_mask(scan.ground_truth)
         errors = [object_error(o, scan, pixel, centre, lit) for o in objects]

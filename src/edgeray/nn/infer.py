@@ -15,7 +15,7 @@ from edgeray.io import Product, PtychoScan
 from edgeray.nn.checkpoint import load_model
 from edgeray.nn.models import normalize_frames
 from edgeray.nn.stitch import stitch, to_complex
-from edgeray.ptycho import prepare
+from edgeray.ptycho.problem import object_grid
 
 
 def predict(model: nn.Module, inputs: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,23 +94,22 @@ def infer_scan(
     mismatches = geometry_mismatches(scan, card)
     if mismatches:
         warnings.warn("the model was trained for another geometry: " + "; ".join(mismatches), stacklevel=2)
-    problem = prepare(scan, device=device)
+    grid = object_grid(scan)
     frames = torch.from_numpy(np.asarray(scan.frames, dtype=np.float32)).to(device)
     start = time.perf_counter()
     amplitude, phase = predict(model, normalize_frames(frames), batch_size)
-    obj, _ = stitch(to_complex(amplitude, phase), problem.positions_px, problem.object_shape)
+    positions_px = torch.from_numpy(grid.positions_px).to(device)
+    obj, _ = stitch(to_complex(amplitude, phase), positions_px, grid.object_shape)
     seconds = time.perf_counter() - start
-    pixel = np.asarray(problem.pixel_size_m)
-    origin = np.asarray(problem.origin_m)
     product = Product(
         object=obj.cpu().numpy()[None],
-        probe=np.zeros((1, *problem.frame_shape), dtype=np.complex64),
-        positions_m=problem.positions_px.cpu().numpy() * pixel + origin,
-        object_pixel_size_m=tuple(float(p) for p in pixel),
-        probe_pixel_size_m=tuple(float(p) for p in pixel),
+        probe=np.zeros((1, *scan.frames.shape[-2:]), dtype=np.complex64),
+        positions_m=scan.positions_m,
+        object_pixel_size_m=grid.pixel_size_m,
+        probe_pixel_size_m=grid.pixel_size_m,
         energy_eV=scan.geometry.energy_eV,
         distance_m=scan.geometry.distance_m,
-        object_center_m=tuple(float(c) for c in np.asarray(problem.object_shape) / 2 * pixel + origin),
+        object_center_m=grid.center_m,
         name=f"edgeray nn {card['config']['kind']}",
         attrs={"engine": "nn", "model": str(model_dir or "shipped"), "seconds": seconds},
     )

@@ -18,18 +18,14 @@ import numpy as np
 from edgeray.io import Product, PtychoScan
 from edgeray.io._h5util import atomic_h5, frames_per_chunk
 from edgeray.sim import BUNDLED_IMAGES, PtychoSimConfig, simulate_ptycho
-from edgeray.sim.ptycho import make_probe
+from edgeray.sim.ptycho import frame_windows, make_probe
 
 DATASETS = ("frames", "amplitude", "phase", "scale")
 
 
 def object_patches(obj: np.ndarray, positions_px: np.ndarray, frame_shape: tuple[int, int]) -> np.ndarray:
     """The object window of every frame, ``(N, H, W)``: pixels from ``floor(p - (H/2, W/2))`` on."""
-    height, width = frame_shape
-    corners = np.floor(positions_px - np.array([height / 2, width / 2])).astype(np.int64)
-    rows = corners[:, 0, None, None] + np.arange(height)[None, :, None]
-    cols = corners[:, 1, None, None] + np.arange(width)[None, None, :]
-    return obj[rows, cols]
+    return obj[frame_windows(positions_px, frame_shape)]
 
 
 def remove_phase_offset(obj: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:

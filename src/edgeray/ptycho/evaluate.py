@@ -6,6 +6,7 @@ import numpy as np
 
 from edgeray.io import GroundTruth, Product, PtychoScan
 from edgeray.metrics import compare
+from edgeray.sim.ptycho import frame_windows
 
 
 def illumination_mask(truth: GroundTruth, fraction: float = 0.3) -> np.ndarray:
@@ -14,12 +15,9 @@ def illumination_mask(truth: GroundTruth, fraction: float = 0.3) -> np.ndarray:
     Returns ``(Y, X)`` bool on the ground truth's grid (positions rounded to whole pixels).
     """
     power = (np.abs(truth.probe) ** 2).sum(axis=0)
-    height, width = power.shape
-    corners = np.floor(truth.positions_px - np.array([height / 2, width / 2])).astype(np.int64)
-    rows = corners[:, 0, None, None] + np.arange(height)[None, :, None]
-    cols = corners[:, 1, None, None] + np.arange(width)[None, None, :]
+    rows, cols = frame_windows(truth.positions_px, power.shape)
     flat = (rows * truth.object.shape[1] + cols).reshape(-1)
-    weights = np.broadcast_to(power, (len(corners), height, width)).reshape(-1)
+    weights = np.broadcast_to(power, (len(rows), *power.shape)).reshape(-1)
     lit = np.bincount(flat, weights, minlength=truth.object.size).reshape(truth.object.shape)
     return lit >= fraction * lit.max()
 

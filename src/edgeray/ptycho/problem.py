@@ -84,6 +84,44 @@ def object_pixel_size(scan: PtychoScan, geometry: Geometry) -> tuple[tuple[float
     return (pixel[0] / magnification, pixel[1] / magnification), z2 / magnification
 
 
+@dataclass
+class ObjectGrid:
+    """Where a scan's frames fall on the object array.
+
+    Attributes:
+        positions_px: ``(N, 2)`` float64 probe centres [y, x], object pixels; object_shape: ``(Y, X)``;
+        pixel_size_m: ``(y, x)``; origin_m: ``(y, x)`` so that ``positions_m = positions_px * pixel + origin``;
+        distance_m: the propagation distance the engines use (effective distance in a magnified near field).
+    """
+
+    positions_px: np.ndarray
+    object_shape: tuple[int, int]
+    pixel_size_m: tuple[float, float]
+    origin_m: tuple[float, float]
+    distance_m: float
+
+    @property
+    def center_m(self) -> tuple[float, float]:
+        """Position (m) of the object array's centre."""
+        centre = np.asarray(self.object_shape) / 2 * np.asarray(self.pixel_size_m) + np.asarray(self.origin_m)
+        return float(centre[0]), float(centre[1])
+
+
+def object_grid(scan: PtychoScan, geometry: Geometry | None = None, margin_px: int = 4) -> ObjectGrid:
+    """The object grid of ``scan``: every frame inside with ``margin_px`` to spare (no frame data is touched)."""
+    geometry = geometry or Geometry()
+    pixel, distance = object_pixel_size(scan, geometry)
+    positions_m = np.asarray(scan.positions_m, dtype=np.float64)
+    half = np.asarray(scan.frames.shape[-2:]) / 2
+    low = positions_m.min(axis=0)
+    positions_px = (positions_m - low) / np.asarray(pixel) + half + margin_px
+    object_shape = tuple(int(v) for v in np.ceil(positions_px.max(axis=0) + half + margin_px) + 1)
+    origin = low - (half + margin_px) * np.asarray(pixel)
+    return ObjectGrid(
+        positions_px, object_shape, (float(pixel[0]), float(pixel[1])), (float(origin[0]), float(origin[1])), distance
+    )
+
+
 def prepare(
     scan: PtychoScan, geometry: Geometry | None = None, device: str | torch.device = "cpu", margin_px: int = 4
 ) -> Problem:
@@ -112,13 +150,9 @@ def prepare(
     if scan.mask is not None and np.asarray(scan.mask).shape != (height, width):
         raise ValueError(f"mask shape {np.asarray(scan.mask).shape} differs from frames' {(height, width)}")
 
-    pixel, distance = object_pixel_size(scan, geometry)
+    grid = object_grid(scan, geometry, margin_px)
+    pixel, distance = grid.pixel_size_m, grid.distance_m
     device = torch.device(device)
-    half = np.array([height / 2, width / 2])
-    low = positions_m.min(axis=0)
-    positions_px = (positions_m - low) / np.asarray(pixel) + half + margin_px
-    object_shape = tuple(int(v) for v in np.ceil(positions_px.max(axis=0) + half + margin_px) + 1)
-    origin = tuple(low - (half + margin_px) * np.asarray(pixel))
 
     intensities = frames.astype(np.float32)
     valid = np.ones((height, width), dtype=np.float32)
@@ -135,11 +169,11 @@ def prepare(
     return Problem(
         amplitudes=amplitudes,
         valid=torch.from_numpy(valid).to(device),
-        positions_px=torch.from_numpy(positions_px).to(device),
-        object_shape=object_shape,
-        pixel_size_m=tuple(float(p) for p in pixel),
+        positions_px=torch.from_numpy(grid.positions_px).to(device),
+        object_shape=grid.object_shape,
+        pixel_size_m=grid.pixel_size_m,
         propagator=propagator,
-        origin_m=(float(origin[0]), float(origin[1])),
+        origin_m=grid.origin_m,
         geometry=geometry,
         energy_eV=scan.geometry.energy_eV,
         distance_m=scan.geometry.distance_m,

@@ -75,6 +75,18 @@ def shifted_probes(probe: np.ndarray, shift_px: np.ndarray) -> np.ndarray:
     return np.fft.ifft2(spectrum[None] * ramp[:, None]).astype(np.complex64)
 
 
+def frame_windows(positions_px: np.ndarray, frame_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Object pixel indices of each frame's window: ``(rows (N, H, 1), cols (N, 1, W))`` int64, broadcastable.
+
+    Frame ``n`` covers object pixels from ``floor(p_n - (H/2, W/2))`` on (``positions_px``: probe centres [y, x]).
+    """
+    height, width = frame_shape
+    first = np.floor(np.asarray(positions_px) - np.array([height / 2, width / 2])).astype(np.int64)
+    rows = first[:, 0, None, None] + np.arange(height)[None, :, None]
+    cols = first[:, 1, None, None] + np.arange(width)[None, None, :]
+    return rows, cols
+
+
 def exit_waves(obj: np.ndarray, probe: np.ndarray, positions_px: np.ndarray) -> np.ndarray:
     """Exit waves ``probe(r - p) * object(r)`` on each frame's window of the object.
 
@@ -89,13 +101,12 @@ def exit_waves(obj: np.ndarray, probe: np.ndarray, positions_px: np.ndarray) -> 
         ``(n, modes, H, W)`` complex64.
     """
     height, width = probe.shape[-2:]
-    corner = positions_px - np.array([height / 2, width / 2])
-    first = np.floor(corner).astype(np.int64)
-    if (first < 0).any() or (first + np.array([height, width]) > np.array(obj.shape)).any():
+    rows, cols = frame_windows(positions_px, (height, width))
+    if rows.min() < 0 or cols.min() < 0 or rows.max() >= obj.shape[0] or cols.max() >= obj.shape[1]:
         raise ValueError("a frame reaches outside the object: enlarge the object or move the scan")
-    rows = first[:, 0, None] + np.arange(height)
-    cols = first[:, 1, None] + np.arange(width)
-    patches = obj[rows[:, :, None], cols[:, None, :]]
+    patches = obj[rows, cols]
+    corner = positions_px - np.array([height / 2, width / 2])
+    first = np.stack([rows[:, 0, 0], cols[:, 0, 0]], axis=1)
     return shifted_probes(probe, corner - first) * patches[:, None]
 
 
