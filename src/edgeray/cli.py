@@ -385,44 +385,168 @@ def cmd_nn_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ streaming
+def _replay_scan(args: argparse.Namespace):
+    """The scan a replay sends: a CXI file (read lazily) or a simulation of the command's options."""
+    if args.scan_file is not None:
+        from edgeray.io import CXIFile
+
+        return _LazyScan(CXIFile(args.scan_file, **_cxi_options(args)))
+    config = PtychoSimConfig(n_positions=args.n_positions, step_px=args.step_px, photons=args.photons,
+                             object=args.object, seed=args.seed)  # fmt: skip
+    with progress_bar("simulating", config.n_positions) as update:
+        return simulate_ptycho(config, progress=update)
+
+
+class _LazyFrames:
+    """A CXI file's frames, read (oriented and checked) only when a block is sliced out."""
+
+    def __init__(self, cxi):
+        self.cxi, self.dtype = cxi, cxi._frames.dtype
+        self.shape = (cxi.n_frames, *cxi.frame_shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, block: slice):
+        start, stop, _ = block.indices(len(self))
+        return self.cxi.read_frames(start, stop)
+
+
+class _LazyScan:
+    """A CXI file seen as a scan whose frames are read block by block while they are sent."""
+
+    def __init__(self, cxi):
+        self.frames, self.positions_m, self.geometry = _LazyFrames(cxi), cxi.positions_m, cxi.geometry
+
+
+def cmd_detector_replay(args: argparse.Namespace) -> int:
+    from edgeray.stream import connect, replay
+
+    if (args.scan_file is None) == (not args.simulate):
+        raise ValueError("give a CXI file to replay or --simulate (not both)")
+    scan = _replay_scan(args)
+    socket = connect(args.endpoint, curve_keys=args.curve_keys)
+    reports = []
+    for k in range(args.repeat):
+        scan_id = args.scan_id if args.repeat == 1 else f"{args.scan_id or 'scan'}-{k + 1}"
+        with progress_bar(f"sending at {args.rate:g} Hz", len(scan.frames)) as update:
+            report = replay(scan, socket, args.rate, scan_id=scan_id, progress=update)
+        reports.append(report.as_dict())
+        print(json.dumps(report.as_dict()), flush=True)
+    socket.close()  # lingers until every queued frame has left
+    return 0
+
+
+def cmd_edge(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from edgeray.stream import Dashboard, EdgeOptions, EdgeService
+
+    options = EdgeOptions(
+        listen=args.listen, out=args.out, model=args.model, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+        publish=None if args.publish == "off" else args.publish, scans=args.scans, curve_keys=args.curve_keys,
+    )  # fmt: skip
+    service = EdgeService(options).start()
+    dashboard = None
+    if args.http != "off":
+        host, _, port = args.http.rpartition(":")
+        dashboard = Dashboard(service, host or "127.0.0.1", int(port)).start()
+    ready = {"listen": service.endpoint, "view": dashboard.url if dashboard else None, "out": str(options.out)}
+    print(json.dumps({"ready": ready}), flush=True)
+    console.print(f"[bold]edge[/] listening on {service.endpoint}; live view {ready['view']}; writing to {args.out}")
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: service.stop())
+    try:
+        while not service.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        console.print("[yellow]stopping[/]: closing the open scan with every received frame written")
+        service.stop()
+        service.wait(60)
+    if args.hold > 0 and dashboard is not None:
+        time.sleep(args.hold)
+    service.join(10)
+    if dashboard is not None:
+        dashboard.close()
+    for summary in service.summaries:
+        print(json.dumps({"summary": summary}), flush=True)
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from edgeray.stream import make_keys
+
+    folder = make_keys(args.folder)
+    console.print(f"[green]wrote[/] CurveZMQ keys in {folder}: give server.key, client.key and client.key_secret to "
+                  "the detector; server.key_secret stays on the edge")  # fmt: skip
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------- demo
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Simulate a scan, check it, reconstruct it with LSQML and show both (the streaming demo builds on this)."""
+    """The main job: an edge service in its own process, a simulated detector streaming to it at ``--rate``, the
+    live view while it runs, and the final image, run file and summary in ``--out``."""
+    import subprocess
+
+    import numpy as np
+
+    from edgeray.io import read_product
+    from edgeray.ptycho.evaluate import compare_on_scanned_region
+    from edgeray.stream import connect, replay
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    scan_file = out / "scan.cxi"
-    preview = out / "scan.png"
-    parser = build_parser()
-    cmd_simulate_ptycho(
-        parser.parse_args(
-            [
-                "simulate",
-                "ptycho",
-                "-o",
-                str(scan_file),
-                "--n-positions",
-                str(args.n_positions),
-                "--preview",
-                str(preview),
-            ]
-        )
-    )
-    info = inspect(scan_file)
-    console.print(
-        f"[bold]{scan_file}[/]: {info['n_frames']} frames {tuple(info['frame_shape'])} {info['dtype']}, "
-        f"{info['mean_counts_per_frame']:.3g} counts/frame, "
-        f"object pixel {info['geometry']['object_pixel_size_m'][0] * 1e9:.1f} nm, "
-        f"problems: {len(info['problems'])}"
-    )
-    product = out / "product.h5"
-    cmd_ptycho_reconstruct(
-        parser.parse_args(["ptycho", "reconstruct", str(scan_file), "-o", str(product), "--epochs", str(args.epochs)])
-    )
-    console.print(
-        f"[bold green]demo done[/]: look at {preview} (the simulated scan) and {product.with_suffix('.png')} "
-        "(its reconstruction)"
-    )
-    return 0
+    config = PtychoSimConfig(n_positions=args.frames, step_px=args.step_px, photons=args.photons, seed=args.seed)
+    with progress_bar("simulating the scan", config.n_positions) as update:
+        scan = simulate_ptycho(config, progress=update)
+    listen = f"tcp://127.0.0.1:{_free_port()}"
+    http = f"127.0.0.1:{args.port or _free_port()}"
+    command = [sys.executable, "-m", "edgeray", "edge", "--listen", listen, "--out", str(out), "--http", http,
+               "--publish", "off", "--scans", "1", "--hold", str(args.hold)]  # fmt: skip
+    edge = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        ready = json.loads(edge.stdout.readline() or "{}").get("ready")
+        if not ready:
+            raise RuntimeError(f"the edge service did not start (exit status {edge.wait()})")
+        console.print(f"[bold]live view:[/] {ready['view']}  (open it in a browser while the scan runs)")
+        socket = connect(ready["listen"])
+        with progress_bar(f"detector at {args.rate:g} frames/s", scan.n_frames) as update:
+            report = replay(scan, socket, args.rate, scan_id="demo", progress=update)
+        socket.close()
+        lines = edge.communicate(timeout=120 + args.hold)[0].splitlines()
+    finally:
+        if edge.poll() is None:
+            edge.terminate()
+            edge.wait(30)
+    summary = next(json.loads(line)["summary"] for line in lines if line.startswith('{"summary"'))
+    product = read_product(summary["files"]["product"])
+    quality = compare_on_scanned_region(product, scan.ground_truth, np.asarray(scan.positions_m))
+    result = {"detector": report.as_dict(), "edge": summary, "vs_ground_truth": quality}
+    (out / "demo.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+    table = Table(title="EdgeRay live demo", show_header=False)
+    for key, value in [
+        ("frames sent / received / written / inferred", f"{report.frames_sent} / {summary['frames_received']} / "
+         f"{summary['frames_written']} / {summary['frames_inferred']}"),
+        ("detector rate, jitter p99", f"{report.rate_hz:,.0f} frames/s, {report.jitter_us_p99:,.0f} us"),
+        ("latency to mosaic p50 / p99", f"{summary['latency_ms_p50']:.1f} / {summary['latency_ms_p99']:.1f} ms"),
+        ("phase SSIM vs ground truth", f"{quality['ssim_phase']:.2f}"),
+        ("image", summary["files"].get("preview", "")),
+        ("raw frames (CXI)", summary["files"]["raw"]),
+    ]:  # fmt: skip
+        table.add_row(key, value)
+    console.print(table)
+    lost = report.frames_sent - summary["frames_written"]
+    return 0 if lost == 0 else 1
 
 
 # -------------------------------------------------------------------------------------------------- parser
@@ -565,11 +689,51 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cxi_flags(i)
     i.set_defaults(func=cmd_nn_infer)
 
-    demo = groups.add_parser("demo", help="the main job on simulated data, all local")
-    demo.add_argument("--out", type=Path, default=Path("demo_run"), help="output folder")
-    demo.add_argument("--n-positions", type=int, default=900, help="frames to simulate")
-    demo.add_argument("--epochs", type=int, default=30, help="LSQML epochs of the reconstruction")
+    demo = groups.add_parser("demo", help="the main job: live streaming on a simulated scan, all local")
+    demo.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")
+    demo.add_argument("--frames", type=int, default=16000, help="frames in the simulated scan")
+    demo.add_argument("--rate", type=float, default=2000.0, help="detector frame rate, Hz")
+    demo.add_argument("--step-px", type=float, default=4.0, help="scan step, object pixels")
+    demo.add_argument("--photons", type=float, default=1e5, help="mean photons per frame")
+    demo.add_argument("--seed", type=int, default=3)
+    demo.add_argument("--port", type=int, default=8765, help="live-view port on 127.0.0.1 (0: any free port)")
+    demo.add_argument("--hold", type=float, default=5.0, help="seconds the live view stays up after the scan")
     demo.set_defaults(func=cmd_demo)
+
+    detector = groups.add_parser("detector", help="detector stand-in: stream a scan to an edge service")
+    detector_cmds = detector.add_subparsers(dest="action", metavar="ACTION", required=True)
+    d = detector_cmds.add_parser("replay", help="send a CXI file (or --simulate a scan) at a steady frame rate")
+    d.add_argument("scan_file", type=Path, nargs="?", help="CXI file to replay")
+    d.add_argument("--simulate", action="store_true", help="simulate the scan instead (options below)")
+    d.add_argument("--n-positions", type=int, default=4000, help="frames to simulate")
+    d.add_argument("--step-px", type=float, default=4.0, help="simulated scan step, object pixels")
+    d.add_argument("--photons", type=float, default=1e5, help="simulated mean photons per frame")
+    d.add_argument("--object", default=PtychoSimConfig().object, help="simulated object (see simulate ptycho)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--rate", type=float, default=2000.0, help="frames per second (0: as fast as possible)")
+    d.add_argument("--endpoint", default="tcp://127.0.0.1:5555", help="the edge service's --listen endpoint")
+    d.add_argument("--scan-id", default=None, help="scan name (default: random)")
+    d.add_argument("--repeat", type=int, default=1, help="send the scan this many times, as separate scans")
+    d.add_argument("--curve-keys", type=Path, default=None, help="CurveZMQ key folder (edgeray keys)")
+    _add_cxi_flags(d)
+    d.set_defaults(func=cmd_detector_replay)
+
+    e = groups.add_parser("edge", help="the edge service: receive, write, infer, stitch, live view")
+    e.add_argument("--listen", default="tcp://127.0.0.1:5555", help="PULL endpoint detectors connect to")
+    e.add_argument("--out", type=Path, default=Path("run"), help="folder for run files, products and summaries")
+    e.add_argument("--model", type=Path, default=None, help="surrogate folder (default: the shipped compact model)")
+    e.add_argument("--max-batch", type=int, default=64, help="largest inference batch, frames")
+    e.add_argument("--max-wait-ms", type=float, default=5.0, help="longest a frame waits for its batch, ms")
+    e.add_argument("--http", default="127.0.0.1:8765", help="live view HOST:PORT, or 'off'")
+    e.add_argument("--publish", default="tcp://127.0.0.1:5556", help="PUB endpoint for mosaic and stats, or 'off'")
+    e.add_argument("--scans", type=int, default=None, help="exit after this many scans (default: run until stopped)")
+    e.add_argument("--hold", type=float, default=0.0, help="keep the live view up this many seconds at exit")
+    e.add_argument("--curve-keys", type=Path, default=None, help="CurveZMQ key folder; needed off loopback")
+    e.set_defaults(func=cmd_edge)
+
+    k = groups.add_parser("keys", help="make CurveZMQ keys for an edge service and its detectors")
+    k.add_argument("folder", type=Path)
+    k.set_defaults(func=cmd_keys)
     return parser
 
 

@@ -100,6 +100,13 @@ def product_figure(path: str | Path) -> plt.Figure:
     """Preview of a reconstruction product: amplitude, phase, probe, cost curve."""
     product = read_product(path)
     obj = product.object[0]
+    if not np.any(product.probe) and not len(product.loss_values):  # a surrogate's mosaic: no probe, no cost
+        fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
+        _show(axes[0], np.abs(obj), "object amplitude", label="|O|")
+        _show(axes[1], np.angle(obj), "object phase", cmap="twilight", label="rad")
+        fig.suptitle(f"{Path(path).name}: {product.name}", fontsize=11)
+        fig.tight_layout()
+        return fig
     fig, axes = plt.subplots(1, 4, figsize=(16, 4.2))
     _show(axes[0], np.abs(obj), "object amplitude", label="|O|")
     _show(axes[1], np.angle(obj), "object phase", cmap="twilight", label="rad")

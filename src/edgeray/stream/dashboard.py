@@ -1,0 +1,170 @@
+"""The live view: a small web page, served by the edge service, showing the mosaic as it grows and the stats.
+
+Routes: ``/`` (the page), ``/stats.json`` (:meth:`EdgeService.snapshot`), ``/phase.png`` and ``/amplitude.png``
+(the open scan's mosaic, re-rendered at most ``max_fps`` times a second and only when it changed). The page polls
+the stats every 100 ms and reloads an image when the mosaic grew, so it updates about 10 times a second.
+Binds 127.0.0.1 by default; the standard library's threading HTTP server is all it needs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+from matplotlib import colormaps
+from PIL import Image
+
+from edgeray.stream.security import is_local
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>EdgeRay live view</title>
+<style>
+ body { font-family: system-ui, sans-serif; margin: 1rem; background: #111; color: #eee; }
+ h1 { font-size: 1.2rem; margin: 0 0 .5rem 0; }
+ .row { display: flex; gap: 1rem; flex-wrap: wrap; }
+ figure { margin: 0; } figcaption { font-size: .9rem; color: #aaa; }
+ img { width: min(45vw, 640px); image-rendering: pixelated; background: #222; border: 1px solid #333; }
+ table { border-collapse: collapse; margin-top: .5rem; } td { padding: .1rem .8rem .1rem 0; }
+ td.v { font-variant-numeric: tabular-nums; text-align: right; }
+ #state { font-weight: bold; }
+</style></head>
+<body>
+<h1>EdgeRay live view &mdash; <span id="scan">waiting for a scan</span> <span id="state"></span></h1>
+<div class="row">
+ <figure><img id="phase" alt="phase mosaic"><figcaption>phase (rad, twilight colours)</figcaption></figure>
+ <figure><img id="amplitude" alt="amplitude mosaic"><figcaption>amplitude (grey)</figcaption></figure>
+</div>
+<table>
+ <tr><td>frames received / inferred / written</td><td class="v" id="frames">0</td></tr>
+ <tr><td>receive rate</td><td class="v" id="rate">-</td></tr>
+ <tr><td>latency arrival &rarr; mosaic, p50 / p99</td><td class="v" id="latency">-</td></tr>
+ <tr><td>queues: inference / writer</td><td class="v" id="queues">-</td></tr>
+ <tr><td>invalid messages</td><td class="v" id="invalid">0</td></tr>
+ <tr><td>model</td><td class="v" id="model">-</td></tr>
+ <tr><td>view updates</td><td class="v" id="updates">0</td></tr>
+</table>
+<script>
+let shown = -1, updates = 0, busy = false;
+const $ = (id) => document.getElementById(id);
+const ms = (v) => v === null ? "-" : v.toFixed(1) + " ms";
+async function tick() {
+  if (busy) return; busy = true;
+  try {
+    const s = await (await fetch("stats.json", {cache: "no-store"})).json();
+    $("scan").textContent = s.scan_id || "waiting for a scan";
+    $("state").textContent = s.scan_id ? (s.scan_open ? "(running)" : "(ended)") : "";
+    $("frames").textContent = `${s.frames_received} / ${s.frames_inferred} / ${s.frames_written}`;
+    $("rate").textContent = s.receive_rate_hz.toFixed(0) + " frames/s";
+    $("latency").textContent = `${ms(s.latency_ms_p50)} / ${ms(s.latency_ms_p99)}`;
+    $("queues").textContent = `${s.infer_queue} / ${s.write_queue}`;
+    $("invalid").textContent = s.frames_invalid_total;
+    $("model").textContent = s.model_version;
+    if (s.mosaic_patches !== shown && s.mosaic_patches > 0) {
+      shown = s.mosaic_patches; updates += 1;
+      $("phase").src = `phase.png?v=${shown}`;
+      $("amplitude").src = `amplitude.png?v=${shown}`;
+      $("updates").textContent = updates;
+      document.body.dataset.patches = shown;
+    }
+  } catch (e) { $("state").textContent = "(edge not reachable)"; }
+  busy = false;
+}
+setInterval(tick, 100); tick();
+</script></body></html>
+"""
+
+
+def render(image: np.ndarray, kind: str, max_side: int = 800) -> bytes:
+    """PNG bytes of a complex mosaic's ``phase`` (twilight, -pi..pi) or ``amplitude`` (grey, 1-99 %); NaN black."""
+    step = max(1, int(np.ceil(max(image.shape) / max_side)))
+    image = image[::step, ::step]
+    valid = np.isfinite(image)
+    if kind == "phase":
+        values = np.angle(np.where(valid, image, 0))
+        normalized = (values + np.pi) / (2 * np.pi)
+        lut = (colormaps["twilight"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
+    else:
+        values = np.abs(np.where(valid, image, 0))
+        low, high = np.percentile(values[valid], [1, 99]) if valid.any() else (0.0, 1.0)
+        normalized = (values - low) / max(high - low, 1e-12)
+        lut = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
+    index = np.clip(normalized * 255, 0, 255).astype(np.uint8)
+    rgb = lut[index]
+    rgb[~valid] = 0
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+class Dashboard:
+    """Serve the live view of ``service`` on ``host:port`` (port 0: any free port) in a background thread."""
+
+    def __init__(self, service, host: str = "127.0.0.1", port: int = 8765, max_fps: float = 10.0):
+        if not is_local(f"tcp://{host}:{port}"):
+            raise ValueError(f"the live view binds {host}: only loopback addresses are allowed (use an SSH tunnel)")
+        self.service = service
+        self.min_interval_s = 1.0 / max_fps
+        self._cache: dict[str, tuple[int, bytes]] = {}
+        self._render_lock = threading.Lock()
+        self._last_render: dict[str, float] = {}
+        dashboard = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:  # quiet: the page polls 10 times a second
+                pass
+
+            def do_GET(self) -> None:
+                path = self.path.split("?")[0]
+                if path in ("/", "/index.html"):
+                    self._send(200, "text/html; charset=utf-8", PAGE.encode())
+                elif path == "/stats.json":
+                    self._send(200, "application/json", json.dumps(dashboard.service.snapshot()).encode())
+                elif path in ("/phase.png", "/amplitude.png"):
+                    png = dashboard.image(path[1:-4])
+                    if png is None:
+                        self._send(404, "text/plain", b"no mosaic yet")
+                    else:
+                        self._send(200, "image/png", png)
+                else:
+                    self._send(404, "text/plain", b"not found")
+
+            def _send(self, status: int, content_type: str, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://{host}:{self.server.server_address[1]}/"
+        self.thread = threading.Thread(target=self.server.serve_forever, name="edge-dashboard", daemon=True)
+
+    def start(self) -> Dashboard:
+        self.thread.start()
+        return self
+
+    def image(self, kind: str) -> bytes | None:
+        """The PNG of the mosaic's ``kind``, re-rendered when the mosaic grew and the last render is old enough."""
+        with self._render_lock:
+            patches = self.service.snapshot()["mosaic_patches"]
+            cached = self._cache.get(kind)
+            fresh_enough = time.perf_counter() - self._last_render.get(kind, 0.0) < self.min_interval_s
+            if cached is not None and (cached[0] == patches or fresh_enough):
+                return cached[1]
+            image = self.service.mosaic_image()
+            if image is None:
+                return cached[1] if cached else None
+            png = render(image, kind)
+            self._cache[kind] = (patches, png)
+            self._last_render[kind] = time.perf_counter()
+            return png
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,113 @@
+"""A detector stand-in: send a scan's frames over ZeroMQ at a steady rate (replay of a file or a simulation).
+
+Pacing sleeps to each frame's deadline ``t0 + i / rate`` (never a fixed sleep per frame, so errors do not add up);
+the report gives the achieved rate and the jitter (send time minus deadline).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import zmq
+
+from edgeray.io import PtychoScan
+from edgeray.stream.protocol import encode_end, encode_frame, encode_start
+from edgeray.stream.security import client_socket_options
+
+
+@dataclass
+class ReplayReport:
+    scan_id: str
+    frames_sent: int
+    seconds: float
+    rate_hz: float
+    target_rate_hz: float
+    jitter_us_p50: float
+    jitter_us_p99: float
+    jitter_us_max: float
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def scan_geometry(scan: PtychoScan) -> dict:
+    """The ``geometry`` of a ``start`` message for ``scan`` (SI units)."""
+    geometry = scan.geometry
+    return {
+        "energy_eV": geometry.energy_eV,
+        "detector_distance_m": geometry.distance_m,
+        "detector_pixel_size_m": list(geometry.detector_pixel_size_m),
+        "object_pixel_size_m": list(geometry.object_pixel_size_m),
+    }
+
+
+def connect(endpoint: str, context: zmq.Context | None = None, curve_keys=None) -> zmq.Socket:
+    """A PUSH socket connected to the edge (no send limit: frames queue in memory, never dropped)."""
+    context = context or zmq.Context.instance()
+    socket = context.socket(zmq.PUSH)
+    socket.setsockopt(zmq.SNDHWM, 0)
+    socket.setsockopt(zmq.LINGER, 30_000)  # on close, wait up to 30 s for queued frames to leave
+    client_socket_options(socket, endpoint, curve_keys)
+    socket.connect(endpoint)
+    return socket
+
+
+def replay(
+    scan: PtychoScan,
+    socket: zmq.Socket,
+    rate_hz: float = 2000.0,
+    scan_id: str | None = None,
+    start_index: int = 0,
+    send_end: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> ReplayReport:
+    """Send ``scan`` (start, frames ``start_index..N-1``, end) on ``socket`` at ``rate_hz`` frames per second.
+
+    ``rate_hz <= 0`` sends as fast as possible. ``progress`` is called with the frames sent, about 10 times a
+    second. Frames are read as stored (uint16 or uint32); the positions sent are the probe's on the object.
+    """
+    scan_id = scan_id or f"scan-{uuid.uuid4().hex[:8]}"
+    frames = scan.frames
+    n = len(frames)
+    socket.send_multipart(encode_start(scan_id, str(frames.dtype), frames.shape[1:], scan_geometry(scan), n))
+    positions = np.asarray(scan.positions_m, dtype=np.float64)
+    period_ns = int(1e9 / rate_hz) if rate_hz > 0 else 0
+    lateness_ns = np.zeros(max(n - start_index, 0), dtype=np.int64)
+    chunk = 256
+    t0 = time.perf_counter_ns()
+    last_progress = t0
+    for block_start in range(start_index, n, chunk):
+        block = np.asarray(frames[block_start : block_start + chunk])  # lazy files: one read per block
+        for offset, frame in enumerate(block):
+            i = block_start + offset
+            deadline = t0 + (i - start_index) * period_ns
+            now = time.perf_counter_ns()
+            if deadline > now:
+                time.sleep((deadline - now) / 1e9)
+                now = time.perf_counter_ns()
+            lateness_ns[i - start_index] = now - deadline
+            socket.send_multipart(encode_frame(scan_id, i, frame, positions[i], time.time_ns()), copy=False)
+        if progress and time.perf_counter_ns() - last_progress > 1e8:
+            progress(min(block_start + chunk, n))
+            last_progress = time.perf_counter_ns()
+    seconds = (time.perf_counter_ns() - t0) / 1e9
+    if send_end:
+        socket.send_multipart(encode_end(scan_id, n))
+    if progress:
+        progress(n)
+    sent = n - start_index
+    jitter_us = lateness_ns / 1e3
+    return ReplayReport(
+        scan_id=scan_id,
+        frames_sent=sent,
+        seconds=seconds,
+        rate_hz=(sent - 1) / seconds if sent > 1 and seconds > 0 else 0.0,
+        target_rate_hz=rate_hz,
+        jitter_us_p50=float(np.percentile(jitter_us, 50)) if sent else 0.0,
+        jitter_us_p99=float(np.percentile(jitter_us, 99)) if sent else 0.0,
+        jitter_us_max=float(jitter_us.max()) if sent else 0.0,
+    )

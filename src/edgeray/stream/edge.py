@@ -1,0 +1,482 @@
+"""The edge service: receive -> (write every frame) + (batch -> infer -> stitch) -> publish.
+
+Three threads share the work so that receiving never waits for anything else:
+
+- **receiver**: the ZeroMQ PULL socket; decodes and checks each message (bad ones are counted, logged, skipped)
+  and hands frames to the writer and the inference queues (unbounded: memory, not frames, is what a stall costs);
+- **writer**: appends every received frame to the scan's run file (:mod:`edgeray.stream.runfile`), flushing at
+  least every ``flush_s``;
+- **inference**: batches frames (up to ``max_batch``, or whatever arrived within ``max_wait_ms`` of the first),
+  inverts them with the surrogate (ONNX Runtime on the CPU) and adds the patches to the scan's :class:`Mosaic`.
+
+At the end of a scan the service writes, in ``out/``: ``<scan>.cxi`` (the raw frames), ``<scan>_product.h5`` (the
+mosaic as a product), ``<scan>.png`` and ``<scan>.json`` (the summary: counts, rates, latency from arrival to
+in-mosaic). The live view (:mod:`edgeray.stream.dashboard`) and the PUB socket read :meth:`EdgeService.snapshot`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import zmq
+
+from edgeray.io import CXIFile, Product, write_product
+from edgeray.nn.checkpoint import SHIPPED, load_model
+from edgeray.nn.infer import cpu_runtime
+from edgeray.nn.models import normalize_frames
+from edgeray.nn.stitch import to_complex
+from edgeray.stream.mosaic import Mosaic
+from edgeray.stream.protocol import End, Frame, ProtocolError, Start, decode, geometry_of, object_pixel_size_m
+from edgeray.stream.runfile import RunFile
+from edgeray.stream.security import server_socket_options
+
+log = logging.getLogger("edgeray.edge")
+
+
+@dataclass
+class EdgeOptions:
+    """Edge service settings.
+
+    Attributes:
+        listen: ZeroMQ endpoint the PULL socket binds (detectors connect to it).
+        out: folder for run files, products, previews and summaries.
+        model: surrogate folder (``None``: the shipped compact model).
+        max_batch: largest inference batch, frames.
+        max_wait_ms: longest a frame waits for its batch to fill, ms.
+        flush_s: longest a received frame waits to be flushed to the run file, s.
+        publish: PUB endpoint for the live mosaic and stats (``None``: off).
+        scans: stop after this many scans have ended (``None``: run until stopped).
+        curve_keys: folder of CurveZMQ keys (required to listen on anything but loopback).
+        preview: write a PNG of each scan's mosaic.
+    """
+
+    listen: str = "tcp://127.0.0.1:5555"
+    out: Path = Path("run")
+    model: Path | None = None
+    max_batch: int = 64
+    max_wait_ms: float = 5.0
+    flush_s: float = 0.2
+    publish: str | None = "tcp://127.0.0.1:5556"
+    scans: int | None = None
+    curve_keys: Path | None = None
+    preview: bool = True
+
+
+@dataclass
+class ScanRun:
+    """What the service knows of one scan; each field is written by one thread only."""
+
+    start: Start
+    started_wall: float
+    started_perf_ns: int
+    received: int = 0
+    duplicates: int = 0
+    invalid: int = 0
+    expected: int | None = None
+    ended: bool = False
+    last_arrival_ns: int = 0
+    seen: set = field(default_factory=set)
+    written: int = 0
+    inferred: int = 0
+    run_path: Path | None = None
+    writer_done: threading.Event = field(default_factory=threading.Event)
+    latencies_ms: list = field(default_factory=list)
+    mosaic: Mosaic | None = None
+    count_sum: float = 0.0
+    count_pixels: int = 0
+
+
+@dataclass
+class FrameEvent:
+    run: ScanRun
+    frame: Frame
+    arrival_ns: int  # perf_counter_ns at receipt
+    wall_ns: int  # time_ns at receipt
+    infer: bool
+
+
+def model_version(model_dir: Path | None) -> str:
+    """``<folder name>@<first 8 hex digits of the weights' SHA-256>``: which network inverted a frame."""
+    directory = Path(model_dir) if model_dir is not None else SHIPPED
+    digest = hashlib.sha256((directory / "model.safetensors").read_bytes()).hexdigest()[:8]
+    return f"{directory.name}@{digest}"
+
+
+class EdgeService:
+    """The edge service; :meth:`start` its threads, :meth:`stop` (or ``options.scans``) to end, :meth:`join`."""
+
+    def __init__(self, options: EdgeOptions, context: zmq.Context | None = None):
+        self.options = options
+        self.out = Path(options.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.context = context or zmq.Context.instance()
+        model, self.card = load_model(options.model, "cpu")
+        self.model = cpu_runtime(model, self.card, options.model, "auto")
+        self.model_version = model_version(options.model)
+        self.socket = self.context.socket(zmq.PULL)
+        self.socket.setsockopt(zmq.RCVHWM, 0)  # never drop: the queue in front of us is memory
+        self.socket.setsockopt(zmq.LINGER, 0)
+        server_socket_options(self.socket, options.listen, options.curve_keys)
+        self.socket.bind(options.listen)
+        self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.publisher = None
+        if options.publish:
+            self.publisher = self.context.socket(zmq.PUB)
+            self.publisher.setsockopt(zmq.SNDHWM, 4)
+            self.publisher.setsockopt(zmq.LINGER, 0)
+            server_socket_options(self.publisher, options.publish, options.curve_keys)
+            self.publisher.bind(options.publish)
+        self.write_queue: queue.Queue = queue.Queue()
+        self.infer_queue: queue.Queue = queue.Queue()
+        self.stopping = threading.Event()
+        self.finished = threading.Event()
+        self.lock = threading.Lock()  # guards the current mosaic and the summaries list
+        self.current: ScanRun | None = None
+        self.summaries: list[dict] = []
+        self.invalid_total = 0
+        self.received_total = 0
+        self.rate_window: deque = deque(maxlen=64)  # (perf_counter_ns, received_total)
+        self.recent_latency_ms: deque = deque(maxlen=4000)
+        self.threads = [
+            threading.Thread(target=self._receive, name="edge-receive", daemon=True),
+            threading.Thread(target=self._write, name="edge-write", daemon=True),
+            threading.Thread(target=self._infer, name="edge-infer", daemon=True),
+        ]
+        if self.publisher is not None:
+            self.threads.append(threading.Thread(target=self._publish, name="edge-publish", daemon=True))
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    def start(self) -> EdgeService:
+        for thread in self.threads:
+            thread.start()
+        log.info("edge listening on %s, model %s", self.endpoint, self.model_version)
+        return self
+
+    def stop(self) -> None:
+        """Stop receiving; the open scan (if any) is closed as incomplete, with every received frame written."""
+        self.stopping.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        for thread in self.threads:
+            thread.join(timeout)
+        self.socket.close(0)
+        if self.publisher is not None:
+            self.publisher.close(0)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the service has finished (``options.scans`` reached or stopped); True if it has."""
+        return self.finished.wait(timeout)
+
+    # -- receiver --------------------------------------------------------------------------------------------
+    def _reject(self, reason: str) -> None:
+        self.invalid_total += 1
+        if self.current is not None and not self.current.ended:
+            self.current.invalid += 1
+        if self.invalid_total <= 20 or self.invalid_total % 1000 == 0:
+            log.warning("skipped message #%d: %s", self.invalid_total, reason)
+
+    def _close_current(self, expected: int | None, reason: str) -> None:
+        run = self.current
+        if run is None or run.ended:
+            return
+        run.ended, run.expected = True, expected
+        log.info("scan %s: %s", run.start.scan_id, reason)
+        self.write_queue.put(("end", run))
+        self.infer_queue.put(("end", run))
+
+    def _receive(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        while not self.stopping.is_set():
+            if not poller.poll(50):
+                continue
+            while True:  # drain what is there before polling again
+                try:
+                    parts = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                self._handle(parts, time.perf_counter_ns(), time.time_ns())
+        self._close_current(None, "stopped before its end message")
+        self.write_queue.put(("stop", None))
+        self.infer_queue.put(("stop", None))
+
+    def _handle(self, parts: list, arrival_ns: int, wall_ns: int) -> None:
+        self.received_total += 1
+        self.rate_window.append((arrival_ns, self.received_total))
+        try:
+            message = decode(parts)
+        except ProtocolError as error:
+            self._reject(str(error))
+            return
+        run = self.current
+        if isinstance(message, Start):
+            if run is not None and run.start.scan_id == message.scan_id:
+                if (message.dtype, message.shape) != (run.start.dtype, run.start.shape):
+                    self._reject(f"scan {message.scan_id} restarted with another dtype or frame shape")
+                    return
+                if not run.ended:
+                    log.info("scan %s: sender restarted; continuing the same run", message.scan_id)
+                    return
+            self._close_current(None, "a new scan started before its end message")
+            run = ScanRun(message, time.time(), arrival_ns)
+            self.current = run
+            log.info("scan %s started (%s frames of %s %s)", message.scan_id, message.n_frames, message.shape,
+                     message.dtype)  # fmt: skip
+            self.write_queue.put(("start", run))
+            self.infer_queue.put(("start", run))
+        elif isinstance(message, Frame):
+            if run is None or run.start.scan_id != message.scan_id:
+                self._reject(f"frame {message.index} of scan {message.scan_id} arrived before its start message")
+            elif run.ended:
+                self._reject(f"frame {message.index} of scan {message.scan_id} arrived after its end message")
+            elif message.data.shape != run.start.shape or str(message.data.dtype) != run.start.dtype:
+                self._reject(f"frame {message.index} is {message.data.dtype} {message.data.shape}, the scan's "
+                             f"start said {run.start.dtype} {run.start.shape}")  # fmt: skip
+            else:
+                first = message.index not in run.seen
+                if first:
+                    run.seen.add(message.index)
+                else:
+                    run.duplicates += 1
+                run.received += 1
+                run.last_arrival_ns = arrival_ns
+                event = FrameEvent(run, message, arrival_ns, wall_ns, first)
+                self.write_queue.put(("frame", event))
+                if first:
+                    self.infer_queue.put(("frame", event))
+        elif isinstance(message, End):
+            if run is None or run.start.scan_id != message.scan_id or run.ended:
+                self._reject(f"end of scan {message.scan_id}, which is not open")
+            else:
+                self._close_current(message.n_frames, f"ended, {run.received} frames received")
+
+    # -- writer ----------------------------------------------------------------------------------------------
+    def _write(self) -> None:
+        run_file: RunFile | None = None
+        pending: list[FrameEvent] = []
+        last_flush = time.perf_counter()
+
+        def commit() -> None:
+            nonlocal last_flush
+            if pending and run_file is not None:
+                run_file.append(
+                    np.stack([e.frame.data for e in pending]),
+                    np.array([e.frame.position_m for e in pending]),
+                    np.array([e.frame.index for e in pending]),
+                    np.array([e.wall_ns for e in pending]),
+                )
+                pending.clear()
+            if run_file is not None:
+                run_file.flush()
+                pending_run.written = run_file.n_written
+            last_flush = time.perf_counter()
+
+        pending_run: ScanRun | None = None
+        while True:
+            try:
+                kind, item = self.write_queue.get(timeout=self.options.flush_s / 2)
+            except queue.Empty:
+                if pending:
+                    commit()
+                continue
+            if kind == "frame":
+                pending.append(item)
+                if len(pending) >= 1024 or time.perf_counter() - last_flush >= self.options.flush_s:
+                    commit()
+            elif kind == "start":
+                pending_run = item
+                start = item.start
+                run_file = RunFile(self.out / f"{start.scan_id}.cxi", geometry_of(start), start.dtype,
+                                   {"scan_id": start.scan_id, "edge_model": self.model_version})  # fmt: skip
+                item.run_path = run_file.path
+            elif kind == "end":
+                commit()
+                if run_file is not None:
+                    run_file.close({"frames_written": run_file.n_written, "complete": item.expected is not None})
+                    item.written = run_file.n_written
+                run_file, pending_run = None, None
+                item.writer_done.set()
+            elif kind == "stop":
+                return
+
+    # -- inference -------------------------------------------------------------------------------------------
+    def _infer_batch(self, batch: list[FrameEvent]) -> None:
+        run = batch[0].run
+        counts = torch.from_numpy(np.stack([e.frame.data for e in batch]).astype(np.float32))
+        run.count_sum += float(counts.sum())
+        run.count_pixels += counts.numel()
+        scale = run.count_sum / max(run.count_pixels, 1)  # running mean count per pixel of the scan
+        with torch.inference_mode():
+            amplitude, phase = self.model(normalize_frames(counts, scale))
+        patches = to_complex(amplitude, phase)
+        positions = np.array([e.frame.position_m for e in batch])
+        with self.lock:
+            run.mosaic.add(patches, positions)
+        now = time.perf_counter_ns()
+        latencies = (now - np.array([e.arrival_ns for e in batch])) / 1e6
+        run.latencies_ms.append(latencies)
+        self.recent_latency_ms.extend(latencies.tolist())
+        run.inferred += len(batch)
+
+    def _infer(self) -> None:
+        pending: list[FrameEvent] = []
+        max_wait_ns = int(self.options.max_wait_ms * 1e6)
+        while True:
+            if pending:
+                left = (pending[0].arrival_ns + max_wait_ns - time.perf_counter_ns()) / 1e9
+                timeout = max(left, 0.0)
+            else:
+                timeout = 0.1
+            try:
+                kind, item = self.infer_queue.get(timeout=timeout) if timeout > 0 else self.infer_queue.get_nowait()
+            except queue.Empty:
+                if pending:
+                    self._infer_batch(pending)
+                    pending = []
+                continue
+            if kind == "frame":
+                pending.append(item)
+                if len(pending) >= self.options.max_batch:
+                    self._infer_batch(pending)
+                    pending = []
+                continue
+            if pending:
+                self._infer_batch(pending)
+                pending = []
+            if kind == "start":
+                item.mosaic = Mosaic(item.start.shape, object_pixel_size_m(item.start))
+            elif kind == "end":
+                self._finish(item)
+                if self.options.scans is not None and len(self.summaries) >= self.options.scans:
+                    self.stopping.set()
+            elif kind == "stop":
+                self.finished.set()
+                return
+
+    def _finish(self, run: ScanRun) -> None:
+        """Write the product, preview and summary of an ended scan."""
+        run.writer_done.wait(30)
+        scan_id = run.start.scan_id
+        seconds = max((run.last_arrival_ns - run.started_perf_ns) / 1e9, 1e-9)
+        latencies = np.concatenate(run.latencies_ms) if run.latencies_ms else np.zeros(0)
+        files = {"raw": str(run.run_path) if run.run_path else None}
+        if run.mosaic is not None and run.mosaic.n_patches:
+            files.update(self._write_product(run))
+        summary = {
+            "scan_id": scan_id,
+            "complete": run.expected is not None and run.received - run.duplicates >= run.expected,
+            "frames_expected": run.expected if run.expected is not None else run.start.n_frames,
+            "frames_received": run.received,
+            "frames_written": run.written,
+            "frames_inferred": run.inferred,
+            "frames_invalid": run.invalid,
+            "frames_duplicate": run.duplicates,
+            "seconds": seconds,
+            "frames_per_s": run.received / seconds if run.received > 1 else 0.0,
+            "latency_ms_p50": float(np.percentile(latencies, 50)) if latencies.size else None,
+            "latency_ms_p99": float(np.percentile(latencies, 99)) if latencies.size else None,
+            "latency_ms_max": float(latencies.max()) if latencies.size else None,
+            "model_version": self.model_version,
+            "max_batch": self.options.max_batch,
+            "max_wait_ms": self.options.max_wait_ms,
+            "files": files,
+        }
+        path = self.out / f"{(run.run_path.stem if run.run_path else scan_id)}.json"
+        path.write_text(json.dumps(summary, indent=2))
+        with self.lock:
+            self.summaries.append(summary)
+        log.info("scan %s: %d received, %d written, %d inferred, p99 latency %s ms -> %s", scan_id, run.received,
+                 run.written, run.inferred, summary["latency_ms_p99"], path)  # fmt: skip
+
+    def _write_product(self, run: ScanRun) -> dict:
+        stem = run.run_path.stem if run.run_path else run.start.scan_id
+        with self.lock:
+            obj, _ = run.mosaic.image()
+            center = run.mosaic.center_m()
+        pixel = tuple(float(v) for v in run.mosaic.pixel_size_m)
+        geometry = geometry_of(run.start)
+        positions = np.array([], dtype=np.float64).reshape(0, 2)
+        if run.run_path is not None:
+            with CXIFile(run.run_path) as cxi:
+                positions = cxi.positions_m
+        product = Product(
+            object=obj[None],
+            probe=np.zeros((1, *run.start.shape), dtype=np.complex64),
+            positions_m=positions,
+            object_pixel_size_m=pixel,
+            probe_pixel_size_m=pixel,
+            energy_eV=geometry.energy_eV,
+            distance_m=geometry.distance_m,
+            object_center_m=center,
+            name=f"edgeray edge {self.model_version}",
+            attrs={"engine": "nn-stream", "model": self.model_version, "scan_id": run.start.scan_id},
+        )
+        product_path = write_product(self.out / f"{stem}_product.h5", product)
+        files = {"product": str(product_path)}
+        if self.options.preview:
+            from edgeray.viz import save_preview
+
+            files["preview"] = str(save_preview(product_path, self.out / f"{stem}.png"))
+        return files
+
+    # -- live state ------------------------------------------------------------------------------------------
+    def snapshot(self) -> dict:
+        """Stats for the live view: rates, latency, queue depths, model, the open scan's counters."""
+        window = list(self.rate_window)
+        rate = 0.0
+        if len(window) > 1 and window[-1][0] > window[0][0]:
+            rate = (window[-1][1] - window[0][1]) / ((window[-1][0] - window[0][0]) / 1e9)
+        if window and time.perf_counter_ns() - window[-1][0] > 1e9:
+            rate = 0.0
+        recent = np.array(self.recent_latency_ms) if self.recent_latency_ms else np.zeros(0)
+        run = self.current
+        return {
+            "scan_id": run.start.scan_id if run else None,
+            "scan_open": bool(run and not run.ended),
+            "frames_received": run.received if run else 0,
+            "frames_inferred": run.inferred if run else 0,
+            "frames_written": run.written if run else 0,
+            "frames_expected": (run.expected or run.start.n_frames) if run else None,
+            "frames_invalid_total": self.invalid_total,
+            "receive_rate_hz": rate,
+            "latency_ms_p50": float(np.percentile(recent, 50)) if recent.size else None,
+            "latency_ms_p99": float(np.percentile(recent, 99)) if recent.size else None,
+            "infer_queue": self.infer_queue.qsize(),
+            "write_queue": self.write_queue.qsize(),
+            "model_version": self.model_version,
+            "mosaic_patches": run.mosaic.n_patches if run and run.mosaic else 0,
+            "scans_done": len(self.summaries),
+        }
+
+    def _publish(self, period_s: float = 0.2) -> None:
+        """Every ``period_s``: stats (JSON) and, when it changed, the mosaic (complex64 bytes) on the PUB socket."""
+        last_patches = -1
+        while not self.finished.wait(period_s):
+            stats = self.snapshot()
+            image = self.mosaic_image() if stats["mosaic_patches"] != last_patches else None
+            header = {"v": 1, "type": "mosaic" if image is not None else "stats", **stats}
+            if image is None:
+                self.publisher.send_multipart([json.dumps(header).encode()])
+                continue
+            last_patches = stats["mosaic_patches"]
+            header.update(dtype="complex64", shape=list(image.shape))
+            self.publisher.send_multipart([json.dumps(header).encode(), image.tobytes()])
+
+    def mosaic_image(self) -> np.ndarray | None:
+        """The open (or last) scan's mosaic, ``(Y, X)`` complex64, or None before the first patch."""
+        run = self.current
+        if run is None or run.mosaic is None or not run.mosaic.n_patches:
+            return None
+        with self.lock:
+            obj, coverage = run.mosaic.image()
+        return np.where(coverage > 0, obj, np.nan + 0j).astype(np.complex64)

@@ -1,0 +1,86 @@
+"""The live mosaic: predicted patches added at their scan positions into a running weighted mean that grows.
+
+The scan's extent is not known when it starts, so the grid is anchored at the first position and grows (by whole
+blocks, the content moved, never resampled) when a patch falls outside. Pixel ``[0, 0]`` of the grid is at
+``origin_m`` ``[y, x]`` (m), with the probe-centre convention of the engines: a frame at position ``p`` covers
+pixels from ``floor((p - origin) / pixel - (H/2, W/2))`` on.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from edgeray.nn.stitch import centre_weights
+from edgeray.ptycho.ops import patch_indices
+
+GROW_PX = 128
+
+
+class Mosaic:
+    """Running ``sum(w * patch) / sum(w)`` on a growing object grid.
+
+    Args:
+        frame_shape: ``(H, W)`` of a patch.
+        pixel_size_m: object pixel size ``(dy, dx)`` in m.
+    """
+
+    def __init__(self, frame_shape: tuple[int, int], pixel_size_m: tuple[float, float]):
+        self.frame_shape = tuple(frame_shape)
+        self.pixel_size_m = np.asarray(pixel_size_m, dtype=np.float64)
+        self.weights = centre_weights(self.frame_shape)
+        self.origin_m: np.ndarray | None = None
+        self.numerator = torch.zeros((0, 0), dtype=torch.complex64)
+        self.coverage = torch.zeros((0, 0), dtype=torch.float32)
+        self.n_patches = 0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.coverage.shape)
+
+    def _corners(self, positions_m: np.ndarray) -> np.ndarray:
+        """Integer top-left corners ``(N, 2)`` of the patches at ``positions_m`` on the current grid."""
+        half = np.asarray(self.frame_shape) / 2
+        return np.floor((positions_m - self.origin_m) / self.pixel_size_m - half).astype(np.int64)
+
+    def _fit(self, positions_m: np.ndarray) -> np.ndarray:
+        """Grow the grid so every patch at ``positions_m`` lies inside; return their corners."""
+        if self.origin_m is None:
+            self.origin_m = positions_m[0] - (np.asarray(self.frame_shape) / 2 + GROW_PX) * self.pixel_size_m
+        corners = self._corners(positions_m)
+        low = corners.min(axis=0)
+        high = corners.max(axis=0) + self.frame_shape
+        before = np.where(low < 0, -low + GROW_PX, 0)
+        size = np.asarray(self.shape)
+        after = np.where(high > size, high - size + GROW_PX, 0)
+        if before.any() or after.any():
+            new_shape = tuple(int(v) for v in size + before + after)
+            numerator = torch.zeros(new_shape, dtype=torch.complex64)
+            coverage = torch.zeros(new_shape, dtype=torch.float32)
+            rows = slice(int(before[0]), int(before[0] + size[0]))
+            cols = slice(int(before[1]), int(before[1] + size[1]))
+            numerator[rows, cols], coverage[rows, cols] = self.numerator, self.coverage
+            self.numerator, self.coverage = numerator, coverage
+            self.origin_m = self.origin_m - before * self.pixel_size_m
+            corners = corners + before
+        return corners
+
+    def add(self, patches: torch.Tensor, positions_m: np.ndarray) -> None:
+        """Add complex ``patches (N, H, W)`` at probe positions ``positions_m (N, 2)`` ``[y, x]`` m."""
+        corners = torch.from_numpy(self._fit(np.asarray(positions_m, dtype=np.float64)))
+        index = patch_indices(corners, self.frame_shape, self.shape[1]).reshape(-1)
+        weights = self.weights.expand(len(patches), -1, -1)
+        self.numerator.view(-1).index_add_(0, index, (patches.to(torch.complex64) * weights).reshape(-1))
+        self.coverage.view(-1).index_add_(0, index, weights.reshape(-1))
+        self.n_patches += len(patches)
+
+    def image(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(object (Y, X) complex64, coverage (Y, X) float32)``; 1 where nothing was added."""
+        coverage = self.coverage.clone()
+        obj = torch.where(coverage > 0, self.numerator / coverage.clamp_min(1e-30), torch.ones_like(self.numerator))
+        return obj.numpy(), coverage.numpy()
+
+    def center_m(self) -> tuple[float, float]:
+        """Position (m) of the grid's centre, for a product's ``object_center_m``."""
+        centre = self.origin_m + np.asarray(self.shape) / 2 * self.pixel_size_m
+        return float(centre[0]), float(centre[1])

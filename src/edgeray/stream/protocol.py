@@ -1,0 +1,187 @@
+"""Wire protocol, version 1 (DESIGN.md): multipart ZeroMQ messages, a UTF-8 JSON header plus raw C-order bytes.
+
+``start`` opens a scan (dtype, frame shape, geometry), ``frame`` carries one detector frame and the probe's
+position on the object ``[y, x]`` in metres, ``end`` closes the scan. No pickle: a header is JSON, a frame is
+bytes that :func:`decode` checks against ``dtype x shape`` before viewing them as an array (no copy).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgeray.io.geometry import PtychoGeometry
+
+VERSION = 1
+DTYPES = ("uint8", "uint16", "uint32", "float32")
+GEOMETRY_KEYS = ("energy_eV", "detector_distance_m", "detector_pixel_size_m")
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow the protocol; the text says what is wrong."""
+
+
+@dataclass
+class Start:
+    scan_id: str
+    dtype: str
+    shape: tuple[int, int]
+    geometry: dict
+    n_frames: int | None = None
+
+
+@dataclass
+class Frame:
+    scan_id: str
+    index: int
+    position_m: tuple[float, float]
+    data: np.ndarray  # (H, W), read-only view of the message bytes
+    t_ns: int = 0
+
+
+@dataclass
+class End:
+    scan_id: str
+    n_frames: int
+
+
+def _header(kind: str, scan_id: str, **fields) -> bytes:
+    return json.dumps({"v": VERSION, "type": kind, "scan_id": scan_id, **fields}).encode()
+
+
+def encode_start(
+    scan_id: str, dtype: str, shape: tuple[int, int], geometry: dict, n_frames: int | None = None
+) -> list[bytes]:
+    """The ``start`` message; ``geometry`` needs :data:`GEOMETRY_KEYS` (SI units, pixel size in m)."""
+    return [
+        _header(
+            "start",
+            scan_id,
+            dtype=str(np.dtype(dtype)),
+            shape=[int(s) for s in shape],
+            geometry=geometry,
+            n_frames=n_frames,
+        )
+    ]
+
+
+def encode_frame(scan_id: str, index: int, frame: np.ndarray, position_m, t_ns: int = 0) -> list:
+    """The ``frame`` message: header and the frame's bytes (no copy when ``frame`` is C-contiguous)."""
+    frame = np.ascontiguousarray(frame)
+    header = _header(
+        "frame",
+        scan_id,
+        index=int(index),
+        t_ns=int(t_ns),
+        position_m=[float(position_m[0]), float(position_m[1])],
+        dtype=str(frame.dtype),
+        shape=list(frame.shape),
+    )
+    return [header, memoryview(frame).cast("B")]
+
+
+def encode_end(scan_id: str, n_frames: int) -> list[bytes]:
+    return [_header("end", scan_id, n_frames=int(n_frames))]
+
+
+def _require(header: dict, key: str, kind: type | tuple[type, ...]):
+    if key not in header:
+        raise ProtocolError(f"{header.get('type')} message without '{key}'")
+    value = header[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ProtocolError(f"'{key}' must be {getattr(kind, '__name__', kind)}, got {value!r}")
+    return value
+
+
+def _shape(header: dict) -> tuple[int, int]:
+    shape = _require(header, "shape", list)
+    if len(shape) != 2 or not all(isinstance(s, int) and 0 < s <= 65536 for s in shape):
+        raise ProtocolError(f"'shape' must be [H, W] of positive integers, got {shape!r}")
+    return shape[0], shape[1]
+
+
+def _dtype(header: dict) -> str:
+    dtype = _require(header, "dtype", str)
+    if dtype not in DTYPES:
+        raise ProtocolError(f"dtype '{dtype}' is not one of {', '.join(DTYPES)}")
+    return dtype
+
+
+def decode(parts: list) -> Start | Frame | End:
+    """Parse and check one multipart message (``bytes``, ``memoryview`` or ``zmq.Frame`` parts).
+
+    Raises:
+        ProtocolError: bad JSON, unknown version or type, missing or ill-typed fields, a byte count that
+            disagrees with ``dtype x shape``, or the wrong number of parts.
+    """
+    if not parts:
+        raise ProtocolError("empty message")
+    raw = parts[0].bytes if hasattr(parts[0], "bytes") else bytes(parts[0])
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ProtocolError(f"header is not JSON: {error}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("header is not a JSON object")
+    if header.get("v") != VERSION:
+        raise ProtocolError(f"unknown protocol version {header.get('v')!r} (this edge speaks {VERSION})")
+    kind = header.get("type")
+    scan_id = _require(header, "scan_id", str)
+    if not scan_id or len(scan_id) > 200 or any(c in scan_id for c in "/\\\0") or scan_id.startswith("."):
+        raise ProtocolError(f"scan_id {scan_id!r} is not a usable name")
+    expected_parts = 2 if kind == "frame" else 1
+    if len(parts) != expected_parts:
+        raise ProtocolError(f"{kind} message has {len(parts)} parts, expected {expected_parts}")
+    if kind == "start":
+        geometry = _require(header, "geometry", dict)
+        for key in GEOMETRY_KEYS:
+            value = geometry.get(key)
+            values = value if isinstance(value, list) and key == "detector_pixel_size_m" else [value]
+            if not values or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in values
+            ):
+                raise ProtocolError(f"geometry '{key}' must be a positive number, got {value!r}")
+        n_frames = header.get("n_frames")
+        if n_frames is not None and (not isinstance(n_frames, int) or n_frames < 0):
+            raise ProtocolError(f"'n_frames' must be a non-negative integer or null, got {n_frames!r}")
+        return Start(scan_id, _dtype(header), _shape(header), geometry, n_frames)
+    if kind == "frame":
+        index = _require(header, "index", int)
+        if index < 0:
+            raise ProtocolError(f"frame index {index} is negative")
+        position = _require(header, "position_m", list)
+        if len(position) != 2 or not all(isinstance(v, int | float) and math.isfinite(v) for v in position):
+            raise ProtocolError(f"'position_m' must be [y, x] finite numbers, got {position!r}")
+        dtype, shape = _dtype(header), _shape(header)
+        buffer = parts[1].buffer if hasattr(parts[1], "buffer") else memoryview(parts[1])
+        expected = shape[0] * shape[1] * np.dtype(dtype).itemsize
+        if buffer.nbytes != expected:
+            raise ProtocolError(f"frame {index} has {buffer.nbytes} bytes, {dtype} x {shape} needs {expected}")
+        data = np.frombuffer(buffer, dtype=dtype).reshape(shape)
+        return Frame(scan_id, index, (float(position[0]), float(position[1])), data, int(header.get("t_ns") or 0))
+    if kind == "end":
+        n_frames = _require(header, "n_frames", int)
+        if n_frames < 0:
+            raise ProtocolError(f"'n_frames' must be non-negative, got {n_frames}")
+        return End(scan_id, n_frames)
+    raise ProtocolError(f"unknown message type {kind!r}")
+
+
+def geometry_of(start: Start) -> PtychoGeometry:
+    """The scan geometry a ``start`` message describes (detector pixel size: one number, or ``[y, x]``)."""
+    geometry = start.geometry
+    pixel = geometry["detector_pixel_size_m"]
+    pixel_yx = (float(pixel), float(pixel)) if isinstance(pixel, int | float) else (float(pixel[0]), float(pixel[1]))
+    return PtychoGeometry(float(geometry["energy_eV"]), float(geometry["detector_distance_m"]), pixel_yx, start.shape)
+
+
+def object_pixel_size_m(start: Start) -> tuple[float, float]:
+    """Object pixel size ``(dy, dx)`` in m: the sender's ``object_pixel_size_m``, else ``lambda z / (n p)``."""
+    given = start.geometry.get("object_pixel_size_m")
+    if given is not None:
+        values = [given, given] if isinstance(given, int | float) else list(given)
+        return float(values[0]), float(values[1])
+    return geometry_of(start).object_pixel_size_m
