@@ -1,6 +1,7 @@
 """The live mosaic: predicted patches added at their scan positions into a running weighted mean that grows.
 
-The scan's extent is not known when it starts, so the grid is anchored at the first position and grows (by whole
+The scan's extent is not known when it starts, so the grid starts around the first position (on the pixel grid
+through position 0) and grows (by whole
 blocks, the content moved, never resampled) when a patch falls outside. Pixel ``[0, 0]`` of the grid is at
 ``origin_m`` ``[y, x]`` (m), with the probe-centre convention of the engines: a frame at position ``p`` covers
 pixels from ``floor((p - origin) / pixel - (H/2, W/2))`` on.
@@ -46,7 +47,9 @@ class Mosaic:
     def _fit(self, positions_m: np.ndarray) -> np.ndarray:
         """Grow the grid so every patch at ``positions_m`` lies inside; return their corners."""
         if self.origin_m is None:
-            self.origin_m = positions_m[0] - (np.asarray(self.frame_shape) / 2 + GROW_PX) * self.pixel_size_m
+            # on the grid through position 0, so every scan of a session shares one pixel grid
+            first_px = np.floor(positions_m[0] / self.pixel_size_m - np.asarray(self.frame_shape) / 2 - GROW_PX)
+            self.origin_m = first_px * self.pixel_size_m
         corners = self._corners(positions_m)
         low = corners.min(axis=0)
         high = corners.max(axis=0) + self.frame_shape

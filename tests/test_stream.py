@@ -1,0 +1,278 @@
+"""Edge streaming: protocol, mosaic, run file, the service over real ZeroMQ sockets, signals, keys, CLI demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import zmq
+
+from edgeray.cli import main
+from edgeray.io import CXIFile
+from edgeray.io.geometry import PtychoGeometry
+from edgeray.nn.stitch import stitch
+from edgeray.sim import PtychoSimConfig, simulate_ptycho
+from edgeray.stream import (
+    EdgeOptions,
+    EdgeService,
+    Mosaic,
+    ProtocolError,
+    RunFile,
+    connect,
+    decode,
+    encode_end,
+    encode_frame,
+    encode_start,
+    make_keys,
+    replay,
+    scan_geometry,
+)
+from edgeray.stream.protocol import End, Frame, Start
+
+GEOMETRY = {"energy_eV": 10000.0, "detector_distance_m": 2.0, "detector_pixel_size_m": 75e-6}
+
+
+@pytest.fixture(scope="module")
+def scan():
+    return simulate_ptycho(PtychoSimConfig(n_positions=600, step_px=5, seed=11))
+
+
+def start_service(tmp_path: Path, **options) -> EdgeService:
+    defaults = {"listen": "tcp://127.0.0.1:0", "out": tmp_path, "publish": None, "preview": False}
+    return EdgeService(EdgeOptions(**{**defaults, **options})).start()
+
+
+def wait_for(condition, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached")
+        time.sleep(0.02)
+
+
+# -- protocol ----------------------------------------------------------------------------------------------------
+def test_protocol_round_trip():
+    frame = np.arange(12, dtype=np.uint16).reshape(3, 4)
+    start = decode(encode_start("s1", "uint16", (3, 4), GEOMETRY, 5))
+    assert isinstance(start, Start) and start.shape == (3, 4) and start.n_frames == 5
+    message = decode(encode_frame("s1", 7, frame, (1e-6, -2e-6), 99))
+    assert isinstance(message, Frame) and message.index == 7 and message.t_ns == 99
+    assert message.position_m == (1e-6, -2e-6)
+    np.testing.assert_array_equal(message.data, frame)
+    end = decode(encode_end("s1", 5))
+    assert isinstance(end, End) and end.n_frames == 5
+
+
+@pytest.mark.parametrize(
+    "parts, reason",
+    [
+        ([b"{not json"], "not JSON"),
+        ([b'{"v": 2, "type": "end", "scan_id": "a", "n_frames": 1}'], "version"),
+        ([b'{"v": 1, "type": "stop", "scan_id": "a"}'], "unknown message type"),
+        ([b'{"v": 1, "type": "end", "scan_id": "../etc", "n_frames": 1}'], "usable name"),
+        ([b'{"v": 1, "type": "end", "scan_id": "a"}'], "without 'n_frames'"),
+        ([b'{"v": 1, "type": "end", "scan_id": "a", "n_frames": 1}', b"x"], "2 parts"),
+        ([b'{"v": 1, "type": "start", "scan_id": "a", "dtype": "uint16", "shape": [4, 4], "geometry": {}}'], "energy"),
+        (
+            [
+                b'{"v": 1, "type": "start", "scan_id": "a", "dtype": "int64", "shape": [4, 4], "geometry": '
+                + json.dumps(GEOMETRY).encode()
+                + b"}"
+            ],
+            "dtype 'int64'",
+        ),
+    ],
+)
+def test_protocol_rejects(parts, reason):
+    with pytest.raises(ProtocolError, match=reason):
+        decode(parts)
+
+
+def test_protocol_rejects_byte_count():
+    header, payload = encode_frame("s", 0, np.zeros((4, 4), np.uint16), (0, 0))
+    with pytest.raises(ProtocolError, match="has 30 bytes, uint16 x \\(4, 4\\) needs 32"):
+        decode([header, bytes(payload)[:30]])
+
+
+# -- mosaic ------------------------------------------------------------------------------------------------------
+def test_mosaic_of_exact_patches_is_the_object_and_matches_batch_stitching():
+    rng = np.random.default_rng(0)
+    obj = (rng.uniform(0.5, 1, (120, 130)) * np.exp(1j * rng.uniform(-1, 1, (120, 130)))).astype(np.complex64)
+    frame_shape, pixel = (16, 16), (1e-8, 1e-8)
+    positions_px = rng.uniform(8, [112, 122], size=(300, 2))
+    corners = np.floor(positions_px - 8).astype(int)
+    patches = np.stack([obj[r : r + 16, c : c + 16] for r, c in corners])
+    positions_m = positions_px * 1e-8 + 3e-6  # any origin: the mosaic anchors itself
+    mosaic = Mosaic(frame_shape, pixel)
+    for chunk in np.array_split(rng.permutation(300), 7):  # arrival order and batch sizes do not matter
+        mosaic.add(torch.from_numpy(patches[chunk]), positions_m[chunk])
+    image, coverage = mosaic.image()
+    shift = np.round((mosaic.origin_m - 3e-6) / 1e-8).astype(int)  # object pixel [0, 0] on the mosaic
+    covered = coverage > 0
+    rows, cols = np.nonzero(covered)
+    np.testing.assert_allclose(image[covered], obj[rows + shift[0], cols + shift[1]], atol=1e-5)
+    reference, _ = stitch(torch.from_numpy(patches), torch.from_numpy(positions_px), obj.shape)
+    np.testing.assert_allclose(image[covered], reference.numpy()[rows + shift[0], cols + shift[1]], atol=1e-5)
+
+
+# -- run file ----------------------------------------------------------------------------------------------------
+def test_run_file_is_readable_while_written_and_after(tmp_path):
+    geometry = PtychoGeometry(10000.0, 2.0, (75e-6, 75e-6), (8, 8))
+    run = RunFile(tmp_path / "r.cxi", geometry, "uint16", {"scan_id": "r"})
+    frames = np.arange(10 * 64, dtype=np.uint16).reshape(10, 8, 8)
+    positions = np.column_stack([np.arange(10) * 1e-7, -np.arange(10) * 2e-7])
+    run.append(frames[:6], positions[:6], np.arange(6), np.arange(6))
+    run.flush()
+    with h5py.File(run.path, "r", swmr=True) as reader:  # a live reader sees what was flushed
+        np.testing.assert_array_equal(reader["entry_1/data_1/data"][:], frames[:6])
+        run.append(frames[6:], positions[6:], np.arange(6, 10), np.arange(6, 10))
+        run.flush()
+        reader["entry_1/data_1/data"].refresh()
+        assert reader["entry_1/data_1/data"].shape[0] == 10
+    with CXIFile(run.path) as cxi:  # open in SWMR mode: CXIFile still reads it
+        assert cxi.n_frames == 10
+    run.close({"complete": True})
+    with CXIFile(run.path) as cxi:
+        np.testing.assert_array_equal(cxi.read_frames(), frames)
+        np.testing.assert_allclose(cxi.positions_m, positions)
+    assert RunFile(tmp_path / "r.cxi", geometry, "uint16").path.name == "r_1.cxi"  # never overwrites
+
+
+# -- the service -------------------------------------------------------------------------------------------------
+def test_edge_keeps_and_inverts_every_frame(tmp_path, scan):
+    service = start_service(tmp_path, scans=1, preview=True)
+    socket = connect(service.endpoint)
+    report = replay(scan, socket, 2000, scan_id="alpha")
+    assert service.wait(60)
+    service.join(10)
+    socket.close()
+    assert report.frames_sent == scan.n_frames and abs(report.rate_hz - 2000) < 100
+    summary = json.loads((tmp_path / "alpha.json").read_text())
+    for key in ("frames_received", "frames_written", "frames_inferred"):
+        assert summary[key] == scan.n_frames, key
+    assert summary["complete"] and summary["frames_invalid"] == 0
+    assert 0 < summary["latency_ms_p50"] <= summary["latency_ms_p99"]
+    with CXIFile(tmp_path / "alpha.cxi") as cxi:  # the run file holds exactly what was sent
+        np.testing.assert_array_equal(cxi.read_frames(), scan.frames)
+        np.testing.assert_allclose(cxi.positions_m, scan.positions_m, atol=1e-15)
+        assert cxi.geometry.energy_eV == pytest.approx(scan.geometry.energy_eV)
+    assert (tmp_path / "alpha_product.h5").exists() and (tmp_path / "alpha.png").exists()
+
+
+def test_edge_counts_and_skips_bad_messages_and_survives(tmp_path, scan):
+    service = start_service(tmp_path, scans=1)
+    socket = connect(service.endpoint)
+    frame = np.zeros((64, 64), np.uint16)
+    socket.send_multipart([b"{oops"])
+    socket.send_multipart([b'{"v": 9, "type": "end", "scan_id": "x", "n_frames": 0}'])
+    socket.send_multipart(encode_frame("beta", 0, frame, (0, 0)))  # before its start
+    socket.send_multipart(encode_start("beta", "uint16", (64, 64), scan_geometry(scan), 3))
+    header, payload = encode_frame("beta", 0, frame, (0, 0))
+    socket.send_multipart([header, bytes(payload)[:-2]])  # short by one pixel
+    socket.send_multipart(encode_frame("beta", 1, np.zeros((32, 32), np.uint16), (0, 0)))  # wrong shape
+    for i in range(3):
+        socket.send_multipart(encode_frame("beta", i, scan.frames[i], scan.positions_m[i]))
+    socket.send_multipart(encode_end("beta", 3))
+    assert service.wait(30)
+    service.join(10)
+    socket.close()
+    assert service.invalid_total == 5
+    summary = service.summaries[0]
+    assert summary["frames_written"] == summary["frames_inferred"] == 3
+    assert summary["frames_invalid"] == 2  # the two bad frames after the start
+
+
+def test_edge_handles_restart_late_frames_and_two_scans(tmp_path, scan):
+    service = start_service(tmp_path, scans=2)
+    socket = connect(service.endpoint)
+    part = scan.frames[:200]
+    from edgeray.io import PtychoScan
+
+    small = PtychoScan(part, scan.positions_m[:200], scan.geometry, None, None, None, {})
+    replay(small, socket, 0, scan_id="one", send_end=False)
+    replay(small, socket, 0, scan_id="one", start_index=150)  # the sender restarts and resends from 150
+    socket.send_multipart(encode_frame("one", 200, part[0], (0, 0)))  # after the end: counted, skipped
+    replay(small, socket, 0, scan_id="two")
+    assert service.wait(60)
+    service.join(10)
+    socket.close()
+    one, two = service.summaries
+    assert one["frames_received"] == one["frames_written"] == 250 and one["frames_duplicate"] == 50
+    assert one["frames_inferred"] == 200 and one["complete"]
+    assert two["frames_written"] == two["frames_inferred"] == 200
+    assert service.invalid_total == 1
+    with CXIFile(tmp_path / "one.cxi") as cxi:
+        assert cxi.n_frames == 250
+
+
+def test_sigterm_closes_the_run_file_validly(tmp_path, scan):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "edgeray", "edge", "--listen", "tcp://127.0.0.1:0", "--out", str(tmp_path),
+               "--http", "off", "--publish", "off"]  # fmt: skip
+    edge = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        ready = json.loads(edge.stdout.readline())["ready"]
+        socket = connect(ready["listen"])
+        socket.send_multipart(encode_start("gamma", "uint16", (64, 64), scan_geometry(scan), None))
+        for i in range(300):
+            socket.send_multipart(encode_frame("gamma", i, scan.frames[i], scan.positions_m[i]))
+        socket.close()
+        wait_for(lambda: (tmp_path / "gamma.cxi").exists())
+        time.sleep(0.5)  # let the frames arrive
+        edge.send_signal(signal.SIGTERM)
+        assert edge.wait(60) == 0
+    finally:
+        if edge.poll() is None:
+            edge.kill()
+    summary = json.loads((tmp_path / "gamma.json").read_text())
+    assert summary["frames_written"] == 300 and not summary["complete"]
+    with CXIFile(tmp_path / "gamma.cxi") as cxi:
+        np.testing.assert_array_equal(cxi.read_frames(), scan.frames[:300])
+
+
+def test_non_loopback_needs_curve_keys_and_keys_gate_clients(tmp_path, scan):
+    with pytest.raises(ValueError, match="CurveZMQ keys"):
+        EdgeService(EdgeOptions(listen="tcp://0.0.0.0:0", out=tmp_path, publish=None))
+    keys = make_keys(tmp_path / "keys")
+    context = zmq.Context()
+    try:
+        service = EdgeService(
+            EdgeOptions(listen="tcp://0.0.0.0:0", out=tmp_path / "run", publish=None, scans=1, curve_keys=keys),
+            context,
+        ).start()
+        port = service.endpoint.rsplit(":", 1)[1]
+        intruder = connect(f"tcp://127.0.0.1:{port}", context)  # no keys: the handshake fails, nothing arrives
+        intruder.send_multipart(encode_start("intruder", "uint16", (64, 64), scan_geometry(scan), 1))
+        time.sleep(0.5)
+        assert service.received_total == 0
+        intruder.close(0)
+        detector = connect(f"tcp://127.0.0.1:{port}", context, curve_keys=keys)
+        small = type(scan)(scan.frames[:20], scan.positions_m[:20], scan.geometry, None, None, None, {})
+        replay(small, detector, 0, scan_id="keyed")
+        assert service.wait(30)
+        service.join(10)
+        detector.close()
+        assert service.summaries[0]["frames_written"] == 20
+    finally:
+        context.destroy(0)
+
+
+def test_demo_command_streams_and_reports(tmp_path):
+    out = tmp_path / "demo"
+    status = main(["demo", "--out", str(out), "--frames", "1500", "--hold", "0", "--port", "0"])
+    assert status == 0
+    result = json.loads((out / "demo.json").read_text())
+    edge = result["edge"]
+    assert edge["frames_received"] == edge["frames_written"] == edge["frames_inferred"] == 1500
+    assert result["detector"]["frames_sent"] == 1500
+    assert 0 < result["vs_ground_truth"]["ssim_phase"] <= 1
+    assert Path(edge["files"]["preview"]).exists()
