@@ -14,7 +14,7 @@ PY_DIRS := $(wildcard src tests benchmarks)
 PEERS := .venv-peers
 PEERS_STAMP := $(PEERS)/.peers-installed
 
-.PHONY: demo test lint format clean venv peers bench
+.PHONY: demo test lint format clean venv peers bench browser
 
 venv: $(STAMP)
 
@@ -26,7 +26,13 @@ $(STAMP): pyproject.toml Makefile
 	touch $@
 
 demo: $(STAMP)
-	$(BIN)/edgeray demo --out demo_run
+	$(BIN)/edgeray demo --out out/demo
+
+# The live-view test drives Debian's Chromium (no browser download): install it once if it is missing.
+browser:
+	@test -x /usr/bin/chromium || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(PY_DIRS)
@@ -36,7 +42,7 @@ format: $(STAMP)
 	$(BIN)/ruff format $(PY_DIRS)
 	$(BIN)/ruff check --fix $(PY_DIRS)
 
-test: lint
+test: lint browser
 	$(BIN)/python -m pytest -q
 
 peers: $(PEERS_STAMP)
@@ -51,4 +57,4 @@ bench: $(STAMP) $(PEERS_STAMP)
 	$(BIN)/python benchmarks/ptycho_vs_ptychi.py --quick
 
 clean:
-	rm -rf $(VENV) $(PEERS) demo_run build dist src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(PEERS) out demo_run build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -430,8 +430,8 @@ def cmd_detector_replay(args: argparse.Namespace) -> int:
     reports = []
     for k in range(args.repeat):
         scan_id = args.scan_id if args.repeat == 1 else f"{args.scan_id or 'scan'}-{k + 1}"
-        with progress_bar(f"sending at {args.rate:g} Hz", len(scan.frames)) as update:
-            report = replay(scan, socket, args.rate, scan_id=scan_id, progress=update)
+        with progress_bar(f"sending at {args.rate:g} Hz", len(scan.frames) * args.cycles) as update:
+            report = replay(scan, socket, args.rate, scan_id=scan_id, progress=update, cycles=args.cycles)
         reports.append(report.as_dict())
         print(json.dumps(report.as_dict()), flush=True)
     socket.close()  # lingers until every queued frame has left
@@ -447,6 +447,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
     options = EdgeOptions(
         listen=args.listen, out=args.out, model=args.model, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
         publish=None if args.publish == "off" else args.publish, scans=args.scans, curve_keys=args.curve_keys,
+        infer_threads=args.infer_threads,
     )  # fmt: skip
     service = EdgeService(options).start()
     dashboard = None
@@ -714,6 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--endpoint", default="tcp://127.0.0.1:5555", help="the edge service's --listen endpoint")
     d.add_argument("--scan-id", default=None, help="scan name (default: random)")
     d.add_argument("--repeat", type=int, default=1, help="send the scan this many times, as separate scans")
+    d.add_argument("--cycles", type=int, default=1, help="send the frames this many times over, as one scan")
     d.add_argument("--curve-keys", type=Path, default=None, help="CurveZMQ key folder (edgeray keys)")
     _add_cxi_flags(d)
     d.set_defaults(func=cmd_detector_replay)
@@ -724,6 +726,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", type=Path, default=None, help="surrogate folder (default: the shipped compact model)")
     e.add_argument("--max-batch", type=int, default=64, help="largest inference batch, frames")
     e.add_argument("--max-wait-ms", type=float, default=5.0, help="longest a frame waits for its batch, ms")
+    e.add_argument("--infer-threads", type=int, default=1, help="threads for the network (others need a core)")
     e.add_argument("--http", default="127.0.0.1:8765", help="live view HOST:PORT, or 'off'")
     e.add_argument("--publish", default="tcp://127.0.0.1:5556", help="PUB endpoint for mosaic and stats, or 'off'")
     e.add_argument("--scans", type=int, default=None, help="exit after this many scans (default: run until stopped)")

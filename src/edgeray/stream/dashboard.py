@@ -35,8 +35,9 @@ PAGE = """<!doctype html>
 <body>
 <h1>EdgeRay live view &mdash; <span id="scan">waiting for a scan</span> <span id="state"></span></h1>
 <div class="row">
- <figure><img id="phase" alt="phase mosaic"><figcaption>phase (rad, twilight colours)</figcaption></figure>
- <figure><img id="amplitude" alt="amplitude mosaic"><figcaption>amplitude (grey)</figcaption></figure>
+ <figure><img id="phase" alt="phase mosaic"><figcaption>phase (magma, 1&ndash;99 % range)</figcaption></figure>
+ <figure><img id="amplitude" alt="amplitude mosaic">
+  <figcaption>amplitude (grey, 1&ndash;99 % range)</figcaption></figure>
 </div>
 <table>
  <tr><td>frames received / inferred / written</td><td class="v" id="frames">0</td></tr>
@@ -79,19 +80,19 @@ setInterval(tick, 100); tick();
 
 
 def render(image: np.ndarray, kind: str, max_side: int = 800) -> bytes:
-    """PNG bytes of a complex mosaic's ``phase`` (twilight, -pi..pi) or ``amplitude`` (grey, 1-99 %); NaN black."""
+    """PNG bytes of a complex mosaic's ``phase`` (magma) or ``amplitude`` (grey), each over its 1-99 % range;
+    pixels no patch reached (NaN) are black."""
     step = max(1, int(np.ceil(max(image.shape) / max_side)))
     image = image[::step, ::step]
     valid = np.isfinite(image)
     if kind == "phase":
         values = np.angle(np.where(valid, image, 0))
-        normalized = (values + np.pi) / (2 * np.pi)
-        lut = (colormaps["twilight"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
+        lut = (colormaps["magma"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
     else:
         values = np.abs(np.where(valid, image, 0))
-        low, high = np.percentile(values[valid], [1, 99]) if valid.any() else (0.0, 1.0)
-        normalized = (values - low) / max(high - low, 1e-12)
         lut = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
+    low, high = np.percentile(values[valid], [1, 99]) if valid.any() else (0.0, 1.0)
+    normalized = (values - low) / max(high - low, 1e-12)
     index = np.clip(normalized * 255, 0, 255).astype(np.uint8)
     rgb = lut[index]
     rgb[~valid] = 0

@@ -34,6 +34,27 @@ class ReplayReport:
         return dict(self.__dict__)
 
 
+class _Cycled:
+    """``frames`` repeated ``cycles`` times, sliced block by block (no copy of the whole)."""
+
+    def __init__(self, frames, cycles: int):
+        self.frames, self.n = frames, len(frames)
+        self.dtype, self.shape = frames.dtype, (self.n * cycles, *frames.shape[1:])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, block: slice) -> np.ndarray:
+        start, stop, _ = block.indices(len(self))
+        parts = []
+        while start < stop:  # at most one wrap per block of a cycle's length or less
+            first = start % self.n
+            take = min(stop - start, self.n - first)
+            parts.append(np.asarray(self.frames[first : first + take]))
+            start += take
+        return np.concatenate(parts) if parts else np.zeros((0, *self.shape[1:]), self.dtype)
+
+
 def scan_geometry(scan: PtychoScan) -> dict:
     """The ``geometry`` of a ``start`` message for ``scan`` (SI units)."""
     geometry = scan.geometry
@@ -64,17 +85,21 @@ def replay(
     start_index: int = 0,
     send_end: bool = True,
     progress: Callable[[int], None] | None = None,
+    cycles: int = 1,
 ) -> ReplayReport:
     """Send ``scan`` (start, frames ``start_index..N-1``, end) on ``socket`` at ``rate_hz`` frames per second.
 
     ``rate_hz <= 0`` sends as fast as possible. ``progress`` is called with the frames sent, about 10 times a
     second. Frames are read as stored (uint16 or uint32); the positions sent are the probe's on the object.
+    ``cycles > 1`` sends the scan's frames that many times over as one longer scan (indices go on counting):
+    a long, steady stream from a short simulation, for soak tests and benchmarks.
     """
     scan_id = scan_id or f"scan-{uuid.uuid4().hex[:8]}"
-    frames = scan.frames
+    frames = _Cycled(scan.frames, cycles) if cycles > 1 else scan.frames
     n = len(frames)
     socket.send_multipart(encode_start(scan_id, str(frames.dtype), frames.shape[1:], scan_geometry(scan), n))
     positions = np.asarray(scan.positions_m, dtype=np.float64)
+    positions = np.tile(positions, (cycles, 1)) if cycles > 1 else positions
     period_ns = int(1e9 / rate_hz) if rate_hz > 0 else 0
     lateness_ns = np.zeros(max(n - start_index, 0), dtype=np.int64)
     chunk = 256

@@ -58,6 +58,7 @@ class EdgeOptions:
         scans: stop after this many scans have ended (``None``: run until stopped).
         curve_keys: folder of CurveZMQ keys (required to listen on anything but loopback).
         preview: write a PNG of each scan's mosaic.
+        infer_threads: threads of the network's inference (the other stages need a core of their own).
     """
 
     listen: str = "tcp://127.0.0.1:5555"
@@ -70,6 +71,7 @@ class EdgeOptions:
     scans: int | None = None
     curve_keys: Path | None = None
     preview: bool = True
+    infer_threads: int = 1
 
 
 @dataclass
@@ -121,7 +123,12 @@ class EdgeService:
         self.out.mkdir(parents=True, exist_ok=True)
         self.context = context or zmq.Context.instance()
         model, self.card = load_model(options.model, "cpu")
-        self.model = cpu_runtime(model, self.card, options.model, "auto")
+        threads = torch.get_num_threads()
+        torch.set_num_threads(options.infer_threads)
+        try:
+            self.model = cpu_runtime(model, self.card, options.model, "auto")
+        finally:
+            torch.set_num_threads(threads)
         self.model_version = model_version(options.model)
         self.socket = self.context.socket(zmq.PULL)
         self.socket.setsockopt(zmq.RCVHWM, 0)  # never drop: the queue in front of us is memory

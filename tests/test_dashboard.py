@@ -1,0 +1,59 @@
+"""The live view in a real browser (Debian's Chromium driven by Playwright): the mosaic appears and updates."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from edgeray.sim import PtychoSimConfig, simulate_ptycho
+from edgeray.stream import Dashboard, EdgeOptions, EdgeService, connect, replay
+
+CHROMIUM = Path("/usr/bin/chromium")
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+if not CHROMIUM.exists():
+    if os.environ.get("CI"):
+        raise RuntimeError("CI needs Debian's chromium for the live-view test (.ci/run installs it)")
+    pytest.skip("no /usr/bin/chromium (apt-get install chromium)", allow_module_level=True)
+
+
+def test_live_view_shows_the_mosaic_growing(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    scan = simulate_ptycho(PtychoSimConfig(n_positions=4000, step_px=4, seed=4))
+    service = EdgeService(EdgeOptions(listen="tcp://127.0.0.1:0", out=tmp_path, publish=None, scans=1)).start()
+    dashboard = Dashboard(service, port=0).start()
+    socket = connect(service.endpoint)
+    sender = threading.Thread(target=replay, args=(scan, socket, 1000), kwargs={"scan_id": "live"})
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
+            page = browser.new_page()
+            page.goto(dashboard.url)
+            assert page.title() == "EdgeRay live view"
+            sender.start()
+            page.wait_for_function("document.getElementById('phase').naturalWidth > 0", timeout=20_000)
+            page.wait_for_function("document.getElementById('amplitude').naturalWidth > 0", timeout=20_000)
+            first = int(page.evaluate("document.body.dataset.patches"))
+            updates_before = int(page.text_content("#updates"))
+            time.sleep(1.5)
+            later = int(page.evaluate("document.body.dataset.patches"))
+            updates_after = int(page.text_content("#updates"))
+            assert later > first > 0  # the mosaic grows on screen
+            assert updates_after - updates_before >= 7  # at least 5 updates per second while frames arrive
+            assert page.text_content("#scan") == "live"
+            assert "frames/s" in page.text_content("#rate")
+            page.screenshot(path=os.environ.get("EDGERAY_SCREENSHOT", str(tmp_path / "live.png")))
+            browser.close()
+    finally:
+        sender.join(30)
+        service.wait(30)
+        service.join(10)
+        socket.close()
+        dashboard.close()
+    assert service.summaries[0]["frames_written"] == 4000
