@@ -522,7 +522,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         console.print(f"[bold]live view:[/] {ready['view']}  (open it in a browser while the scan runs)")
         socket = connect(ready["listen"])
         with progress_bar(f"detector at {args.rate:g} frames/s", scan.n_frames) as update:
-            report = replay(scan, socket, args.rate, scan_id="demo", progress=update)
+            report = replay(scan, socket, args.rate, scan_id="scan", progress=update)
         socket.close()
         lines = edge.communicate(timeout=120 + args.hold)[0].splitlines()
     finally:

@@ -123,7 +123,8 @@ class CXIFile:
             raise ValueError(f"translation must be 'sample' or 'probe', not {translation!r}")
         self.path = Path(path)
         try:
-            self._h5 = h5py.File(self.path, "r")
+            # SWMR reading is harmless for any file and consistent for a run file the edge is still writing
+            self._h5 = h5py.File(self.path, "r", swmr=True)
         except OSError as exc:
             raise EdgeRayFormatError(self.path, None, f"cannot open as HDF5 ({exc})") from exc
         try:

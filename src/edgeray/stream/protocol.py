@@ -150,8 +150,8 @@ def decode(parts: list) -> Start | Frame | End:
         return Start(scan_id, _dtype(header), _shape(header), geometry, n_frames)
     if kind == "frame":
         index = _require(header, "index", int)
-        if index < 0:
-            raise ProtocolError(f"frame index {index} is negative")
+        if not 0 <= index < 2**31:
+            raise ProtocolError(f"frame index {index} is out of range (0 to 2**31 - 1)")
         position = _require(header, "position_m", list)
         if len(position) != 2 or not all(isinstance(v, int | float) and math.isfinite(v) for v in position):
             raise ProtocolError(f"'position_m' must be [y, x] finite numbers, got {position!r}")
