@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -91,7 +92,8 @@ def render(image: np.ndarray, kind: str, max_side: int = 800) -> bytes:
     else:
         values = np.abs(np.where(valid, image, 0))
         lut = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
-    low, high = np.percentile(values[valid], [1, 99]) if valid.any() else (0.0, 1.0)
+    sample = values[valid][:: max(1, int(valid.sum()) // 20000)]  # 20,000 pixels give the range well enough
+    low, high = np.percentile(sample, [1, 99]) if sample.size else (0.0, 1.0)
     normalized = (values - low) / max(high - low, 1e-12)
     index = np.clip(normalized * 255, 0, 255).astype(np.uint8)
     rgb = lut[index]
@@ -101,17 +103,31 @@ def render(image: np.ndarray, kind: str, max_side: int = 800) -> bytes:
     return buffer.getvalue()
 
 
-class Dashboard:
-    """Serve the live view of ``service`` on ``host:port`` (port 0: any free port) in a background thread."""
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
 
-    def __init__(self, service, host: str = "127.0.0.1", port: int = 8765, max_fps: float = 10.0):
+    def handle_error(self, request, client_address) -> None:
+        """A browser closing its connection mid-answer is normal; anything else is printed as usual."""
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
+
+
+class Dashboard:
+    """Serve the live view of ``service`` on ``host:port`` (port 0: any free port) in a background thread.
+
+    Images are at most ``max_side`` pixels along each axis (every k-th mosaic pixel), re-rendered at most
+    ``max_fps`` times a second.
+    """
+
+    def __init__(self, service, host: str = "127.0.0.1", port: int = 8765, max_fps: float = 10.0, max_side: int = 512):
         if not is_local(f"tcp://{host}:{port}"):
             raise ValueError(f"the live view binds {host}: only loopback addresses are allowed (use an SSH tunnel)")
         self.service = service
         self.min_interval_s = 1.0 / max_fps
         self._cache: dict[str, tuple[int, bytes]] = {}
         self._render_lock = threading.Lock()
-        self._last_render: dict[str, float] = {}
+        self._last_render = 0.0
+        self.max_side = max_side
         dashboard = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -139,10 +155,12 @@ class Dashboard:
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Cache-Control", "no-store")
                 self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):  # the browser went away mid-answer
+                    pass
 
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        self.server.daemon_threads = True
+        self.server = _QuietServer((host, port), Handler)
         self.url = f"http://{host}:{self.server.server_address[1]}/"
         self.thread = threading.Thread(target=self.server.serve_forever, name="edge-dashboard", daemon=True)
 
@@ -151,20 +169,21 @@ class Dashboard:
         return self
 
     def image(self, kind: str) -> bytes | None:
-        """The PNG of the mosaic's ``kind``, re-rendered when the mosaic grew and the last render is old enough."""
+        """The PNG of the mosaic's ``kind``; both kinds are re-rendered from one snapshot when the mosaic grew and
+        the last render is older than ``1 / max_fps``."""
         with self._render_lock:
             patches = self.service.snapshot()["mosaic_patches"]
             cached = self._cache.get(kind)
-            fresh_enough = time.perf_counter() - self._last_render.get(kind, 0.0) < self.min_interval_s
+            fresh_enough = time.perf_counter() - self._last_render < self.min_interval_s
             if cached is not None and (cached[0] == patches or fresh_enough):
                 return cached[1]
-            image = self.service.mosaic_image()
+            image = self.service.mosaic_image(self.max_side)
             if image is None:
                 return cached[1] if cached else None
-            png = render(image, kind)
-            self._cache[kind] = (patches, png)
-            self._last_render[kind] = time.perf_counter()
-            return png
+            for name in ("phase", "amplitude"):
+                self._cache[name] = (patches, render(image, name, self.max_side))
+            self._last_render = time.perf_counter()
+            return self._cache[kind][1]
 
     def close(self) -> None:
         self.server.shutdown()

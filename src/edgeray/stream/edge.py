@@ -494,7 +494,7 @@ class EdgeService:
         last_patches = -1
         while not self.finished.wait(period_s):
             stats = self.snapshot()
-            image = self.mosaic_image() if stats["mosaic_patches"] != last_patches else None
+            image = self.mosaic_image(1024) if stats["mosaic_patches"] != last_patches else None
             header = {"v": 1, "type": "mosaic" if image is not None else "stats", **stats}
             if image is None:
                 self.publisher.send_multipart([json.dumps(header).encode()])
@@ -503,11 +503,15 @@ class EdgeService:
             header.update(dtype="complex64", shape=list(image.shape))
             self.publisher.send_multipart([json.dumps(header).encode(), image.tobytes()])
 
-    def mosaic_image(self) -> np.ndarray | None:
-        """The open (or last) scan's mosaic, ``(Y, X)`` complex64, or None before the first patch."""
+    def mosaic_image(self, max_side: int | None = None) -> np.ndarray | None:
+        """The open (or last) scan's mosaic, ``(Y, X)`` complex64 with NaN where no patch reached, or None before
+        the first patch; every ``k``-th pixel when ``max_side`` asks for at most that many along each axis."""
         run = self.current
         if run is None or run.mosaic is None or not run.mosaic.n_patches:
             return None
-        with self.lock:
-            obj, coverage = run.mosaic.image()
-        return np.where(coverage > 0, obj, np.nan + 0j).astype(np.complex64)
+        step = 1 if max_side is None else max(1, -(-max(run.mosaic.shape) // max_side))
+        with self.lock:  # copy only the pixels shown, so inference waits as little as possible
+            numerator = run.mosaic.numerator[::step, ::step].numpy().copy()
+            coverage = run.mosaic.coverage[::step, ::step].numpy().copy()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(coverage > 0, numerator / coverage, np.nan + 0j).astype(np.complex64)
