@@ -15,7 +15,7 @@ import numpy as np
 
 from edgeray.io import DataExchangeFile
 from edgeray.io._h5util import atomic_h5, compression_kwargs
-from edgeray.tomo.center import find_center_pair, find_center_sharpness, opposite_pair
+from edgeray.tomo.center import find_center_entropy, find_center_pair, opposite_pair
 from edgeray.tomo.fbp import fbp, gridrec
 from edgeray.tomo.preprocess import minus_log, normalize, remove_outliers, remove_stripes
 from edgeray.tomo.sirt import sirt
@@ -76,7 +76,7 @@ def find_center(data: DataExchangeFile, options: TomoOptions) -> tuple[float, st
         i, j = pair
         return find_center_pair(sinograms[:, i, :], sinograms[:, j, :]), f"projections {i} and {j} half a turn apart"
     mid = sinograms[len(sinograms) // 2]
-    return find_center_sharpness(mid, theta), "sharpest middle slice (no projections half a turn apart)"
+    return find_center_entropy(mid, theta), "least-entropy middle slice (no projections half a turn apart)"
 
 
 def reconstruct_chunk(sinograms: np.ndarray, theta_rad: np.ndarray, center: float, options: TomoOptions) -> np.ndarray:
