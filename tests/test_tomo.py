@@ -178,9 +178,9 @@ def test_tooth_end_to_end_agrees_with_astra(tmp_path):
     astra.algorithm.delete(algorithm)
     astra.data2d.delete([sino_id, rec_id])
     astra.projector.delete(projector)
-    assert ssim_on_disk(ours, reference, margin=30) >= 0.95  # measured 0.998
+    assert ssim_on_disk(ours, reference, margin=30) >= 0.95  # measured 0.994
     inner = slice((width - 640) // 2 + 1, (width - 640) // 2 + 641)  # our 640 px slice sits half a pixel off
-    assert np.corrcoef(volume[0].ravel(), reference[inner, inner].ravel())[0, 1] > 0.9
+    assert np.corrcoef(volume[0].ravel(), reference[inner, inner].ravel())[0, 1] > 0.9  # measured 0.965
 
 
 def test_bad_inputs_give_clear_errors(tmp_path, shepp):
