@@ -102,14 +102,17 @@ def test_failed_simulation_leaves_existing_file(tmp_path):
     assert out.read_bytes() == before
 
 
-def test_demo_runs(tmp_path):
-    edgeray("demo", "--out", str(tmp_path / "demo"), "--n-positions", "200", "--epochs", "5")
-    assert (tmp_path / "demo" / "scan.cxi").exists()
-    assert (tmp_path / "demo" / "scan.png").read_bytes()[:8] == PNG_MAGIC
-    assert json.loads((tmp_path / "demo" / "scan.json").read_text())["n_frames"] == 200
-    summary = json.loads((tmp_path / "demo" / "product.json").read_text())
-    assert summary["epochs"] == 5 and summary["vs_ground_truth"]["rel_error"] < 1.0
-    assert (tmp_path / "demo" / "product.png").read_bytes()[:8] == PNG_MAGIC
+def test_demo_streams_a_scan_through_the_edge(tmp_path):
+    out = tmp_path / "demo"
+    result = edgeray("demo", "--out", str(out), "--frames", "1500", "--hold", "0", "--port", "0")
+    assert "live view: http://127.0.0.1:" in result.stderr
+    report = json.loads((out / "demo.json").read_text())
+    edge = report["edge"]
+    assert report["detector"]["frames_sent"] == 1500
+    assert edge["frames_received"] == edge["frames_written"] == edge["frames_inferred"] == 1500
+    assert 0 < report["vs_ground_truth"]["ssim_phase"] <= 1
+    assert read_cxi(out / "scan.cxi").frames.shape == (1500, 64, 64)
+    assert (out / "scan.png").read_bytes()[:8] == PNG_MAGIC
 
 
 def test_ptycho_reconstruct_writes_product_png_and_summary(tmp_path):

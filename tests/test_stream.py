@@ -16,7 +16,6 @@ import pytest
 import torch
 import zmq
 
-from edgeray.cli import main
 from edgeray.io import CXIFile
 from edgeray.io.geometry import PtychoGeometry
 from edgeray.nn.stitch import stitch
@@ -264,15 +263,3 @@ def test_non_loopback_needs_curve_keys_and_keys_gate_clients(tmp_path, scan):
         assert service.summaries[0]["frames_written"] == 20
     finally:
         context.destroy(0)
-
-
-def test_demo_command_streams_and_reports(tmp_path):
-    out = tmp_path / "demo"
-    status = main(["demo", "--out", str(out), "--frames", "1500", "--hold", "0", "--port", "0"])
-    assert status == 0
-    result = json.loads((out / "demo.json").read_text())
-    edge = result["edge"]
-    assert edge["frames_received"] == edge["frames_written"] == edge["frames_inferred"] == 1500
-    assert result["detector"]["frames_sent"] == 1500
-    assert 0 < result["vs_ground_truth"]["ssim_phase"] <= 1
-    assert Path(edge["files"]["preview"]).exists()
