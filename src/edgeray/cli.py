@@ -738,15 +738,15 @@ def build_parser() -> argparse.ArgumentParser:
     tr = tomo_cmds.add_parser("recon", help="Data Exchange raw scan -> reconstruction (HDF5), PNG, JSON")
     tr.add_argument("input", type=Path, help="Data Exchange file with /exchange/data, data_white, data_dark, theta")
     tr.add_argument("-o", "--output", type=Path, required=True, help="reconstruction file (Data Exchange)")
-    tr.add_argument("--algo", choices=("gridrec", "fbp", "sirt"), default="gridrec",
-                    help="gridrec: FBP by NUFFT (fastest, CPU); fbp: backprojection (CPU or CUDA); sirt")  # fmt: skip
+    tr.add_argument("--algo", choices=("gridrec", "fbp", "sirt", "cgls"), default="gridrec",
+                    help="gridrec: FBP by NUFFT (fast, CPU); fbp: backprojection (CPU/CUDA); sirt; cgls")  # fmt: skip
     tr.add_argument("--center", default="auto", help="rotation-axis column in pixels, or 'auto'")
     tr.add_argument("--filter", default="shepp-logan", help="ramp, shepp-logan, cosine, hann, hamming, parzen")
     tr.add_argument("--rings", action="store_true", help="remove stripes (ring artifacts) before reconstruction")
     tr.add_argument("--zingers", type=float, default=0.0, help="replace outliers above this relative deviation")
     tr.add_argument("--slices", default=None, help="detector rows FIRST:LAST (default: all)")
     tr.add_argument("--chunk", type=int, default=16, help="slices read and reconstructed at once")
-    tr.add_argument("--iterations", type=int, default=100, help="SIRT iterations")
+    tr.add_argument("--iterations", type=int, default=100, help="SIRT / CGLS iterations")
     tr.add_argument("--device", default="cpu", help="cpu or cuda (fbp, sirt)")
     tr.set_defaults(func=cmd_tomo_recon)
 

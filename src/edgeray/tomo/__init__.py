@@ -6,7 +6,7 @@ from edgeray.tomo.geometry import angle_weights
 from edgeray.tomo.preprocess import minus_log, normalize, paganin, remove_outliers, remove_stripes
 from edgeray.tomo.project import project
 from edgeray.tomo.recon import ALGORITHMS, TomoOptions, reconstruct_file
-from edgeray.tomo.sirt import sirt
+from edgeray.tomo.sirt import cgls, sirt
 
 __all__ = [
     "ALGORITHMS",
@@ -14,6 +14,7 @@ __all__ = [
     "TomoOptions",
     "angle_weights",
     "backproject",
+    "cgls",
     "fbp",
     "filter_response",
     "find_center_entropy",

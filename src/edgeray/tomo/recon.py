@@ -18,9 +18,9 @@ from edgeray.io._h5util import atomic_h5, compression_kwargs
 from edgeray.tomo.center import find_center_entropy, find_center_pair, opposite_pair
 from edgeray.tomo.fbp import fbp, gridrec
 from edgeray.tomo.preprocess import minus_log, normalize, remove_outliers, remove_stripes
-from edgeray.tomo.sirt import sirt
+from edgeray.tomo.sirt import cgls, sirt
 
-ALGORITHMS = ("gridrec", "fbp", "sirt")
+ALGORITHMS = ("gridrec", "fbp", "sirt", "cgls")
 
 
 @dataclass
@@ -29,14 +29,14 @@ class TomoOptions:
 
     Attributes:
         algorithm: ``gridrec`` (FBP by non-uniform FFT, CPU, fastest), ``fbp`` (linear-interpolation
-            backprojection, CPU or CUDA) or ``sirt``.
+            backprojection, CPU or CUDA), ``sirt`` or ``cgls`` (iterative, CPU or CUDA).
         center: rotation-axis column (pixels), or None to find it.
         filter_name, cutoff: FBP filter and its cutoff (fraction of Nyquist).
         rings: remove stripes (sorting-based) before reconstruction.
         zingers: replace outliers above this relative deviation from the local median (0: off).
         slices: detector rows ``(start, stop)`` to reconstruct (None: all).
         chunk_slices: rows read and reconstructed at once (memory: about chunk x angles x columns x 12 bytes).
-        iterations: SIRT iterations.
+        iterations: SIRT or CGLS iterations.
         device: ``cpu`` or ``cuda`` (``fbp`` and ``sirt``).
     """
 
@@ -87,6 +87,8 @@ def reconstruct_chunk(sinograms: np.ndarray, theta_rad: np.ndarray, center: floa
                    device=options.device)  # fmt: skip
     if options.algorithm == "sirt":
         return sirt(sinograms, theta_rad, center, iterations=options.iterations, device=options.device)
+    if options.algorithm == "cgls":
+        return cgls(sinograms, theta_rad, center, iterations=options.iterations, device=options.device)
     raise ValueError(f"unknown algorithm {options.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
 
 

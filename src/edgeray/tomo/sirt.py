@@ -1,4 +1,4 @@
-"""SIRT: the simultaneous iterative reconstruction technique, with the linear-interpolation projector pair.
+"""SIRT and CGLS, with the linear-interpolation projector pair.
 
 ``x <- max(x + C A^T R (b - A x), 0)`` with ``R = 1 / (A 1)`` and ``C = 1 / (A^T 1)`` (row and column sums), the
 form astra and tomopy use. Slow per iteration next to FBP, but better on sparse or noisy data.
@@ -46,3 +46,38 @@ def sirt(
         if progress:
             progress(iteration + 1)
     return x.cpu().numpy()
+
+
+def cgls(
+    sinograms: np.ndarray,
+    theta_rad: np.ndarray,
+    center: float | None = None,
+    size: int | None = None,
+    iterations: int = 30,
+    device: str = "cpu",
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """CGLS: conjugate gradients on the normal equations ``A^T A x = A^T b`` (least squares, no constraint;
+    stop early to regularize). Converges in far fewer iterations than SIRT. ``(S, A, D)`` -> ``(S, N, N)``."""
+    sinograms, theta = _check(sinograms, theta_rad)
+    n_slices, _, n_columns = sinograms.shape
+    size = size or n_columns
+    center = default_center(n_columns) if center is None else float(center)
+    b = torch.from_numpy(np.ascontiguousarray(sinograms, dtype=np.float64)).to(device)
+    x = torch.zeros((n_slices, size, size), dtype=torch.float64, device=device)
+    residual = b.clone()
+    gradient = backproject(residual, theta, center, size)
+    direction = gradient.clone()
+    norm = (gradient**2).sum(dim=(1, 2))
+    for iteration in range(iterations):
+        projected = project(direction, theta, center, n_columns)
+        step = norm / (projected**2).sum(dim=(1, 2)).clamp_min(1e-300)
+        x += step[:, None, None] * direction
+        residual -= step[:, None, None] * projected
+        gradient = backproject(residual, theta, center, size)
+        new_norm = (gradient**2).sum(dim=(1, 2))
+        direction = gradient + (new_norm / norm.clamp_min(1e-300))[:, None, None] * direction
+        norm = new_norm
+        if progress:
+            progress(iteration + 1)
+    return x.float().cpu().numpy()
