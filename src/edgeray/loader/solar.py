@@ -1,0 +1,172 @@
+"""The SOLAR loader: executes a rank's plan with a fixed-size buffer and a background prefetch thread.
+
+The plan (:mod:`edgeray.loader.plan`) says, step by step, which samples this rank processes, which are reads and
+what the buffer keeps or drops. One thread executes it ahead of training (``prefetch`` steps): it reads each step's
+misses in coalesced runs, updates the buffer and assembles the batch; training takes finished batches. Batches
+are assembled in order by that one thread, so an eviction can never overtake a batch that still needs the sample.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgeray.loader.plan import RankPlan, belady_hits, make_plans
+from edgeray.loader.reader import TrainsetReader
+from edgeray.loader.schedule import Schedule
+
+
+@dataclass
+class LoaderBatch:
+    """One rank's share of a global batch.
+
+    Attributes:
+        inputs, amplitude, phase: ``(n, 1, H, W)`` float32 (inputs = ``sqrt(frames / scale)``).
+        samples: ``(n,)`` sample ids.
+        loss_scale: multiply the mean loss over this share by it: ``world_size * n / global_n``, so that after
+            DDP averages the ranks' gradients the result is the gradient of the mean over the global batch,
+            whatever the shares' sizes.
+        epoch, step: which epoch and which step (in processing order).
+    """
+
+    inputs: torch.Tensor
+    amplitude: torch.Tensor
+    phase: torch.Tensor
+    samples: np.ndarray
+    loss_scale: float
+    epoch: int
+    step: int
+
+
+class SolarLoader:
+    """Iterate a training set as rank ``rank`` of ``world_size``, with SOLAR's schedule, buffer and reads.
+
+    Args:
+        path: training-set HDF5 (DESIGN.md layout).
+        batch_size: the global batch (all ranks together).
+        epochs, seed: as a shuffled loader takes them; every rank must pass the same.
+        rank, world_size: this process and how many share the work.
+        buffer_bytes: this rank's buffer (whole samples: frames, amplitude, phase, scale).
+        policy: ``solar`` (default), ``lru``, ``frequency`` or ``none`` (for comparison).
+        imbalance: the most a rank's share may differ from the even split, samples (default 1/8 of it).
+        prefetch: steps prepared ahead.
+        uncached: read through :class:`~edgeray.loader.reader.DroppingFile` (benchmarks).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        batch_size: int,
+        epochs: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        buffer_bytes: int = 1 << 30,
+        policy: str = "solar",
+        imbalance: int | None = None,
+        prefetch: int = 4,
+        uncached: bool = False,
+        drop_last: bool = False,
+    ):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world size {world_size}")
+        self.path, self.rank, self.world_size, self.uncached = Path(path), rank, world_size, uncached
+        probe = TrainsetReader(self.path)
+        self.n_samples, self.frame_shape, sample_bytes = probe.n_samples, probe.frame_shape, probe.sample_bytes
+        self.dtypes = {key: ds.dtype for key, ds in probe.datasets.items()}
+        probe.close()
+        self.capacity = int(buffer_bytes // sample_bytes)
+        self.schedule = Schedule(self.n_samples, epochs, batch_size, seed, drop_last)
+        plans = make_plans(self.schedule, world_size, self.capacity, policy, imbalance, seed)
+        self.plan: RankPlan = plans[rank]
+        self.global_sizes = [sum(len(p.steps[t][0]) for p in plans) for t in range(len(self.plan.steps))]
+        self.prefetch = prefetch
+        self.policy = policy
+        self.stats = {"hits": 0, "reads": 0, "read_calls": 0, "bytes_read": 0, "peak_buffered": 0}
+
+    def __len__(self) -> int:
+        return len(self.plan.steps)
+
+    def belady_hit_rate(self) -> float:
+        """Hit rate the optimal policy would reach on this rank's access sequence (for comparison)."""
+        accesses = sum(len(step[0]) for step in self.plan.steps)
+        return belady_hits(self.plan, self.capacity, self.n_samples) / max(accesses, 1)
+
+    def _produce(self, out: queue.Queue, stop: threading.Event) -> None:
+        reader = TrainsetReader(self.path, uncached=self.uncached)  # opened in this thread, this process
+        try:
+            slots = min(self.capacity, self.n_samples)
+            buffer = {
+                key: np.empty((slots, *reader.datasets[key].shape[1:]), dtype) for key, dtype in self.dtypes.items()
+            }
+            slot_of: dict[int, int] = {}
+            free = list(range(slots - 1, -1, -1))
+            steps = self.schedule.steps()
+            for t, (samples, reads, store, evict) in enumerate(self.plan.steps):
+                if stop.is_set():
+                    return
+                fresh = reader.read(samples[reads]) if reads.any() else None
+                batch = {key: np.empty((len(samples), *reader.datasets[key].shape[1:]), dtype)
+                         for key, dtype in self.dtypes.items()}  # fmt: skip
+                hit_rows = np.flatnonzero(~reads)
+                hit_slots = np.array([slot_of[s] for s in samples[hit_rows].tolist()], dtype=np.int64)
+                for key in batch:
+                    if len(hit_rows):
+                        batch[key][hit_rows] = buffer[key][hit_slots]
+                    if fresh is not None:
+                        batch[key][reads] = fresh[key]
+                for j, sample in enumerate(samples.tolist()):  # buffer updates, in plan order
+                    if reads[j]:
+                        if evict[j] >= 0:
+                            free.append(slot_of.pop(int(evict[j])))
+                        if store[j]:
+                            slot = free.pop()
+                            slot_of[sample] = slot
+                            for key in buffer:
+                                buffer[key][slot] = batch[key][j]
+                self.stats["peak_buffered"] = max(self.stats["peak_buffered"], len(slot_of))
+                self.stats["hits"] += len(hit_rows)
+                self.stats["reads"] += int(reads.sum())
+                frames = torch.from_numpy(batch["frames"].astype(np.float32))
+                scale = torch.from_numpy(batch["scale"].astype(np.float32)).clamp_min(1e-12)[:, None, None]
+                inputs = torch.sqrt(frames.clamp_min(0) / scale)[:, None]
+                share = LoaderBatch(
+                    inputs, torch.from_numpy(batch["amplitude"])[:, None], torch.from_numpy(batch["phase"])[:, None],
+                    samples, self.world_size * len(samples) / max(self.global_sizes[t], 1), steps[t][0], t,
+                )  # fmt: skip
+                while not stop.is_set():
+                    try:
+                        out.put(share, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+            self.stats["read_calls"] = reader.read_calls
+            self.stats["bytes_read"] = reader.bytes_read or reader.samples_read * reader.sample_bytes
+        except BaseException as error:  # hand the failure to the consumer
+            out.put(error)
+        finally:
+            reader.close()
+            out.put(None)
+
+    def __iter__(self) -> Iterator[LoaderBatch]:
+        out: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+        worker = threading.Thread(target=self._produce, args=(out, stop), name="solar-prefetch", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = out.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            worker.join(10)
