@@ -323,7 +323,8 @@ def cmd_nn_train(args: argparse.Namespace) -> int:
     from edgeray.nn.train import TrainOptions, train
 
     config = ModelConfig(args.model, args.width or (8 if args.model == "compact" else 32), args.depth, args.frame_size)
-    options = TrainOptions(args.epochs, args.batch, args.lr, seed=args.seed, device=args.device, workers=args.workers)
+    options = TrainOptions(args.epochs, args.batch, args.lr, seed=args.seed, device=args.device, workers=args.workers,
+                           loader=args.loader, buffer_bytes=int(args.buffer_mb * 2**20))  # fmt: skip
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -722,6 +723,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--workers", type=int, default=0)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", action="store_true", help="continue from the model directory's last epoch")
+    t.add_argument(
+        "--loader",
+        choices=("torch", "solar"),
+        default="torch",
+        help="torch DataLoader, or the SOLAR loader (same batches, buffer, coalesced reads)",
+    )
+    t.add_argument("--buffer-mb", type=float, default=1024, help="SOLAR loader buffer, MiB")
     t.set_defaults(func=cmd_nn_train)
     i = nn_cmds.add_parser("infer", help="invert a scan with a model and stitch the patches -> product")
     i.add_argument("scan", type=Path)

@@ -57,6 +57,8 @@ class SolarLoader:
         imbalance: the most a rank's share may differ from the even split, samples (default 1/8 of it).
         prefetch: steps prepared ahead.
         uncached: read through :class:`~edgeray.loader.reader.DroppingFile` (benchmarks).
+        indices: the file's samples to use (e.g. a training split; default all); ``samples`` in batches are
+            file ids either way.
     """
 
     def __init__(
@@ -73,6 +75,7 @@ class SolarLoader:
         prefetch: int = 4,
         uncached: bool = False,
         drop_last: bool = False,
+        indices: np.ndarray | None = None,
     ):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
@@ -81,9 +84,15 @@ class SolarLoader:
         self.n_samples, self.frame_shape, sample_bytes = probe.n_samples, probe.frame_shape, probe.sample_bytes
         self.dtypes = {key: ds.dtype for key, ds in probe.datasets.items()}
         probe.close()
+        self.indices = np.arange(self.n_samples) if indices is None else np.asarray(indices, dtype=np.int64)
+        if len(self.indices) == 0 or self.indices.min() < 0 or self.indices.max() >= self.n_samples:
+            raise ValueError(f"{self.path}: indices must be a non-empty subset of 0..{self.n_samples - 1}")
         self.capacity = int(buffer_bytes // sample_bytes)
-        self.schedule = Schedule(self.n_samples, epochs, batch_size, seed, drop_last)
+        self.schedule = Schedule(len(self.indices), epochs, batch_size, seed, drop_last)
         plans = make_plans(self.schedule, world_size, self.capacity, policy, imbalance, seed)
+        for plan in plans:  # schedule positions -> file sample ids
+            plan.steps = [(self.indices[s], r, k, np.where(e >= 0, self.indices[np.maximum(e, 0)], -1))
+                          for s, r, k, e in plan.steps]  # fmt: skip
         self.plan: RankPlan = plans[rank]
         self.global_sizes = [sum(len(p.steps[t][0]) for p in plans) for t in range(len(self.plan.steps))]
         self.prefetch = prefetch
@@ -101,7 +110,7 @@ class SolarLoader:
     def _produce(self, out: queue.Queue, stop: threading.Event) -> None:
         reader = TrainsetReader(self.path, uncached=self.uncached)  # opened in this thread, this process
         try:
-            slots = min(self.capacity, self.n_samples)
+            slots = min(self.capacity, len(self.indices))
             buffer = {
                 key: np.empty((slots, *reader.datasets[key].shape[1:]), dtype) for key, dtype in self.dtypes.items()
             }

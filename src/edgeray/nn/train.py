@@ -59,6 +59,9 @@ class TrainOptions:
         seed: seed of the split, the initialization and the batch order (runs are repeatable on the CPU).
         device: ``cpu`` or ``cuda``; on CUDA the forward pass runs in bfloat16 autocast (AMP).
         workers: DataLoader worker processes.
+        loader: ``torch`` (DataLoader, shuffled) or ``solar`` (:class:`edgeray.loader.SolarLoader`: the same
+            batches, epochs reordered for reuse, a buffer of ``buffer_bytes``, coalesced reads).
+        buffer_bytes: the SOLAR loader's buffer.
     """
 
     epochs: int = 20
@@ -68,6 +71,8 @@ class TrainOptions:
     seed: int = 0
     device: str = "cpu"
     workers: int = 0
+    loader: str = "torch"
+    buffer_bytes: int = 1 << 30
 
 
 def _loss(model: nn.Module, batch, device, amp: bool) -> tuple[torch.Tensor, float, float]:
@@ -103,6 +108,8 @@ def train(
     loader = DataLoader(train_set, batch_size=options.batch_size, shuffle=True, generator=generator,
                         num_workers=options.workers, drop_last=len(train_set) > options.batch_size)  # fmt: skip
     val_loader = DataLoader(val_set, batch_size=256, num_workers=options.workers)
+    if options.loader not in ("torch", "solar"):
+        raise ValueError(f"loader must be 'torch' or 'solar', not {options.loader!r}")
     device = torch.device(options.device)
     amp = device.type == "cuda"
     if resume and (output / "model.json").exists():
@@ -129,11 +136,27 @@ def train(
         with torch.inference_mode():
             losses = [(float(_loss(model, b, device, amp)[0]), len(b[0])) for b in loader]
         history["initial_train_loss"] = sum(v * n for v, n in losses) / max(sum(n for _, n in losses), 1)
+    solar_batches = None
+    if options.loader == "solar" and first_epoch < options.epochs:
+        from edgeray.loader import SolarLoader
+
+        solar = SolarLoader(trainset, options.batch_size, options.epochs - first_epoch, seed=options.seed + first_epoch,
+                            buffer_bytes=options.buffer_bytes, indices=order[n_val:])  # fmt: skip
+        per_epoch, solar_batches = solar.schedule.batches_per_epoch, iter(solar)
+
+    def epoch_batches():
+        if solar_batches is None:
+            yield from loader
+            return
+        for _ in range(per_epoch):
+            share = next(solar_batches)
+            yield share.inputs, share.amplitude, share.phase
+
     for epoch in range(first_epoch, options.epochs):
         start = time.perf_counter()
         model.train()
         total, count = 0.0, 0
-        for batch in loader:
+        for batch in epoch_batches():
             loss, _, _ = _loss(model, batch, device, amp)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
