@@ -429,6 +429,27 @@ def cmd_tomo_recon(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------------- loader
+def cmd_loader_simulate(args: argparse.Namespace) -> int:
+    from edgeray.loader.simulate import policies_figure, simulate_policies
+
+    start = time.perf_counter()
+    records = simulate_policies(args.samples, args.epochs, args.ranks, args.batch_per_rank, args.buffer_fraction,
+                                args.sample_bytes, args.seed)  # fmt: skip
+    table = Table(title=f"{args.samples:,} samples x {args.epochs} epochs on {args.ranks} ranks")
+    for column in ("policy", "storage reads", "hit rate", "Belady", "GB read", "share min-max"):
+        table.add_column(column)
+    for r in records:
+        table.add_row(r["policy"], f"{r['reads']:,}", f"{r['hit_rate']:.3f}", f"{r['belady_hit_rate']:.3f}",
+                      f"{r['bytes_read'] / 1e9:.1f}", f"{r['min_share']}-{r['max_share']}")  # fmt: skip
+    console.print(table)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    policies_figure(records, args.output)
+    write_summary(args.output, {"seconds": time.perf_counter() - start, "policies": records})
+    console.print(f"[green]wrote[/] {args.output} and {summary_path(args.output)}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ streaming
 def _replay_scan(args: argparse.Namespace):
     """The scan a replay sends: a CXI file (read lazily) or a simulation of the command's options."""
@@ -757,6 +778,19 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--iterations", type=int, default=100, help="SIRT / CGLS iterations")
     tr.add_argument("--device", default="cpu", help="cpu or cuda (fbp, sirt)")
     tr.set_defaults(func=cmd_tomo_recon)
+
+    loader = groups.add_parser("loader", help="training-data loader: policies at scale (plans only, no data)")
+    loader_cmds = loader.add_subparsers(dest="action", metavar="ACTION", required=True)
+    ls = loader_cmds.add_parser("simulate", help="reads and hit rates of SOLAR, LRU, frequency and no buffer")
+    ls.add_argument("--samples", type=int, default=100_000, help="training-set size, samples")
+    ls.add_argument("--epochs", type=int, default=5)
+    ls.add_argument("--ranks", type=int, default=32)
+    ls.add_argument("--batch-per-rank", type=int, default=32, help="even share of a global batch")
+    ls.add_argument("--buffer-fraction", type=float, default=0.25, help="all ranks' buffers / data set size")
+    ls.add_argument("--sample-bytes", type=int, default=49156, help="bytes per sample (64^2 frame + 2 labels)")
+    ls.add_argument("--seed", type=int, default=0)
+    ls.add_argument("-o", "--output", type=Path, default=Path("loader_policies.png"), help="figure (PNG)")
+    ls.set_defaults(func=cmd_loader_simulate)
 
     demo = groups.add_parser("demo", help="the main job: live streaming on a simulated scan, all local")
     demo.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")

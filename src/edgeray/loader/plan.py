@@ -47,29 +47,49 @@ def even_split(batch: np.ndarray, world_size: int) -> list[np.ndarray]:
 
 
 def balanced_split(
-    batch: np.ndarray, holders: list[set], world_size: int, imbalance: int, rng: np.random.Generator
+    batch: np.ndarray, holder: np.ndarray, world_size: int, imbalance: int, rng: np.random.Generator
 ) -> list[np.ndarray]:
-    """Give each sample to a rank that buffers it, keeping every rank within ``imbalance`` of the even share.
+    """Give each sample to the rank that buffers it, keeping every rank within ``imbalance`` of the even share.
 
-    ``holders[r]`` is what rank ``r`` buffers before this step. Ranks below the even share take the samples
-    nobody holds first; if some rank would still fall more than ``imbalance`` below, held samples move to it.
+    ``holder[sample]`` is the rank that buffers it before this step, or -1. A rank takes its held samples up to
+    ``share + imbalance``; the rest, and the samples nobody holds, go to the ranks furthest below their share; if a
+    rank would still fall more than ``imbalance`` below, samples move to it from the largest shares.
     """
     n = len(batch)
     base = np.full(world_size, n // world_size)
     base[: n % world_size] += 1
     high, low = base + imbalance, np.maximum(base - imbalance, 0)
-    assigned: list[list[int]] = [[] for _ in range(world_size)]
-    free = []
-    for sample in batch.tolist():
-        candidates = [r for r in range(world_size) if sample in holders[r] and len(assigned[r]) < high[r]]
-        if candidates:
-            assigned[min(candidates, key=lambda r: len(assigned[r]))].append(sample)
-        else:
-            free.append(sample)
+    owners = holder[batch]
+    assigned: list[list[int]] = []
+    free_parts = [batch[owners < 0]]
+    for r in range(world_size):
+        mine = batch[owners == r]
+        assigned.append(mine[: high[r]].tolist())
+        free_parts.append(mine[high[r] :])
+    free = np.concatenate(free_parts)
     rng.shuffle(free)
-    for sample in free:  # to the rank furthest below its even share
-        deficits = [(len(assigned[r]) - base[r], r) for r in range(world_size) if len(assigned[r]) < high[r]]
-        assigned[min(deficits)[1]].append(sample)
+    sizes = np.array([len(a) for a in assigned])
+    room = high - sizes
+    # fill the deficits below the even share first, then the room above it, rank by rank
+    take = np.minimum(np.maximum(base - sizes, 0), room)
+    extra = len(free) - take.sum()
+    if extra < 0:  # fewer free samples than deficits: the most deficient ranks first
+        take = np.zeros(world_size, dtype=np.int64)
+        for _ in range(len(free)):
+            r = int(np.argmin(sizes + take - base))
+            take[r] += 1
+    else:
+        spare = room - take
+        while extra > 0:
+            r = int(np.argmax(spare))
+            step = min(extra, max(int(spare[r]) // 2, 1))
+            take[r] += step
+            spare[r] -= step
+            extra -= step
+    cursor = 0
+    for r in range(world_size):
+        assigned[r].extend(free[cursor : cursor + take[r]].tolist())
+        cursor += int(take[r])
     for r in range(world_size):  # no rank left too small: move samples from the largest
         while len(assigned[r]) < low[r]:
             donor = max(range(world_size), key=lambda q: len(assigned[q]) - base[q])
@@ -199,7 +219,8 @@ def make_plans(
     sequences: list[list[np.ndarray]] = [[] for _ in range(world_size)]
     if policy == "solar" and world_size > 1:
         # assignment with a running Belady-by-global-next-use estimate of each rank's buffer
-        holders: list[set] = [set() for _ in range(world_size)]
+        holder = np.full(schedule.n_samples, -1, dtype=np.int64)  # the rank that last stored each sample
+        counts = np.zeros(world_size, dtype=np.int64)
         order = {e: k for k, e in enumerate(schedule.epoch_order)}
         position = np.empty((schedule.epochs, schedule.n_samples), dtype=np.int64)
         for epoch in range(schedule.epochs):
@@ -210,22 +231,28 @@ def make_plans(
         for epoch, b in schedule.steps():
             k = order[epoch]
             following = schedule.epoch_order[k + 1] if k + 1 < schedule.epochs else None
-            split = balanced_split(schedule.batch(epoch, b), holders, world_size, imbalance, rng)
+            split = balanced_split(schedule.batch(epoch, b), holder, world_size, imbalance, rng)
             for r, samples in enumerate(split):
                 sequences[r].append(samples)
-                for sample in samples.tolist():
-                    nxt = NEVER if following is None else (k + 1) * bpe + int(position[following, sample])
-                    if sample not in holders[r] and len(holders[r]) >= capacity:
-                        while heaps[r] and uses[r].get(heaps[r][0][1]) != -heaps[r][0][0]:
-                            heapq.heappop(heaps[r])  # stale entry
-                        if not heaps[r] or -heaps[r][0][0] <= nxt:
+                nexts = (np.full(len(samples), NEVER) if following is None
+                         else (k + 1) * bpe + position[following, samples])  # fmt: skip
+                held, heap = uses[r], heaps[r]
+                for sample, nxt in zip(samples.tolist(), nexts.tolist(), strict=True):
+                    if sample not in held and counts[r] >= capacity:
+                        while heap and held.get(heap[0][1]) != -heap[0][0]:
+                            heapq.heappop(heap)  # stale entry
+                        if not heap or -heap[0][0] <= nxt:
                             continue  # everything buffered is needed sooner: do not keep this one
-                        _, victim = heapq.heappop(heaps[r])
-                        holders[r].discard(victim)
-                        del uses[r][victim]
-                    holders[r].add(sample)
-                    uses[r][sample] = nxt
-                    heapq.heappush(heaps[r], (-nxt, sample))
+                        _, victim = heapq.heappop(heap)
+                        del held[victim]
+                        counts[r] -= 1
+                        if holder[victim] == r:
+                            holder[victim] = -1
+                    if sample not in held:
+                        counts[r] += 1
+                    held[sample] = nxt
+                    holder[sample] = r
+                    heapq.heappush(heap, (-nxt, sample))
     else:
         for epoch, b in schedule.steps():
             for r, samples in enumerate(even_split(schedule.batch(epoch, b), world_size)):

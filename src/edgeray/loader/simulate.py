@@ -1,0 +1,72 @@
+"""What each policy would load at a scale that cannot run here: plans only, no data.
+
+For a training set of ``samples`` samples of ``sample_bytes``, ``epochs`` epochs, ``ranks`` ranks with
+``buffer_fraction`` of the data set buffered across all ranks: per policy, the storage reads, the hit rate, the
+bytes read and the hit rate Belady's optimal policy reaches on the same access sequences.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgeray.loader.plan import POLICIES, belady_hits, make_plans
+from edgeray.loader.schedule import Schedule
+
+
+def simulate_policies(
+    samples: int,
+    epochs: int,
+    ranks: int,
+    batch_per_rank: int = 32,
+    buffer_fraction: float = 0.25,
+    sample_bytes: int = 49156,
+    seed: int = 0,
+    policies: tuple[str, ...] = POLICIES,
+) -> list[dict]:
+    """One record per policy: ``reads``, ``hits``, ``hit_rate``, ``belady_hit_rate``, ``bytes_read``,
+    ``max_share``/``min_share`` (samples per rank per step)."""
+    capacity = int(buffer_fraction * samples / ranks)
+    records = []
+    for policy in policies:
+        schedule = Schedule(samples, epochs, batch_per_rank * ranks, seed)
+        plans = make_plans(schedule, ranks, capacity, policy, seed=seed)
+        accesses = sum(len(step[0]) for plan in plans for step in plan.steps)
+        hits = sum(plan.hits for plan in plans)
+        optimal = sum(belady_hits(plan, capacity, samples) for plan in plans)
+        shares = np.array([len(step[0]) for plan in plans for step in plan.steps])
+        records.append({
+            "policy": policy, "samples": samples, "epochs": epochs, "ranks": ranks,
+            "buffer_samples_per_rank": capacity, "accesses": accesses, "hits": hits, "reads": accesses - hits,
+            "hit_rate": hits / accesses, "belady_hit_rate": optimal / accesses,
+            "bytes_read": (accesses - hits) * sample_bytes,
+            "max_share": int(shares.max()), "min_share": int(shares.min()),
+        })  # fmt: skip
+    return records
+
+
+def policies_figure(records: list[dict], path: str | Path) -> Path:
+    """Bar chart of storage reads (as a share of 'none') and hit rates, per policy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["policy"] for r in records]
+    accesses = records[0]["accesses"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    axes[0].bar(names, [r["reads"] / accesses for r in records], color="tab:red")
+    axes[0].set_ylabel("storage reads / accesses")
+    axes[1].bar(names, [r["hit_rate"] for r in records], color="tab:blue", label="policy")
+    axes[1].scatter(names, [r["belady_hit_rate"] for r in records], color="black", zorder=3,
+                    label="Belady on the same accesses")  # fmt: skip
+    axes[1].set_ylabel("buffer hit rate")
+    axes[1].legend(fontsize=8)
+    r = records[0]
+    fig.suptitle(f"{r['samples']:,} samples, {r['epochs']} epochs, {r['ranks']} ranks, "
+                 f"{r['buffer_samples_per_rank']:,} buffered samples per rank", fontsize=10)  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
