@@ -3,19 +3,25 @@
 A plan is computed from the schedule alone (no data), identically on every rank, for one of four policies:
 
 - ``solar``: epochs reordered for reuse across boundaries; each sample given to a rank that already buffers it,
-  within ``imbalance`` samples of the even split; eviction of the sample whose next use on that rank is farthest
-  (Belady, exact: the assignment is fixed first, then each rank's own future is known);
+  within ``imbalance`` samples of the even split; Belady's eviction (the buffered sample whose next use on that
+  rank is farthest goes first; exact, since the assignment is fixed first and then each rank knows its future);
+  and chunk-aware reads: HDF5 reads a chunk (``rows_per_chunk`` samples) whole to deliver any of its samples, so a
+  miss keeps the chunk's other samples that will be needed sooner than what the buffer holds;
 - ``lru``: the standard loader's even split (rank ``r`` takes ``batch[r::R]``), least-recently-used eviction;
 - ``frequency``: NoPFS-style: the even split, and each rank keeps the samples it will read most often, loaded on
   first use and never evicted;
 - ``none``: no buffer: every access is a read.
 
-``simulate`` returns the counts; :class:`RankPlan` carries what a rank's loader executes.
+A rank's plan is a list of steps ``(samples, reads, store, evict)``: its samples of the global batch (in order),
+which of them are not buffered (``reads``, bool), the sample ids to keep in the buffer after the step's reads
+(``store``; for SOLAR these may include chunk neighbours outside the batch) and the ids to drop first (``evict``).
 """
 
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_right
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,21 +30,73 @@ from edgeray.loader.schedule import Schedule, order_epochs
 
 POLICIES = ("solar", "lru", "frequency", "none")
 NEVER = np.iinfo(np.int64).max
+EMPTY = np.zeros(0, dtype=np.int64)
 
 
 @dataclass
 class RankPlan:
-    """One rank's part: per step, its samples (in batch order), which are reads, and buffer instructions.
-
-    ``steps[t] = (samples, reads, store, evict)``: ``samples (n_t,)`` ids; ``reads (n_t,)`` bool (not in the
-    buffer); ``store (n_t,)`` bool (keep this read in the buffer); ``evict (n_t,)`` id to drop first, or -1.
-    """
+    """One rank's part (see the module docstring for ``steps``) and its counts: ``hits`` (accesses served by the
+    buffer), ``reads`` (accesses that were not), ``chunk_reads`` (chunks the storage delivers), ``peak_buffered``."""
 
     rank: int
     steps: list = field(default_factory=list)
     hits: int = 0
     reads: int = 0
+    chunk_reads: int = 0
     peak_buffered: int = 0
+
+
+class BeladyBuffer:
+    """A buffer of ``capacity`` samples that keeps the ones needed soonest (next use given by the caller)."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.next_use: dict[int, int] = {}
+        self._heap: list[tuple[int, int]] = []  # (-next use, sample); stale entries skipped
+
+    def __contains__(self, sample: int) -> bool:
+        return sample in self.next_use
+
+    def __len__(self) -> int:
+        return len(self.next_use)
+
+    def touch(self, sample: int, use: int) -> None:
+        """A buffered sample was used; ``use`` is its next use."""
+        self.next_use[sample] = use
+        heapq.heappush(self._heap, (-use, sample))
+
+    def _farthest(self) -> tuple[int, int] | None:
+        while self._heap and self.next_use.get(self._heap[0][1]) != -self._heap[0][0]:
+            heapq.heappop(self._heap)
+        return (-self._heap[0][0], self._heap[0][1]) if self._heap else None
+
+    def offer(self, candidates: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
+        """Keep what is worth keeping of ``candidates`` ``[(next use, sample)]`` (not buffered): each goes in if
+        there is room or if it is needed sooner than the farthest buffered sample, which then goes out.
+        Returns ``(stored, evicted)``."""
+        stored, evicted = [], []
+        for use, sample in sorted(candidates):
+            if use == NEVER or self.capacity == 0:
+                break
+            if len(self.next_use) >= self.capacity:
+                farthest = self._farthest()
+                if farthest is None or farthest[0] <= use:
+                    break  # sorted: every later candidate is needed later still
+                heapq.heappop(self._heap)
+                del self.next_use[farthest[1]]
+                evicted.append(farthest[1])
+            self.touch(sample, use)
+            stored.append(sample)
+        return stored, evicted
+
+
+def chunk_members(samples: np.ndarray, rows_per_chunk: int, n_samples: int) -> tuple[np.ndarray, int]:
+    """All sample ids in the chunks that hold ``samples``, and how many chunks that is."""
+    if rows_per_chunk <= 1 or len(samples) == 0:
+        return np.unique(samples), len(np.unique(samples))
+    chunks = np.unique(samples // rows_per_chunk)
+    members = (chunks[:, None] * rows_per_chunk + np.arange(rows_per_chunk)[None, :]).ravel()
+    return members[members < n_samples], len(chunks)
 
 
 def even_split(batch: np.ndarray, world_size: int) -> list[np.ndarray]:
@@ -97,100 +155,124 @@ def balanced_split(
     return [np.asarray(a, dtype=np.int64) for a in assigned]
 
 
-def _belady(sequence: list[np.ndarray], capacity: int, n_samples: int) -> tuple[list, int, int, int]:
-    """Optimal caching of one rank's access ``sequence`` (one array of ids per step) with ``capacity`` slots:
-    a read is kept only if it will be used again sooner than the farthest-used buffered sample, which it
-    then replaces. Returns ``(steps, hits, reads, peak)`` with the per-step instructions of :class:`RankPlan`."""
-    flat = np.concatenate(sequence) if sequence else np.zeros(0, np.int64)
-    step_of = np.repeat(np.arange(len(sequence)), [len(s) for s in sequence])
-    next_use = np.full(len(flat), NEVER, dtype=np.int64)
-    last_seen = np.full(n_samples, NEVER, dtype=np.int64)
-    for i in range(len(flat) - 1, -1, -1):  # the step at which each access's sample is next needed
-        next_use[i] = last_seen[flat[i]]
-        last_seen[flat[i]] = step_of[i]
-    buffered: dict[int, int] = {}  # sample -> its next use
-    heap: list[tuple[int, int]] = []  # (-next use, sample), stale entries skipped
-    steps, hits, reads, peak, position = [], 0, 0, 0, 0
-    for samples in sequence:
-        k = len(samples)
-        is_read = np.zeros(k, dtype=bool)
-        store = np.zeros(k, dtype=bool)
-        evict = np.full(k, -1, dtype=np.int64)
-        for j, sample in enumerate(samples.tolist()):
-            use = int(next_use[position + j])
-            if sample in buffered:  # a sample never needed again stays until it is the first to go
-                hits += 1
-                buffered[sample] = use
-                heapq.heappush(heap, (-use, sample))
-                continue
-            reads += 1
-            is_read[j] = True
-            if use == NEVER or capacity == 0:
-                continue
-            if len(buffered) < capacity:
-                buffered[sample] = use
-                heapq.heappush(heap, (-use, sample))
-                store[j] = True
-                continue
-            while heap and buffered.get(heap[0][1]) != -heap[0][0]:
-                heapq.heappop(heap)
-            if heap and -heap[0][0] > use:  # the farthest buffered use is later than this one: swap
-                _, victim = heapq.heappop(heap)
-                del buffered[victim]
-                buffered[sample] = use
-                heapq.heappush(heap, (-use, sample))
-                store[j], evict[j] = True, victim
-        peak = max(peak, len(buffered))
-        position += k
-        steps.append((samples, is_read, store, evict))
-    return steps, hits, reads, peak
+def _rank_uses(sequence: list[np.ndarray]) -> dict[int, np.ndarray]:
+    """For one rank's access sequence: each sample's steps of use, sorted."""
+    if not sequence:
+        return {}
+    flat = np.concatenate(sequence)
+    steps = np.repeat(np.arange(len(sequence)), [len(s) for s in sequence])
+    order = np.lexsort((steps, flat))
+    flat, steps = flat[order], steps[order]
+    bounds = np.flatnonzero(np.diff(flat)) + 1
+    return {int(s[0]): u for s, u in zip(np.split(flat, bounds), np.split(steps, bounds), strict=True)}
 
 
-def _lru(sequence: list[np.ndarray], capacity: int) -> tuple[list, int, int, int]:
-    from collections import OrderedDict
+def _solar_rank(sequence: list[np.ndarray], capacity: int, n_samples: int, rows_per_chunk: int) -> RankPlan:
+    """Belady with chunk-aware reads on one rank's own access sequence."""
+    uses = _rank_uses(sequence)
 
+    def next_use(sample: int, step: int) -> int:
+        steps = uses.get(sample)
+        if steps is None:
+            return NEVER
+        i = bisect_right(steps, step)
+        return int(steps[i]) if i < len(steps) else NEVER
+
+    buffer = BeladyBuffer(capacity)
+    plan = RankPlan(0)
+    for t, samples in enumerate(sequence):
+        is_read = np.array([s not in buffer for s in samples.tolist()], dtype=bool)
+        for sample in samples[~is_read].tolist():
+            buffer.touch(sample, next_use(sample, t))
+        misses = samples[is_read]
+        members, n_chunks = chunk_members(misses, rows_per_chunk, n_samples)
+        candidates = [(next_use(s, t), s) for s in members.tolist() if s not in buffer]
+        stored, evicted = buffer.offer(candidates)
+        plan.steps.append((samples, is_read, np.asarray(stored, np.int64), np.asarray(evicted, np.int64)))
+        plan.hits += int((~is_read).sum())
+        plan.reads += int(is_read.sum())
+        plan.chunk_reads += n_chunks
+        plan.peak_buffered = max(plan.peak_buffered, len(buffer))
+    return plan
+
+
+def _lru_rank(sequence: list[np.ndarray], capacity: int, rows_per_chunk: int, n_samples: int) -> RankPlan:
     buffered: OrderedDict[int, None] = OrderedDict()
-    steps, hits, reads, peak = [], 0, 0, 0
+    plan = RankPlan(0)
     for samples in sequence:
-        k = len(samples)
-        is_read, store, evict = np.zeros(k, bool), np.zeros(k, bool), np.full(k, -1, np.int64)
+        is_read = np.zeros(len(samples), dtype=bool)
+        stored, evicted = [], []
         for j, sample in enumerate(samples.tolist()):
             if sample in buffered:
-                hits += 1
                 buffered.move_to_end(sample)
                 continue
-            reads += 1
             is_read[j] = True
             if capacity == 0:
                 continue
             if len(buffered) >= capacity:
-                evict[j] = buffered.popitem(last=False)[0]
+                evicted.append(buffered.popitem(last=False)[0])
             buffered[sample] = None
-            store[j] = True
-        peak = max(peak, len(buffered))
-        steps.append((samples, is_read, store, evict))
-    return steps, hits, reads, peak
+            stored.append(sample)
+        plan.steps.append((samples, is_read, np.asarray(stored, np.int64), np.asarray(evicted, np.int64)))
+        plan.hits += int((~is_read).sum())
+        plan.reads += int(is_read.sum())
+        plan.chunk_reads += chunk_members(samples[is_read], rows_per_chunk, n_samples)[1]
+        plan.peak_buffered = max(plan.peak_buffered, len(buffered))
+    return plan
 
 
-def _frequency(sequence: list[np.ndarray], capacity: int, n_samples: int) -> tuple[list, int, int, int]:
+def _frequency_rank(sequence: list[np.ndarray], capacity: int, n_samples: int, rows_per_chunk: int) -> RankPlan:
     counts = np.bincount(np.concatenate(sequence), minlength=n_samples) if sequence else np.zeros(n_samples)
     keep = set(np.argsort(-counts, kind="stable")[:capacity].tolist()) if capacity else set()
     buffered: set[int] = set()
-    steps, hits, reads = [], 0, 0
+    plan = RankPlan(0)
     for samples in sequence:
-        k = len(samples)
-        is_read, store = np.zeros(k, bool), np.zeros(k, bool)
-        for j, sample in enumerate(samples.tolist()):
-            if sample in buffered:
-                hits += 1
-                continue
-            reads += 1
-            is_read[j] = True
-            if sample in keep:
-                buffered.add(sample)
-                store[j] = True
-        steps.append((samples, is_read, store, np.full(k, -1, np.int64)))
-    return steps, hits, reads, len(buffered)
+        is_read = np.array([s not in buffered for s in samples.tolist()], dtype=bool)
+        stored = [s for s in samples[is_read].tolist() if s in keep]
+        buffered.update(stored)
+        plan.steps.append((samples, is_read, np.asarray(stored, np.int64), EMPTY))
+        plan.hits += int((~is_read).sum())
+        plan.reads += int(is_read.sum())
+        plan.chunk_reads += chunk_members(samples[is_read], rows_per_chunk, n_samples)[1]
+        plan.peak_buffered = len(buffered)
+    return plan
+
+
+def _assign(schedule: Schedule, world_size: int, capacity: int, imbalance: int, rows_per_chunk: int, rng):
+    """SOLAR's assignment: each global batch split by :func:`balanced_split` against an estimate of every rank's
+    buffer (Belady by the sample's next use anywhere, chunk-aware), so that held samples stay where they are."""
+    n = schedule.n_samples
+    holder = np.full(n, -1, dtype=np.int64)  # the rank that last stored each sample
+    position = np.empty((schedule.epochs, n), dtype=np.int64)
+    for epoch in range(schedule.epochs):
+        position[epoch, schedule.permutations[epoch]] = np.arange(n) // schedule.batch_size
+    order, bpe = schedule.epoch_order, schedule.batches_per_epoch
+    buffers = [BeladyBuffer(capacity) for _ in range(world_size)]
+    sequences: list[list[np.ndarray]] = [[] for _ in range(world_size)]
+    for k, epoch in enumerate(order):
+        following = order[k + 1] if k + 1 < len(order) else None
+        for b in range(bpe):
+
+            def next_global(ids: np.ndarray, epoch=epoch, following=following, k=k, b=b) -> np.ndarray:
+                here = position[epoch, ids]
+                later = NEVER if following is None else (k + 1) * bpe + position[following, ids]
+                return np.where(here > b, k * bpe + here, later)
+
+            split = balanced_split(schedule.batch(epoch, b), holder, world_size, imbalance, rng)
+            for r, samples in enumerate(split):
+                sequences[r].append(samples)
+                buffer = buffers[r]
+                held = np.array([s in buffer for s in samples.tolist()], dtype=bool)
+                for sample, use in zip(samples[held].tolist(), next_global(samples[held]).tolist(), strict=True):
+                    buffer.touch(sample, use)
+                members, _ = chunk_members(samples[~held], rows_per_chunk, n)
+                members = np.array([s for s in members.tolist() if s not in buffer], dtype=np.int64)
+                stored, evicted = buffer.offer(list(zip(next_global(members).tolist(), members.tolist(), strict=True)))
+                for sample in evicted:
+                    if holder[sample] == r:
+                        holder[sample] = -1
+                holder[np.asarray(stored, dtype=np.int64)] = r
+    return sequences
 
 
 def make_plans(
@@ -200,11 +282,13 @@ def make_plans(
     policy: str = "solar",
     imbalance: int | None = None,
     seed: int = 0,
+    rows_per_chunk: int = 1,
 ) -> list[RankPlan]:
     """Every rank's plan for ``schedule`` with ``capacity`` samples of buffer per rank.
 
     ``imbalance``: how many samples a rank's share of a global batch may differ from the even split (SOLAR;
-    default 1/8 of the even share, at least 1).
+    default 1/8 of the even share, at least 1). ``rows_per_chunk``: samples per HDF5 chunk of the file (SOLAR
+    reads whole chunks and keeps the useful neighbours; every policy's ``chunk_reads`` counts chunks).
     """
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
@@ -216,61 +300,28 @@ def make_plans(
         schedule.epoch_order = list(range(schedule.epochs))
     imbalance = max(1, schedule.batch_size // world_size // 8) if imbalance is None else imbalance
     rng = np.random.default_rng(seed)
-    sequences: list[list[np.ndarray]] = [[] for _ in range(world_size)]
     if policy == "solar" and world_size > 1:
-        # assignment with a running Belady-by-global-next-use estimate of each rank's buffer
-        holder = np.full(schedule.n_samples, -1, dtype=np.int64)  # the rank that last stored each sample
-        counts = np.zeros(world_size, dtype=np.int64)
-        order = {e: k for k, e in enumerate(schedule.epoch_order)}
-        position = np.empty((schedule.epochs, schedule.n_samples), dtype=np.int64)
-        for epoch in range(schedule.epochs):
-            position[epoch, schedule.permutations[epoch]] = np.arange(schedule.n_samples) // schedule.batch_size
-        bpe = schedule.batches_per_epoch
-        heaps: list[list] = [[] for _ in range(world_size)]
-        uses: list[dict] = [{} for _ in range(world_size)]  # sample -> next use, for the ones each rank holds
-        for epoch, b in schedule.steps():
-            k = order[epoch]
-            following = schedule.epoch_order[k + 1] if k + 1 < schedule.epochs else None
-            split = balanced_split(schedule.batch(epoch, b), holder, world_size, imbalance, rng)
-            for r, samples in enumerate(split):
-                sequences[r].append(samples)
-                nexts = (np.full(len(samples), NEVER) if following is None
-                         else (k + 1) * bpe + position[following, samples])  # fmt: skip
-                held, heap = uses[r], heaps[r]
-                for sample, nxt in zip(samples.tolist(), nexts.tolist(), strict=True):
-                    if sample not in held and counts[r] >= capacity:
-                        while heap and held.get(heap[0][1]) != -heap[0][0]:
-                            heapq.heappop(heap)  # stale entry
-                        if not heap or -heap[0][0] <= nxt:
-                            continue  # everything buffered is needed sooner: do not keep this one
-                        _, victim = heapq.heappop(heap)
-                        del held[victim]
-                        counts[r] -= 1
-                        if holder[victim] == r:
-                            holder[victim] = -1
-                    if sample not in held:
-                        counts[r] += 1
-                    held[sample] = nxt
-                    holder[sample] = r
-                    heapq.heappush(heap, (-nxt, sample))
+        sequences = _assign(schedule, world_size, capacity, imbalance, rows_per_chunk, rng)
     else:
+        sequences = [[] for _ in range(world_size)]
         for epoch, b in schedule.steps():
             for r, samples in enumerate(even_split(schedule.batch(epoch, b), world_size)):
                 sequences[r].append(samples)
     plans = []
     for r in range(world_size):
         if policy == "solar":
-            steps, hits, reads, peak = _belady(sequences[r], capacity, schedule.n_samples)
+            plan = _solar_rank(sequences[r], capacity, schedule.n_samples, rows_per_chunk)
         elif policy == "lru":
-            steps, hits, reads, peak = _lru(sequences[r], capacity)
+            plan = _lru_rank(sequences[r], capacity, rows_per_chunk, schedule.n_samples)
         elif policy == "frequency":
-            steps, hits, reads, peak = _frequency(sequences[r], capacity, schedule.n_samples)
+            plan = _frequency_rank(sequences[r], capacity, schedule.n_samples, rows_per_chunk)
         else:
-            steps, hits, reads, peak = _lru(sequences[r], 0)
-        plans.append(RankPlan(r, steps, hits, reads, peak))
+            plan = _lru_rank(sequences[r], 0, rows_per_chunk, schedule.n_samples)
+        plan.rank = r
+        plans.append(plan)
     return plans
 
 
 def belady_hits(plan: RankPlan, capacity: int, n_samples: int) -> int:
-    """Hits the optimal policy would make on this rank's own access sequence with the same buffer."""
-    return _belady([step[0] for step in plan.steps], capacity, n_samples)[1]
+    """Hits of the optimal policy (sample by sample, no chunk neighbours) on this rank's own access sequence."""
+    return _solar_rank([step[0] for step in plan.steps], capacity, n_samples, 1).hits

@@ -82,6 +82,7 @@ class SolarLoader:
         self.path, self.rank, self.world_size, self.uncached = Path(path), rank, world_size, uncached
         probe = TrainsetReader(self.path)
         self.n_samples, self.frame_shape, sample_bytes = probe.n_samples, probe.frame_shape, probe.sample_bytes
+        rows_per_chunk = probe.rows_per_chunk
         self.dtypes = {key: ds.dtype for key, ds in probe.datasets.items()}
         probe.close()
         self.indices = np.arange(self.n_samples) if indices is None else np.asarray(indices, dtype=np.int64)
@@ -89,10 +90,11 @@ class SolarLoader:
             raise ValueError(f"{self.path}: indices must be a non-empty subset of 0..{self.n_samples - 1}")
         self.capacity = int(buffer_bytes // sample_bytes)
         self.schedule = Schedule(len(self.indices), epochs, batch_size, seed, drop_last)
-        plans = make_plans(self.schedule, world_size, self.capacity, policy, imbalance, seed)
+        # chunk-aware planning needs schedule positions that are file rows: only when all samples are used
+        chunk_rows = rows_per_chunk if indices is None else 1
+        plans = make_plans(self.schedule, world_size, self.capacity, policy, imbalance, seed, chunk_rows)
         for plan in plans:  # schedule positions -> file sample ids
-            plan.steps = [(self.indices[s], r, k, np.where(e >= 0, self.indices[np.maximum(e, 0)], -1))
-                          for s, r, k, e in plan.steps]  # fmt: skip
+            plan.steps = [(self.indices[s], r, self.indices[k], self.indices[e]) for s, r, k, e in plan.steps]
         self.plan: RankPlan = plans[rank]
         self.global_sizes = [sum(len(p.steps[t][0]) for p in plans) for t in range(len(self.plan.steps))]
         self.prefetch = prefetch
@@ -120,25 +122,26 @@ class SolarLoader:
             for t, (samples, reads, store, evict) in enumerate(self.plan.steps):
                 if stop.is_set():
                     return
-                fresh = reader.read(samples[reads]) if reads.any() else None
+                fetch = np.unique(np.concatenate([samples[reads], store]))
+                fresh = reader.read(fetch) if len(fetch) else None
                 batch = {key: np.empty((len(samples), *reader.datasets[key].shape[1:]), dtype)
                          for key, dtype in self.dtypes.items()}  # fmt: skip
                 hit_rows = np.flatnonzero(~reads)
                 hit_slots = np.array([slot_of[s] for s in samples[hit_rows].tolist()], dtype=np.int64)
+                read_rows = np.searchsorted(fetch, samples[reads])
                 for key in batch:
                     if len(hit_rows):
                         batch[key][hit_rows] = buffer[key][hit_slots]
                     if fresh is not None:
-                        batch[key][reads] = fresh[key]
-                for j, sample in enumerate(samples.tolist()):  # buffer updates, in plan order
-                    if reads[j]:
-                        if evict[j] >= 0:
-                            free.append(slot_of.pop(int(evict[j])))
-                        if store[j]:
-                            slot = free.pop()
-                            slot_of[sample] = slot
-                            for key in buffer:
-                                buffer[key][slot] = batch[key][j]
+                        batch[key][reads] = fresh[key][read_rows]
+                for sample in evict.tolist():  # buffer updates after the batch has its copies
+                    free.append(slot_of.pop(sample))
+                if len(store):
+                    store_slots = np.array([free.pop() for _ in range(len(store))], dtype=np.int64)
+                    slot_of.update(zip(store.tolist(), store_slots.tolist(), strict=True))
+                    store_rows = np.searchsorted(fetch, store)
+                    for key in buffer:
+                        buffer[key][store_slots] = fresh[key][store_rows]
                 self.stats["peak_buffered"] = max(self.stats["peak_buffered"], len(slot_of))
                 self.stats["hits"] += len(hit_rows)
                 self.stats["reads"] += int(reads.sum())
