@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
-
 import h5py
 import numpy as np
 import pytest
@@ -129,15 +126,9 @@ def test_bad_files_give_clear_errors(tmp_path):
         SolarLoader(path, 10, 1, rank=2, world_size=2)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _ddp_gradient(rank: int, world_size: int, path: str, port: int, out: str, step: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+def _ddp_gradient(rank: int, world_size: int, path: str, store: str, out: str, step: int) -> None:
+    # a file store: no TCP port to race for with anything else on the machine
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
     torch.manual_seed(0)
     model = torch.nn.parallel.DistributedDataParallel(torch.nn.Conv2d(1, 1, 3, padding=1, dtype=torch.float64))
     loader = SolarLoader(path, 60, 2, seed=4, rank=rank, world_size=world_size, buffer_bytes=40 * SAMPLE_BYTES)
@@ -157,7 +148,7 @@ def test_ddp_gradient_equals_the_full_batch_gradient_whatever_the_shares(tmp_pat
     out = str(tmp_path / "grad")
     plans = make_plans(Schedule(300, 2, 60, seed=4), 2, 40)
     step = int(np.argmax([abs(len(plans[0].steps[t][0]) - len(plans[1].steps[t][0])) for t in range(10)]))
-    mp.spawn(_ddp_gradient, args=(2, str(path), _free_port(), out, step), nprocs=2, join=True)
+    mp.spawn(_ddp_gradient, args=(2, str(path), str(tmp_path / "store"), out, step), nprocs=2, join=True)
     results = [torch.load(f"{out}.{r}", weights_only=True) for r in range(2)]
     assert results[0]["sizes"] != results[1]["sizes"]  # uneven local batches
     # the reference: one process, the same global batch, the plain mean loss

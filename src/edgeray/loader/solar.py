@@ -51,7 +51,8 @@ class SolarLoader:
         path: training-set HDF5 (DESIGN.md layout).
         batch_size: the global batch (all ranks together).
         epochs, seed: as a shuffled loader takes them; every rank must pass the same.
-        rank, world_size: this process and how many share the work.
+        rank, world_size: this process and how many share the work (default: torch.distributed's when a process
+            group is initialized, as under ``torchrun``; else 0 and 1).
         buffer_bytes: this rank's buffer (whole samples: frames, amplitude, phase, scale).
         policy: ``solar`` (default), ``lru``, ``frequency`` or ``none`` (for comparison).
         imbalance: the most a rank's share may differ from the even split, samples (default 1/8 of it).
@@ -67,8 +68,8 @@ class SolarLoader:
         batch_size: int,
         epochs: int,
         seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
+        rank: int | None = None,
+        world_size: int | None = None,
         buffer_bytes: int = 1 << 30,
         policy: str = "solar",
         imbalance: int | None = None,
@@ -77,6 +78,12 @@ class SolarLoader:
         drop_last: bool = False,
         indices: np.ndarray | None = None,
     ):
+        if rank is None or world_size is None:
+            distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+            rank = (torch.distributed.get_rank() if distributed else 0) if rank is None else rank
+            world_size = (
+                (torch.distributed.get_world_size() if distributed else 1) if world_size is None else world_size
+            )
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
         self.path, self.rank, self.world_size, self.uncached = Path(path), rank, world_size, uncached
