@@ -435,12 +435,12 @@ def cmd_loader_simulate(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     records = simulate_policies(args.samples, args.epochs, args.ranks, args.batch_per_rank, args.buffer_fraction,
-                                args.sample_bytes, args.seed)  # fmt: skip
+                                args.sample_bytes, args.seed, rows_per_chunk=args.rows_per_chunk)  # fmt: skip
     table = Table(title=f"{args.samples:,} samples x {args.epochs} epochs on {args.ranks} ranks")
-    for column in ("policy", "storage reads", "hit rate", "Belady", "GB read", "share min-max"):
+    for column in ("policy", "chunk reads", "hit rate", "Belady", "GB read", "share min-max"):
         table.add_column(column)
     for r in records:
-        table.add_row(r["policy"], f"{r['reads']:,}", f"{r['hit_rate']:.3f}", f"{r['belady_hit_rate']:.3f}",
+        table.add_row(r["policy"], f"{r['chunk_reads']:,}", f"{r['hit_rate']:.3f}", f"{r['belady_hit_rate']:.3f}",
                       f"{r['bytes_read'] / 1e9:.1f}", f"{r['min_share']}-{r['max_share']}")  # fmt: skip
     console.print(table)
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -789,6 +789,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--buffer-fraction", type=float, default=0.25, help="all ranks' buffers / data set size")
     ls.add_argument("--sample-bytes", type=int, default=49156, help="bytes per sample (64^2 frame + 2 labels)")
     ls.add_argument("--seed", type=int, default=0)
+    ls.add_argument("--rows-per-chunk", type=int, default=1, help="samples per HDF5 chunk (1: sample by sample)")
     ls.add_argument("-o", "--output", type=Path, default=Path("loader_policies.png"), help="figure (PNG)")
     ls.set_defaults(func=cmd_loader_simulate)
 
