@@ -20,6 +20,7 @@ from skimage.metrics import structural_similarity
 
 from edgeray.sim import TomoSimConfig, simulate_tomo
 from edgeray.tomo import fbp, gridrec, minus_log, normalize
+from edgeray.tomo.peers import astra_fbp
 
 
 def emit(record: dict) -> None:
@@ -33,25 +34,6 @@ def best_of(function, repeats: int = 3):
         result = function()
         times.append(time.perf_counter() - start)
     return result, min(times)
-
-
-def astra_fbp(sinogram: np.ndarray, theta: np.ndarray, size: int) -> np.ndarray:
-    import astra
-
-    volume = astra.create_vol_geom(size, size)
-    geometry = astra.create_proj_geom("parallel", 1.0, sinogram.shape[1], -theta)  # astra turns the other way
-    projector = astra.create_projector("linear", geometry, volume)
-    sino_id = astra.data2d.create("-sino", geometry, sinogram)
-    rec_id = astra.data2d.create("-vol", volume)
-    config = astra.astra_dict("FBP")
-    config.update(ReconstructionDataId=rec_id, ProjectionDataId=sino_id, ProjectorId=projector)
-    algorithm = astra.algorithm.create(config)
-    astra.algorithm.run(algorithm)
-    image = astra.data2d.get(rec_id)
-    astra.algorithm.delete(algorithm)
-    astra.data2d.delete([sino_id, rec_id])
-    astra.projector.delete(projector)
-    return image
 
 
 def iradon(sinogram: np.ndarray, theta: np.ndarray, size: int) -> np.ndarray:

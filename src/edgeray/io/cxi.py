@@ -321,6 +321,20 @@ def read_cxi(path: str | Path, **options) -> PtychoScan:
         return cxi.load()
 
 
+def write_geometry(h5: h5py.File, geometry: PtychoGeometry) -> None:
+    """The detector's distance, pixel sizes and basis vectors, and the source's energy (J) and wavelength (m),
+    at their CXI places (groups created when missing)."""
+    det = h5.require_group(DETECTOR)
+    det["distance"] = geometry.distance_m
+    det["y_pixel_size"], det["x_pixel_size"] = geometry.detector_pixel_size_m
+    py, px = geometry.detector_pixel_size_m
+    det["basis_vectors"] = np.array([[0.0, py, 0.0], [px, 0.0, 0.0]])
+    det["basis_vectors"].attrs["note"] = "one [x, y, z] vector (m) per detector axis, slow axis first"
+    source = h5.require_group(SOURCE)
+    source["energy"] = geometry.energy_eV * EV_J
+    source["wavelength"] = geometry.wavelength_m
+
+
 def write_cxi(path: str | Path, scan: PtychoScan, *, compression: str = "gzip") -> Path:
     """Write ``scan`` as a CXI file, atomically (temporary name, then rename).
 
@@ -348,18 +362,11 @@ def write_cxi(path: str | Path, scan: PtychoScan, *, compression: str = "gzip") 
         det["data"].attrs["axes"] = "translation:y:x"
         h5.create_group("entry_1/data_1")
         h5[FRAMES_LINK] = h5py.SoftLink("/" + FRAMES)
-        det["distance"] = geom.distance_m
-        det["y_pixel_size"], det["x_pixel_size"] = geom.detector_pixel_size_m
-        py, px = geom.detector_pixel_size_m
-        det["basis_vectors"] = np.array([[0.0, py, 0.0], [px, 0.0, 0.0]])
-        det["basis_vectors"].attrs["note"] = "one [x, y, z] vector (m) per detector axis, slow axis first"
+        write_geometry(h5, geom)
         if scan.mask is not None:
             det["mask"] = np.asarray(scan.mask, dtype=np.uint32)
-        src = h5.create_group(SOURCE)
-        src["energy"] = geom.energy_eV * EV_J
-        src["wavelength"] = geom.wavelength_m
         if scan.probe is not None:
-            src["illumination"] = np.asarray(scan.probe, dtype=np.complex64)
+            h5[SOURCE]["illumination"] = np.asarray(scan.probe, dtype=np.complex64)
         translation = np.zeros((n, 3))
         translation[:, 0], translation[:, 1] = -positions[:, 1], -positions[:, 0]
         h5[TRANSLATION] = translation

@@ -15,8 +15,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from edgeray.io.cxi import DETECTOR, FRAMES, FRAMES_LINK, SOURCE, TRANSLATION
-from edgeray.io.geometry import EV_J, PtychoGeometry
+from edgeray.io.cxi import DETECTOR, FRAMES, FRAMES_LINK, TRANSLATION, write_geometry
+from edgeray.io.geometry import PtychoGeometry
 
 INDEX = "entry_1/data_1/frame_index"
 ARRIVAL = "entry_1/data_1/arrival_ns"
@@ -51,13 +51,7 @@ class RunFile:
         det["data"].attrs["axes"] = "translation:y:x"
         h5.create_group("entry_1/data_1")
         h5[FRAMES_LINK] = h5py.SoftLink("/" + FRAMES)
-        det["distance"] = geometry.distance_m
-        det["y_pixel_size"], det["x_pixel_size"] = geometry.detector_pixel_size_m
-        py, px = geometry.detector_pixel_size_m
-        det["basis_vectors"] = np.array([[0.0, py, 0.0], [px, 0.0, 0.0]])
-        src = h5.create_group(SOURCE)
-        src["energy"] = geometry.energy_eV * EV_J
-        src["wavelength"] = geometry.wavelength_m
+        write_geometry(h5, geometry)
         h5.create_dataset(TRANSLATION, shape=(0, 3), maxshape=(None, 3), dtype=np.float64, chunks=(4096, 3))
         h5[TRANSLATION].attrs["units"] = "m"
         h5.create_dataset(INDEX, shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(4096,))
