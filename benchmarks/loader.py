@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -75,10 +74,9 @@ class StepSampler(torch.utils.data.Sampler):
         return len(self.batches)
 
 
-def worker(rank: int, world_size: int, port: int, args: dict, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def worker(rank: int, world_size: int, store: str, args: dict, out: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
     path, kind = Path(args["path"]), args["loader"]
     record: dict = {}
     if kind == "torch":
@@ -110,16 +108,11 @@ def worker(rank: int, world_size: int, port: int, args: dict, out: str) -> None:
     dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def run(kind: str, world_size: int, args: dict, folder: Path) -> dict:
     drop_cache(args["path"])
     out = str(folder / f"{kind}-{world_size}")
-    mp.spawn(worker, args=(world_size, free_port(), {**args, "loader": kind}, out), nprocs=world_size, join=True)
+    store = folder / f"{kind}-{world_size}.store"
+    mp.spawn(worker, args=(world_size, str(store), {**args, "loader": kind}, out), nprocs=world_size, join=True)
     records = [json.loads(Path(f"{out}.{r}").read_text()) for r in range(world_size)]
     samples = sum(r["samples"] for r in records)
     seconds = max(r["seconds"] for r in records)

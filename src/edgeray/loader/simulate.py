@@ -63,7 +63,7 @@ def policies_figure(records: list[dict], path: str | Path) -> Path:
     axes[0].set_ylabel("chunks read per sample used")
     axes[1].bar(names, [r["hit_rate"] for r in records], color="tab:blue", label="policy")
     axes[1].scatter(names, [r["belady_hit_rate"] for r in records], color="black", zorder=3,
-                    label="Belady on the same accesses")  # fmt: skip
+                    label="Belady, sample by sample, same accesses")  # fmt: skip
     axes[1].set_ylabel("buffer hit rate")
     axes[1].legend(fontsize=8)
     r = records[0]
