@@ -551,12 +551,18 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------- demo
-def _free_port() -> int:
+def _free_port(preferred: int = 0) -> int:
+    """``preferred`` if it is free on 127.0.0.1, else any free port."""
     import socket
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    for port in (preferred, 0) if preferred else (0,):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return probe.getsockname()[1]
+    raise OSError("no free port on 127.0.0.1")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -576,7 +582,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with progress_bar("simulating the scan", config.n_positions) as update:
         scan = simulate_ptycho(config, progress=update)
     listen = f"tcp://127.0.0.1:{_free_port()}"
-    http = f"127.0.0.1:{args.port or _free_port()}"
+    http = f"127.0.0.1:{_free_port(args.port)}"  # the preferred port, or any free one if it is taken
     command = [sys.executable, "-m", "edgeray", "edge", "--listen", listen, "--out", str(out), "--http", http,
                "--publish", "off", "--scans", "1", "--hold", str(args.hold)]  # fmt: skip
     edge = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
