@@ -144,3 +144,23 @@ def test_shipped_model_inverts_a_scan_and_warns_on_other_geometry():
     other = simulate_ptycho(PtychoSimConfig(n_positions=20, photons=1e5, energy_eV=8000.0, seed=11))
     with pytest.warns(UserWarning, match="energy_eV"):
         infer_scan(other)
+
+
+def test_registry_keeps_every_version_and_points_atomically(tmp_path):
+    from edgeray.nn.checkpoint import SHIPPED
+    from edgeray.nn.registry import Registry
+
+    registry = Registry(tmp_path / "reg")
+    assert registry.current() is None and registry.versions() == []
+    first = registry.publish(SHIPPED, {"epochs": 25})
+    second = registry.publish(SHIPPED, {"epochs": 30}, make_current=False)
+    assert (first, second) == ("v0001", "v0002") and registry.versions() == ["v0001", "v0002"]
+    assert registry.current() == "v0001"
+    registry.set_current(second)
+    assert registry.current() == "v0002" and registry.provenance("v0002")["epochs"] == 30
+    assert not [p for p in registry.root.iterdir() if p.name.startswith(".")]  # no temporary left behind
+    load_model(registry.path("v0002"))
+    with pytest.raises(ValueError, match="not a model directory"):
+        registry.publish(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no model version 'v0009'"):
+        registry.set_current("v0009")

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -263,3 +264,45 @@ def test_non_loopback_needs_curve_keys_and_keys_gate_clients(tmp_path, scan):
         assert service.summaries[0]["frames_written"] == 20
     finally:
         context.destroy(0)
+
+
+def test_edge_swaps_to_a_new_model_without_losing_frames_and_rejects_a_corrupt_one(tmp_path, scan):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from edgeray.nn.checkpoint import SHIPPED
+    from edgeray.nn.registry import Registry
+
+    registry = Registry(tmp_path / "registry")
+    service = start_service(tmp_path / "run", scans=1, registry=registry.root, registry_poll_s=0.05)
+    assert registry.current() == "v0001"  # the shipped model, published as the first version
+    first_version = service.model_version
+    retrained = tmp_path / "retrained"  # a "fine-tuned" model: the shipped one with nudged weights
+    shutil.copytree(SHIPPED, retrained, ignore=shutil.ignore_patterns("model.onnx"))
+    weights = load_file(retrained / "model.safetensors")
+    save_file({k: v * 1.01 for k, v in weights.items()}, retrained / "model.safetensors")
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(SHIPPED, corrupt, ignore=shutil.ignore_patterns("model.onnx"))
+    (corrupt / "model.safetensors").write_bytes(b"\0" * 100)
+    socket = connect(service.endpoint)
+    sender = threading.Thread(target=replay, args=(scan, socket, 400), kwargs={"scan_id": "swap"})
+    sender.start()
+    wait_for(lambda: service.received_total > 100)
+    registry.publish(retrained, {"source_scans": ["test"], "engine": "lsqml", "epochs": 1})
+    wait_for(lambda: len(service.swaps) == 1)
+    registry.publish(corrupt, {"note": "broken on purpose"})
+    wait_for(lambda: "v0003" in service.rejected_versions)
+    sender.join(30)
+    assert service.wait(30)
+    service.join(10)
+    socket.close()
+    summary = service.summaries[0]
+    assert summary["frames_received"] == summary["frames_written"] == summary["frames_inferred"] == scan.n_frames
+    versions = summary["model_versions"]
+    assert set(versions) == {first_version, service.model_version} and all(n > 0 for n in versions.values())
+    segments = summary["model_version_segments"]
+    assert segments[0][2] == first_version and segments[-1][2] == service.model_version  # frame by frame record
+    assert service.model_version.startswith("v0002@")  # the corrupt v0003 never ran
+    assert "corrupt weights" in service.rejected_versions["v0003"]
+    assert registry.provenance("v0002")["engine"] == "lsqml"

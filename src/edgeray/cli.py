@@ -353,6 +353,16 @@ def cmd_nn_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_nn_publish(args: argparse.Namespace) -> int:
+    from edgeray.nn.registry import Registry
+
+    provenance = json.loads(args.provenance) if args.provenance else {}
+    version = Registry(args.registry).publish(args.model_dir, provenance, make_current=not args.no_switch)
+    state = "now CURRENT" if not args.no_switch else "not made current"
+    console.print(f"[green]published[/] {args.model_dir} as {version} in {args.registry} ({state})")
+    return 0
+
+
 def cmd_nn_infer(args: argparse.Namespace) -> int:
     import warnings
 
@@ -512,7 +522,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
     options = EdgeOptions(
         listen=args.listen, out=args.out, model=args.model, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
         publish=None if args.publish == "off" else args.publish, scans=args.scans, curve_keys=args.curve_keys,
-        infer_threads=args.infer_threads,
+        infer_threads=args.infer_threads, registry=args.registry,
     )  # fmt: skip
     service = EdgeService(options).start()
     dashboard = None
@@ -758,6 +768,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--buffer-mb", type=float, default=1024, help="SOLAR loader buffer, MiB")
     t.set_defaults(func=cmd_nn_train)
+    pub = nn_cmds.add_parser("publish", help="add a model to a registry (edges following it swap to it)")
+    pub.add_argument("model_dir", type=Path)
+    pub.add_argument("--registry", type=Path, required=True, help="registry directory")
+    pub.add_argument("--provenance", default=None, help="JSON object: source scans, engine, epochs, metrics")
+    pub.add_argument("--no-switch", action="store_true", help="publish without pointing CURRENT at it")
+    pub.set_defaults(func=cmd_nn_publish)
+
     i = nn_cmds.add_parser("infer", help="invert a scan with a model and stitch the patches -> product")
     i.add_argument("scan", type=Path)
     i.add_argument("-o", "--output", type=Path, required=True, help="product HDF5 file")
@@ -836,6 +853,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-batch", type=int, default=64, help="largest inference batch, frames")
     e.add_argument("--max-wait-ms", type=float, default=5.0, help="longest a frame waits for its batch, ms")
     e.add_argument("--infer-threads", type=int, default=1, help="threads for the network (others need a core)")
+    e.add_argument("--registry", type=Path, default=None,
+                   help="model registry to follow: run CURRENT, swap to new versions between batches")  # fmt: skip
     e.add_argument("--http", default="127.0.0.1:8765", help="live view HOST:PORT, or 'off'")
     e.add_argument("--publish", default="tcp://127.0.0.1:5556", help="PUB endpoint for mosaic and stats, or 'off'")
     e.add_argument("--scans", type=int, default=None, help="exit after this many scans (default: run until stopped)")

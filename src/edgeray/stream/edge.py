@@ -74,6 +74,10 @@ class EdgeOptions:
         curve_keys: folder of CurveZMQ keys (required to listen on anything but loopback).
         preview: write a PNG of each scan's mosaic.
         infer_threads: threads of the network's inference (the other stages need a core of their own).
+        registry: a model registry (:class:`edgeray.nn.registry.Registry`) to follow: the edge runs its
+            ``CURRENT`` version and swaps to a new one between batches once it has passed validation
+            (``model`` is published as the first version if the registry is empty).
+        registry_poll_s: how often ``CURRENT`` is checked, s.
     """
 
     listen: str = "tcp://127.0.0.1:5555"
@@ -87,6 +91,8 @@ class EdgeOptions:
     curve_keys: Path | None = None
     preview: bool = True
     infer_threads: int = 1
+    registry: Path | None = None
+    registry_poll_s: float = 0.5
 
 
 @dataclass
@@ -111,6 +117,8 @@ class ScanRun:
     mosaic: Mosaic | None = None
     count_sum: float = 0.0
     count_pixels: int = 0
+    version_counts: dict = field(default_factory=dict)  # model version -> frames it inverted
+    version_segments: list = field(default_factory=list)  # [first index, last index, model version]
 
 
 @dataclass
@@ -138,14 +146,21 @@ class EdgeService:
         self.out = Path(options.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.context = context or zmq.Context.instance()
-        model, self.card = load_model(options.model, "cpu")
-        threads = torch.get_num_threads()
-        torch.set_num_threads(options.infer_threads)
-        try:
-            self.model = cpu_runtime(model, self.card, options.model, "auto")
-        finally:
-            torch.set_num_threads(threads)
-        self.model_version = model_version(options.model)
+        self.registry = None
+        self.rejected_versions: dict[str, str] = {}  # registry version -> why it was not swapped in
+        self.swaps: list[dict] = []
+        model_dir = options.model
+        if options.registry is not None:
+            from edgeray.nn.registry import Registry
+
+            self.registry = Registry(options.registry)
+            if self.registry.current() is None:
+                self.registry.publish(options.model or SHIPPED, {"source": "initial model of the edge service"})
+            self.registry_version = self.registry.current()
+            model_dir = self.registry.path(self.registry_version)
+        self.model, self.card = self._load(model_dir)
+        self.model_version = model_version(model_dir)
+        self._validation_inputs: torch.Tensor | None = None
         self.socket = self.context.socket(zmq.PULL)
         self.socket.setsockopt(zmq.RCVHWM, 0)  # never drop: the queue in front of us is memory
         self.socket.setsockopt(zmq.LINGER, 0)
@@ -177,6 +192,63 @@ class EdgeService:
         ]
         if self.publisher is not None:
             self.threads.append(threading.Thread(target=self._publish, name="edge-publish", daemon=True))
+        if self.registry is not None:
+            self.threads.append(threading.Thread(target=self._watch_registry, name="edge-registry", daemon=True))
+
+    def _load(self, model_dir: Path | None):
+        """A model ready for inference (ONNX Runtime on ``infer_threads`` threads) and its card."""
+        model, card = load_model(model_dir, "cpu")
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.options.infer_threads)
+        try:
+            return cpu_runtime(model, card, model_dir, "auto"), card
+        finally:
+            torch.set_num_threads(threads)
+
+    def _validate(self, model, card: dict) -> None:
+        """Raise ValueError unless ``model`` inverts a held-out batch (the last frames seen, or a synthetic one)
+        into finite patches of the right shape and range."""
+        size = card["config"]["frame_size"]
+        inputs = self._validation_inputs
+        if inputs is None or inputs.shape[-1] != size:
+            inputs = torch.rand((8, 1, size, size), generator=torch.Generator().manual_seed(0)) * 2
+        with torch.inference_mode():
+            amplitude, phase = model(inputs)
+        if tuple(amplitude.shape) != tuple(inputs.shape) or tuple(phase.shape) != tuple(inputs.shape):
+            raise ValueError(f"outputs {tuple(amplitude.shape)} for inputs {tuple(inputs.shape)}")
+        if not (torch.isfinite(amplitude).all() and torch.isfinite(phase).all()):
+            raise ValueError("non-finite outputs on the validation batch")
+        if amplitude.min() < 0 or amplitude.max() > 1 or phase.abs().max() > np.pi + 1e-4:
+            raise ValueError("outputs outside the amplitude [0, 1] / phase [-pi, pi] ranges")
+
+    def _watch_registry(self) -> None:
+        """Swap to the registry's ``CURRENT`` version when it changes and passes validation; else keep the old."""
+        while not self.finished.wait(self.options.registry_poll_s):
+            version = self.registry.current()
+            if version is None or version == self.registry_version or version in self.rejected_versions:
+                continue
+            started = time.perf_counter()
+            try:
+                model_dir = self.registry.path(version)
+                if model_dir.resolve() == Path(self.registry.root / self.registry_version).resolve():
+                    continue
+                model, card = self._load(model_dir)
+                if card["config"]["frame_size"] != self.card["config"]["frame_size"]:
+                    raise ValueError(f"frame size {card['config']['frame_size']}, the stream's model takes "
+                                     f"{self.card['config']['frame_size']}")  # fmt: skip
+                self._validate(model, card)
+            except (ValueError, OSError, RuntimeError) as error:
+                self.rejected_versions[version] = str(error)
+                log.error("model %s rejected, %s stays: %s", version, self.model_version, error)
+                continue
+            previous = self.model_version
+            with self.lock:  # the inference thread picks up model and version together, between batches
+                self.model, self.card, self.model_version = model, card, model_version(model_dir)
+            self.registry_version = version
+            self.swaps.append({"from": previous, "to": self.model_version, "registry_version": version,
+                               "unix_s": time.time(), "load_s": time.perf_counter() - started})  # fmt: skip
+            log.info("model swapped: %s -> %s (%.2f s to load and validate)", previous, self.model_version,
+                     time.perf_counter() - started)  # fmt: skip
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def start(self) -> EdgeService:
@@ -345,8 +417,18 @@ class EdgeService:
         run.count_sum += float(counts.sum())
         run.count_pixels += counts.numel()
         scale = run.count_sum / max(run.count_pixels, 1)  # running mean count per pixel of the scan
+        with self.lock:
+            model, version = self.model, self.model_version
+        inputs = normalize_frames(counts, scale)
         with torch.inference_mode():
-            amplitude, phase = self.model(normalize_frames(counts, scale))
+            amplitude, phase = model(inputs)
+        self._validation_inputs = inputs[-8:]
+        indices = [e.frame.index for e in batch]
+        if run.version_segments and run.version_segments[-1][2] == version:
+            run.version_segments[-1][1] = max(run.version_segments[-1][1], max(indices))
+        else:
+            run.version_segments.append([min(indices), max(indices), version])
+        run.version_counts[version] = run.version_counts.get(version, 0) + len(batch)
         patches = to_complex(amplitude, phase)
         positions = np.array([e.frame.position_m for e in batch])
         with self.lock:
@@ -418,6 +500,9 @@ class EdgeService:
             "latency_ms_p99": float(np.percentile(latencies, 99)) if latencies.size else None,
             "latency_ms_max": float(latencies.max()) if latencies.size else None,
             "model_version": self.model_version,
+            "model_versions": run.version_counts,
+            "model_version_segments": run.version_segments,
+            "model_swaps": [s for s in self.swaps if s["unix_s"] >= run.started_wall],
             "max_batch": self.options.max_batch,
             "max_wait_ms": self.options.max_wait_ms,
             "files": files,
