@@ -439,6 +439,30 @@ def cmd_tomo_recon(args: argparse.Namespace) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------------------------------- workflow
+def cmd_workflow_run(args: argparse.Namespace) -> int:
+    from edgeray.workflow import FlowOptions, load_config, run_flow
+
+    for scan in args.scans:
+        if not scan.exists():
+            raise FileNotFoundError(f"{scan}: no such scan file")
+    config = load_config(args.config, args.out / "parsl")
+    options = FlowOptions(epochs=args.epochs, finetune_epochs=args.finetune_epochs, overlap=not args.sequential)
+    console.print(f"[bold]workflow[/]: {len(args.scans)} scans, Parsl config {args.config}, registry {args.registry}")
+    report = run_flow(args.scans, args.registry, args.out, config, options)
+    table = Table(title=f"edge-to-HPC flow: {report['end_to_end_s']:.1f} s end to end")
+    for column in ("task", "start (s)", "end (s)", "host"):
+        table.add_column(column)
+    for task in report["tasks"]:
+        table.add_row(task["label"], f"{task['start'] - report['began']:.1f}", f"{task['end'] - report['began']:.1f}",
+                      task["host"])  # fmt: skip
+    console.print(table)
+    write_summary(args.out / "workflow.h5", {"seconds": report["end_to_end_s"], **report})
+    console.print(f"[green]wrote[/] {args.out}/timeline.json, timeline.png, workflow.json; registry now "
+                  f"{', '.join(report['registry_versions'])}")  # fmt: skip
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------- loader
 def cmd_loader_simulate(args: argparse.Namespace) -> int:
     from edgeray.loader.simulate import policies_figure, simulate_policies
@@ -815,6 +839,18 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--rows-per-chunk", type=int, default=1, help="samples per HDF5 chunk (1: sample by sample)")
     ls.add_argument("-o", "--output", type=Path, default=Path("loader_policies.png"), help="figure (PNG)")
     ls.set_defaults(func=cmd_loader_simulate)
+
+    workflow = groups.add_parser("workflow", help="edge-to-HPC flow on Parsl: reconstruct, label, fine-tune, deploy")
+    workflow_cmds = workflow.add_subparsers(dest="action", metavar="ACTION", required=True)
+    wr = workflow_cmds.add_parser("run", help="run the flow over scans (CXI files), stages overlapped")
+    wr.add_argument("scans", type=Path, nargs="+", help="scan files, in acquisition order")
+    wr.add_argument("--registry", type=Path, required=True, help="model registry the edge follows")
+    wr.add_argument("--out", type=Path, default=Path("workflow"), help="work folder (products, labels, models)")
+    wr.add_argument("--config", default="local", help="'local' or a Parsl config file (see workflow/configs/)")
+    wr.add_argument("--epochs", type=int, default=30, help="LSQML epochs per scan")
+    wr.add_argument("--finetune-epochs", type=int, default=5, help="fine-tuning epochs per new label set")
+    wr.add_argument("--sequential", action="store_true", help="run the tasks one after another (no overlap)")
+    wr.set_defaults(func=cmd_workflow_run)
 
     demo = groups.add_parser("demo", help="the main job: live streaming on a simulated scan, all local")
     demo.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")

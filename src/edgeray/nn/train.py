@@ -62,6 +62,7 @@ class TrainOptions:
         loader: ``torch`` (DataLoader, shuffled) or ``solar`` (:class:`edgeray.loader.SolarLoader`: the same
             batches, epochs reordered for reuse, a buffer of ``buffer_bytes``, coalesced reads).
         buffer_bytes: the SOLAR loader's buffer.
+        init_from: a model directory whose weights start the training (fine-tuning); its architecture wins.
     """
 
     epochs: int = 20
@@ -73,6 +74,7 @@ class TrainOptions:
     workers: int = 0
     loader: str = "torch"
     buffer_bytes: int = 1 << 30
+    init_from: str | None = None
 
 
 def _loss(model: nn.Module, batch, device, amp: bool) -> tuple[torch.Tensor, float, float]:
@@ -114,6 +116,9 @@ def train(
     amp = device.type == "cuda"
     if resume and (output / "model.json").exists():
         model, _ = load_model(output, device)
+        model.train()
+    elif options.init_from is not None:  # fine-tuning: start from another model's weights
+        model, _ = load_model(options.init_from, device)
         model.train()
     else:
         model = build_model(config).to(device)

@@ -1,0 +1,144 @@
+"""The edge-to-HPC flow on Parsl: reconstruct -> labels -> fine-tune -> deploy, per scan, stages overlapped.
+
+For scans ``1..K`` (as they finish at the beamline): ``reconstruct(k)`` and ``labels(k)`` depend only on scan
+``k``; ``finetune(k)`` takes every label set so far and starts from ``finetune(k-1)``'s model (or the registry's
+current one); ``deploy(k)`` publishes it to the registry the edge follows. Parsl runs a task as soon as its inputs
+exist, so scan ``k+1`` is reconstructed while the network is fine-tuned on scan ``k``. ``overlap=False`` runs the
+same tasks one after another (the comparison). The same code runs on this machine (:func:`local_config`) or on a
+cluster (``configs/slurm.py``, ``configs/pbs_polaris.py``): only the Parsl config changes.
+
+Parsl moves task arguments between its own processes with pickle; that stays inside one user's processes (and,
+on a cluster, one user's jobs), never across the edge's network boundary, where only JSON and raw bytes travel.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeray.workflow import tasks
+
+
+def local_config(run_dir: str | Path, workers: int = 2, retries: int = 2):
+    """Parsl config: a HighThroughputExecutor with ``workers`` workers on this machine, tasks retried on failure."""
+    from parsl.config import Config
+    from parsl.executors import HighThroughputExecutor
+    from parsl.providers import LocalProvider
+
+    executor = HighThroughputExecutor(
+        label="local", max_workers_per_node=workers, cores_per_worker=1, address="127.0.0.1",
+        provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1),
+    )  # fmt: skip
+    return Config(executors=[executor], retries=retries, run_dir=str(run_dir), strategy="none")
+
+
+def load_config(spec: str, run_dir: str | Path):
+    """``local`` or a Python file defining ``config`` (a ``parsl.config.Config``) or ``make_config(run_dir)``."""
+    if spec == "local":
+        return local_config(run_dir)
+    path = Path(spec)
+    if not path.exists():
+        raise FileNotFoundError(f"{spec}: no such Parsl config file (or say 'local')")
+    module_spec = importlib.util.spec_from_file_location("edgeray_parsl_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if hasattr(module, "make_config"):
+        return module.make_config(run_dir)
+    if hasattr(module, "config"):
+        return module.config
+    raise ValueError(f"{spec}: defines neither `config` nor `make_config(run_dir)`")
+
+
+@dataclass
+class FlowOptions:
+    """Flow settings: LSQML ``epochs`` per scan, fine-tuning ``finetune_epochs``, ``overlap`` the stages."""
+
+    epochs: int = 30
+    finetune_epochs: int = 5
+    overlap: bool = True
+
+
+def run_flow(scans: list[str | Path], registry: str | Path, work_dir: str | Path, config, options: FlowOptions) -> dict:
+    """Run the flow over ``scans`` (CXI files) with Parsl ``config``; returns the timeline report (also
+    ``work_dir/timeline.json``; ``timeline.png`` is its Gantt chart)."""
+    import parsl
+    from parsl import python_app
+
+    from edgeray.nn.registry import Registry
+
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    registry = Registry(registry)
+    if registry.current() is None:
+        from edgeray.nn.checkpoint import SHIPPED
+
+        registry.publish(SHIPPED, {"source": "shipped model (flow start)"})
+    start_model = str(registry.path(registry.current()))
+    apps = {name: python_app(getattr(tasks, name)) for name in ("reconstruct", "make_labels", "finetune", "deploy")}
+    submitted: list[tuple[str, float, object]] = []
+
+    def submit(label: str, name: str, *args, **kwargs):
+        future = apps[name](*args, **kwargs)
+        submitted.append((label, time.time(), future))
+        if not options.overlap:
+            future.result()
+        return future
+
+    parsl.load(config)
+    began = time.time()
+    try:
+        label_sets, model_dir, previous = [], start_model, []
+        for k, scan in enumerate(scans, start=1):
+            scan = str(Path(scan).resolve())
+            product = str(work / f"scan{k}_product.h5")
+            trainset = str(work / f"scan{k}_labels.h5")
+            recon = submit(f"reconstruct {k}", "reconstruct", scan, product, options.epochs)
+            labels = submit(f"labels {k}", "make_labels", scan, product, trainset, inputs=[recon])
+            label_sets.append((trainset, labels))
+            new_dir = str(work / f"model{k}")
+            tuned = submit(f"finetune {k}", "finetune", [path for path, _ in label_sets], model_dir, new_dir,
+                           options.finetune_epochs, inputs=[f for _, f in label_sets] + previous)  # fmt: skip
+            provenance = {"source_scans": [str(s) for s in scans[:k]], "engine": "lsqml", "epochs": options.epochs,
+                          "finetune_epochs": options.finetune_epochs}  # fmt: skip
+            submit(f"deploy {k}", "deploy", new_dir, str(registry.root), provenance, inputs=[tuned])
+            model_dir, previous = new_dir, [tuned]
+        records = []
+        for label, submit_time, future in submitted:
+            result = future.result()
+            records.append({"label": label, "submit": submit_time, **result})
+    finally:
+        parsl.dfk().cleanup()
+        parsl.clear()
+    report = {"overlap": options.overlap, "scans": [str(s) for s in scans], "end_to_end_s": time.time() - began,
+              "began": began, "tasks": records, "registry_versions": registry.versions()}  # fmt: skip
+    (work / "timeline.json").write_text(json.dumps(report, indent=2, default=str))
+    gantt(report, work / "timeline.png")
+    return report
+
+
+def gantt(report: dict, path: str | Path) -> Path:
+    """Gantt chart of the report's tasks: one bar per task from start to end, a tick at submission."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks_ = report["tasks"]
+    t0 = report["began"]
+    colours = {"reconstruct": "tab:blue", "labels": "tab:green", "finetune": "tab:orange", "deploy": "tab:red"}
+    fig, ax = plt.subplots(figsize=(9, 0.35 * len(tasks_) + 1.2))
+    for row, task in enumerate(tasks_):
+        ax.barh(row, task["end"] - task["start"], left=task["start"] - t0, color=colours.get(task["task"], "grey"))
+        ax.plot([task["submit"] - t0], [row], "k|", markersize=10)
+    ax.set_yticks(range(len(tasks_)), [t["label"] for t in tasks_], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds since the flow started")
+    mode = "overlapped" if report["overlap"] else "one after another"
+    ax.set_title(f"edge-to-HPC flow, {mode}: {report['end_to_end_s']:.1f} s end to end", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,81 @@
+"""The workflow's tasks as plain functions (Parsl runs them in its workers; they run as well without it).
+
+Each takes ``inputs`` (the Parsl futures it must wait for; ignored otherwise) and returns a record with its
+outputs and its own ``start``/``end`` (Unix seconds) and ``host``, for the timeline.
+Each uses one torch thread, so that tasks running side by side share the cores instead of fighting over them.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+
+def _record(name: str, start: float, **outputs) -> dict:
+    return {"task": name, "start": start, "end": time.time(), "host": socket.gethostname(), **outputs}
+
+
+def reconstruct(scan_path: str, product_path: str, epochs: int = 30, engine: str = "lsqml", inputs=()) -> dict:
+    """Iterative reconstruction of a scan file -> product file. (``inputs``: tasks to wait for, under Parsl.)"""
+    start = time.time()
+    import torch
+
+    from edgeray.io import read_cxi, write_product
+    from edgeray.ptycho.reconstruct import run
+
+    torch.set_num_threads(1)
+    scan = read_cxi(scan_path)
+    result = run(scan, engine, epochs)
+    write_product(product_path, result.product)
+    return _record("reconstruct", start, scan=scan_path, product=product_path, engine=engine, epochs=epochs)
+
+
+def make_labels(scan_path: str, product_path: str, set_path: str, inputs=()) -> dict:
+    """A scan and its reconstruction -> a training set (labels: the reconstructed patches)."""
+    start = time.time()
+    from edgeray.io import read_cxi, read_product
+    from edgeray.nn.trainset import samples_from_reconstruction, write_trainset
+
+    scan = read_cxi(scan_path)
+    samples = samples_from_reconstruction(scan, read_product(product_path))
+    write_trainset(set_path, [samples], {"source": scan_path, "labels": product_path})
+    return _record("labels", start, scan=scan_path, trainset=set_path, samples=len(samples["frames"]))
+
+
+def finetune(set_paths: list[str], init_model: str, out_dir: str, epochs: int = 5, seed: int = 0, inputs=()) -> dict:
+    """Fine-tune ``init_model`` on all labelled frames so far -> a new model directory."""
+    start = time.time()
+    import numpy as np
+    import torch
+
+    from edgeray.nn.checkpoint import load_model
+    from edgeray.nn.models import ModelConfig
+    from edgeray.nn.train import TrainOptions, train
+    from edgeray.nn.trainset import DATASETS, write_trainset
+
+    torch.set_num_threads(1)
+    merged = Path(out_dir).with_suffix(".trainset.h5")
+    import h5py
+
+    samples = []
+    for path in set_paths:
+        with h5py.File(path) as h5:
+            samples.append({key: np.asarray(h5[key]) for key in DATASETS})
+    write_trainset(merged, samples, {"sources": json.dumps(set_paths)})
+    _, card = load_model(init_model)
+    config = ModelConfig(**{k: card["config"][k] for k in ("kind", "width", "depth", "frame_size")})
+    options = TrainOptions(epochs=epochs, batch_size=32, learning_rate=1e-3, seed=seed, init_from=init_model)
+    result = train(merged, out_dir, config, options)
+    return _record("finetune", start, model=out_dir, init=init_model, sets=set_paths,
+                   val_loss=result["history"]["val_loss"][-1])  # fmt: skip
+
+
+def deploy(model_dir: str, registry: str, provenance: dict, inputs=()) -> dict:
+    """Publish a model to the registry the edge follows (it swaps once the model passes validation)."""
+    start = time.time()
+    from edgeray.nn.registry import Registry
+
+    version = Registry(registry).publish(model_dir, provenance)
+    return _record("deploy", start, model=model_dir, version=version)
