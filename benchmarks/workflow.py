@@ -51,7 +51,8 @@ def main() -> None:
             report = run_flow(scans, folder / f"registry-{name}", folder / name,
                               local_config(folder / f"parsl-{name}"), options)  # fmt: skip
             reports[name] = report
-            emit({"flow": name, "end_to_end_s": report["end_to_end_s"], "executor_startup_s": report["executor_startup_s"],
+            emit({"flow": name, "end_to_end_s": report["end_to_end_s"],
+                  "executor_startup_s": report["executor_startup_s"],
                   "tasks": {t["label"]: [t["start"] - report["began"], t["end"] - report["began"]]
                             for t in report["tasks"]}})  # fmt: skip
         registry = Registry(folder / "registry-overlapped")
