@@ -80,7 +80,9 @@ def run_flow(scans: list[str | Path], registry: str | Path, work_dir: str | Path
     apps = {name: python_app(getattr(tasks, name)) for name in ("reconstruct", "make_labels", "finetune", "deploy")}
     submitted: list[tuple[str, float, object]] = []
 
-    def submit(label: str, name: str, *args, **kwargs):
+    def submit(label: str, name: str, *args, priority: int = 0, **kwargs):
+        if priority_ok:
+            kwargs["parsl_resource_specification"] = {"priority": priority}
         future = apps[name](*args, **kwargs)
         submitted.append((label, time.time(), future))
         if not options.overlap:
@@ -88,6 +90,9 @@ def run_flow(scans: list[str | Path], registry: str | Path, work_dir: str | Path
         return future
 
     parsl.load(config)
+    # the fine-tuning chain is the critical path: its tasks go first (lower value, higher priority), then the
+    # reconstructions in scan order (HighThroughputExecutor honours priorities; other executors run FIFO)
+    priority_ok = all(type(e).__name__ == "HighThroughputExecutor" for e in config.executors)
     began = time.time()
     try:
         label_sets, model_dir, previous = [], start_model, []
@@ -95,7 +100,7 @@ def run_flow(scans: list[str | Path], registry: str | Path, work_dir: str | Path
             scan = str(Path(scan).resolve())
             product = str(work / f"scan{k}_product.h5")
             trainset = str(work / f"scan{k}_labels.h5")
-            recon = submit(f"reconstruct {k}", "reconstruct", scan, product, options.epochs)
+            recon = submit(f"reconstruct {k}", "reconstruct", scan, product, options.epochs, priority=10 + k)
             labels = submit(f"labels {k}", "make_labels", scan, product, trainset, inputs=[recon])
             label_sets.append((trainset, labels))
             new_dir = str(work / f"model{k}")

@@ -1,8 +1,9 @@
 """The workflow's tasks as plain functions (Parsl runs them in its workers; they run as well without it).
 
-Each takes ``inputs`` (the Parsl futures it must wait for; ignored otherwise) and returns a record with its
-outputs and its own ``start``/``end`` (Unix seconds) and ``host``, for the timeline.
-Each uses one torch thread, so that tasks running side by side share the cores instead of fighting over them.
+Each takes ``inputs`` (the Parsl futures it must wait for) and ``parsl_resource_specification`` (its priority),
+both for Parsl and ignored otherwise, and returns a record with its outputs and its own ``start``/``end`` (Unix
+seconds) and ``host``, for the timeline. Each uses one torch thread, so that tasks running side by side share the
+cores instead of fighting over them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,14 @@ def _record(name: str, start: float, **outputs) -> dict:
     return {"task": name, "start": start, "end": time.time(), "host": socket.gethostname(), **outputs}
 
 
-def reconstruct(scan_path: str, product_path: str, epochs: int = 30, engine: str = "lsqml", inputs=()) -> dict:
+def reconstruct(
+    scan_path: str,
+    product_path: str,
+    epochs: int = 30,
+    engine: str = "lsqml",
+    inputs=(),
+    parsl_resource_specification=None,
+) -> dict:
     """Iterative reconstruction of a scan file -> product file. (``inputs``: tasks to wait for, under Parsl.)"""
     start = time.time()
     import torch
@@ -32,7 +40,7 @@ def reconstruct(scan_path: str, product_path: str, epochs: int = 30, engine: str
     return _record("reconstruct", start, scan=scan_path, product=product_path, engine=engine, epochs=epochs)
 
 
-def make_labels(scan_path: str, product_path: str, set_path: str, inputs=()) -> dict:
+def make_labels(scan_path: str, product_path: str, set_path: str, inputs=(), parsl_resource_specification=None) -> dict:
     """A scan and its reconstruction -> a training set (labels: the reconstructed patches)."""
     start = time.time()
     from edgeray.io import read_cxi, read_product
@@ -44,7 +52,15 @@ def make_labels(scan_path: str, product_path: str, set_path: str, inputs=()) -> 
     return _record("labels", start, scan=scan_path, trainset=set_path, samples=len(samples["frames"]))
 
 
-def finetune(set_paths: list[str], init_model: str, out_dir: str, epochs: int = 5, seed: int = 0, inputs=()) -> dict:
+def finetune(
+    set_paths: list[str],
+    init_model: str,
+    out_dir: str,
+    epochs: int = 5,
+    seed: int = 0,
+    inputs=(),
+    parsl_resource_specification=None,
+) -> dict:
     """Fine-tune ``init_model`` on all labelled frames so far -> a new model directory."""
     start = time.time()
     import numpy as np
@@ -72,7 +88,7 @@ def finetune(set_paths: list[str], init_model: str, out_dir: str, epochs: int = 
                    val_loss=result["history"]["val_loss"][-1])  # fmt: skip
 
 
-def deploy(model_dir: str, registry: str, provenance: dict, inputs=()) -> dict:
+def deploy(model_dir: str, registry: str, provenance: dict, inputs=(), parsl_resource_specification=None) -> dict:
     """Publish a model to the registry the edge follows (it swaps once the model passes validation)."""
     start = time.time()
     from edgeray.nn.registry import Registry
