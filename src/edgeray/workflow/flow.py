@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +91,11 @@ def run_flow(scans: list[str | Path], registry: str | Path, work_dir: str | Path
             future.result()
         return future
 
+    # Parsl starts its interchange and worker pool as scripts found on PATH: make sure this Python's are found
+    # even when the virtual environment is not activated (as under `make test`)
+    scripts = str(Path(sys.executable).parent)
+    if scripts not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
     parsl.load(config)
     # the fine-tuning chain is the critical path: its tasks go first (lower value, higher priority), then the
     # reconstructions in scan order (HighThroughputExecutor honours priorities; other executors run FIFO)
