@@ -3,8 +3,10 @@
 Scans 1..K (simulated, the same probe and geometry, objects from one set of images) go through reconstruct ->
 labels -> fine-tune -> deploy on a local Parsl HighThroughputExecutor (2 workers, one per core), once overlapped
 and once with every task waited for before the next is submitted; same tasks, same inputs, one run.
-Then scan K+1 (new objects) is inverted by the edge's model before the flow (the registry's first version) and
-after it (the last deployed version): phase SSIM of the stitched edge image against the ground truth.
+The same twice more with bounded replay (each fine-tuning on the newest scan's labels plus as many frames drawn
+from the earlier ones). Then scan K+1 (new objects) is inverted by the edge's model before the flow (the
+registry's first version) and after it (the last deployed version): phase SSIM of the stitched edge image against
+the ground truth.
 Prints one JSON object per line; the last has ``speedup``, ``ssim_before`` and ``ssim_after``.
 """
 
@@ -45,9 +47,9 @@ def main() -> None:
             for k in range(n_scans)
         ]  # fmt: skip
         reports = {}
-        for overlap in (False, True):
-            name = "overlapped" if overlap else "sequential"
-            options = FlowOptions(epochs=epochs, finetune_epochs=finetune_epochs, overlap=overlap)
+        for overlap, replay in ((False, None), (True, None), (False, frames), (True, frames)):
+            name = ("overlapped" if overlap else "sequential") + ("" if replay is None else "-replay")
+            options = FlowOptions(epochs=epochs, finetune_epochs=finetune_epochs, overlap=overlap, replay=replay)
             report = run_flow(scans, folder / f"registry-{name}", folder / name,
                               local_config(folder / f"parsl-{name}"), options)  # fmt: skip
             reports[name] = report
@@ -61,6 +63,10 @@ def main() -> None:
         for label, version in (("before", registry.versions()[0]), ("after", registry.versions()[-1])):
             product = infer_scan(new_scan, registry.path(version)).product
             scores[label] = compare_on_scanned_region(product, new_scan.ground_truth, new_scan.positions_m)
+        replay_speedup = reports["sequential-replay"]["end_to_end_s"] / reports["overlapped-replay"]["end_to_end_s"]
+        emit({"replay_frames": frames, "speedup_with_replay": replay_speedup,
+              "sequential_replay_s": reports["sequential-replay"]["end_to_end_s"],
+              "overlapped_replay_s": reports["overlapped-replay"]["end_to_end_s"]})  # fmt: skip
         speedup = reports["sequential"]["end_to_end_s"] / reports["overlapped"]["end_to_end_s"]
         emit({"speedup": speedup, "sequential_s": reports["sequential"]["end_to_end_s"],
               "overlapped_s": reports["overlapped"]["end_to_end_s"],

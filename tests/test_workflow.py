@@ -37,3 +37,21 @@ def test_flow_reconstructs_fine_tunes_and_deploys_with_overlap(tmp_path):
     model, _ = load_model(registry.path("v0003"))  # a loadable network
     assert all(np.isfinite(p.detach().numpy()).all() for p in model.parameters())
     assert (out / "timeline.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_finetune_with_bounded_replay_trains_on_the_newest_set_plus_a_sample(tmp_path):
+    import h5py
+
+    from edgeray.nn.checkpoint import SHIPPED
+    from edgeray.nn.trainset import samples_from_scan, write_trainset
+    from edgeray.workflow import tasks
+
+    sets = []
+    for k, n in enumerate((120, 80, 60)):
+        scan = simulate_ptycho(PtychoSimConfig(n_positions=n, seed=k, object="random"))
+        sets.append(str(write_trainset(tmp_path / f"set{k}.h5", [samples_from_scan(scan)], {"source": "test"})))
+    record = tasks.finetune(sets, str(SHIPPED), str(tmp_path / "model"), epochs=1, replay=50)
+    with h5py.File(tmp_path / "model.trainset.h5") as h5:
+        assert h5["frames"].shape[0] == 60 + 50  # the newest set whole, 30 + 20 drawn from the earlier two
+    assert record["task"] == "finetune" and np.isfinite(record["val_loss"])
+    load_model(tmp_path / "model")

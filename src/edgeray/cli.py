@@ -447,7 +447,8 @@ def cmd_workflow_run(args: argparse.Namespace) -> int:
         if not scan.exists():
             raise FileNotFoundError(f"{scan}: no such scan file")
     config = load_config(args.config, args.out / "parsl")
-    options = FlowOptions(epochs=args.epochs, finetune_epochs=args.finetune_epochs, overlap=not args.sequential)
+    replay = None if args.replay == "all" else int(args.replay)
+    options = FlowOptions(args.epochs, args.finetune_epochs, overlap=not args.sequential, replay=replay)
     console.print(f"[bold]workflow[/]: {len(args.scans)} scans, Parsl config {args.config}, registry {args.registry}")
     report = run_flow(args.scans, args.registry, args.out, config, options)
     table = Table(title=f"edge-to-HPC flow: {report['end_to_end_s']:.1f} s end to end")
@@ -850,6 +851,8 @@ def build_parser() -> argparse.ArgumentParser:
     wr.add_argument("--epochs", type=int, default=30, help="LSQML epochs per scan")
     wr.add_argument("--finetune-epochs", type=int, default=5, help="fine-tuning epochs per new label set")
     wr.add_argument("--sequential", action="store_true", help="run the tasks one after another (no overlap)")
+    wr.add_argument("--replay", default="all",
+                    help="'all' labels in every fine-tuning, or N frames of earlier scans with the newest")  # fmt: skip
     wr.set_defaults(func=cmd_workflow_run)
 
     demo = groups.add_parser("demo", help="the main job: live streaming on a simulated scan, all local")

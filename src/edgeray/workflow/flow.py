@@ -56,11 +56,14 @@ def load_config(spec: str, run_dir: str | Path):
 
 @dataclass
 class FlowOptions:
-    """Flow settings: LSQML ``epochs`` per scan, fine-tuning ``finetune_epochs``, ``overlap`` the stages."""
+    """Flow settings: LSQML ``epochs`` per scan, fine-tuning ``finetune_epochs``, ``overlap`` the stages, and
+    ``replay``: frames from earlier scans mixed into each fine-tuning (None: all of them, so each run takes longer
+    than the last)."""
 
     epochs: int = 30
     finetune_epochs: int = 5
     overlap: bool = True
+    replay: int | None = None
 
 
 def run_flow(scans: list[str | Path], registry: str | Path, work_dir: str | Path, config, options: FlowOptions) -> dict:
@@ -112,9 +115,10 @@ def run_flow(scans: list[str | Path], registry: str | Path, work_dir: str | Path
             label_sets.append((trainset, labels))
             new_dir = str(work / f"model{k}")
             tuned = submit(f"finetune {k}", "finetune", [path for path, _ in label_sets], model_dir, new_dir,
-                           options.finetune_epochs, inputs=[f for _, f in label_sets] + previous)  # fmt: skip
+                           options.finetune_epochs, replay=options.replay,
+                           inputs=[f for _, f in label_sets] + previous)  # fmt: skip
             provenance = {"source_scans": [str(s) for s in scans[:k]], "engine": "lsqml", "epochs": options.epochs,
-                          "finetune_epochs": options.finetune_epochs}  # fmt: skip
+                          "finetune_epochs": options.finetune_epochs, "replay": options.replay}  # fmt: skip
             submit(f"deploy {k}", "deploy", new_dir, str(registry.root), provenance, inputs=[tuned])
             model_dir, previous = new_dir, [tuned]
         records = []

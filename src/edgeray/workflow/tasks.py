@@ -58,10 +58,16 @@ def finetune(
     out_dir: str,
     epochs: int = 5,
     seed: int = 0,
+    replay: int | None = None,
     inputs=(),
     parsl_resource_specification=None,
 ) -> dict:
-    """Fine-tune ``init_model`` on all labelled frames so far -> a new model directory."""
+    """Fine-tune ``init_model`` on the labelled frames so far -> a new model directory.
+
+    ``replay``: None trains on every frame of every set; a number trains on the newest set (the last path) plus
+    that many frames drawn at random from the earlier ones, so each run costs the same however long the
+    experiment has gone on.
+    """
     start = time.time()
     import numpy as np
     import torch
@@ -76,9 +82,21 @@ def finetune(
     import h5py
 
     samples = []
-    for path in set_paths:
+    rng = np.random.default_rng(seed)
+    earlier_total = 0
+    for path in set_paths[:-1]:
         with h5py.File(path) as h5:
-            samples.append({key: np.asarray(h5[key]) for key in DATASETS})
+            earlier_total += h5["frames"].shape[0]
+    for position, path in enumerate(set_paths):
+        with h5py.File(path) as h5:
+            n = h5["frames"].shape[0]
+            if replay is None or position == len(set_paths) - 1:
+                rows = np.arange(n)
+            else:  # this set's share of the replay sample
+                share = round(replay * n / max(earlier_total, 1))
+                rows = np.sort(rng.choice(n, size=min(share, n), replace=False))
+            samples.append({key: np.asarray(h5[key][rows]) if len(rows) else np.asarray(h5[key][:0])
+                            for key in DATASETS})  # fmt: skip
     write_trainset(merged, samples, {"sources": json.dumps(set_paths)})
     _, card = load_model(init_model)
     config = ModelConfig(**{k: card["config"][k] for k in ("kind", "width", "depth", "frame_size")})
