@@ -140,6 +140,7 @@ def _ddp_gradient(rank: int, world_size: int, path: str, store: str, out: str, s
             sizes.append(len(batch.samples))
     gradient = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
     torch.save({"gradient": gradient, "sizes": sizes}, f"{out}.{rank}")
+    dist.barrier()  # both ranks done with the store before either tears it down
     dist.destroy_process_group()
 
 
