@@ -100,16 +100,14 @@ def product_figure(path: str | Path) -> plt.Figure:
     """Preview of a reconstruction product: amplitude, phase, probe, cost curve."""
     product = read_product(path)
     obj = product.object[0]
-    if not np.any(product.probe) and not len(product.loss_values):  # a surrogate's mosaic: no probe, no cost
-        fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
-        _show(axes[0], np.abs(obj), "object amplitude", label="|O|")
-        _show(axes[1], np.angle(obj), "object phase", cmap="twilight", label="rad")
+    mosaic_only = not np.any(product.probe) and not len(product.loss_values)  # a surrogate's: no probe, no cost
+    fig, axes = plt.subplots(1, 2 if mosaic_only else 4, figsize=(9, 4.2) if mosaic_only else (16, 4.2))
+    _show(axes[0], np.abs(obj), "object amplitude", label="|O|")
+    _show(axes[1], np.angle(obj), "object phase", cmap="twilight", label="rad")
+    if mosaic_only:
         fig.suptitle(f"{Path(path).name}: {product.name}", fontsize=11)
         fig.tight_layout()
         return fig
-    fig, axes = plt.subplots(1, 4, figsize=(16, 4.2))
-    _show(axes[0], np.abs(obj), "object amplitude", label="|O|")
-    _show(axes[1], np.angle(obj), "object phase", cmap="twilight", label="rad")
     axes[2].imshow(complex_to_rgb(product.probe[0]), interpolation="nearest")
     axes[2].set_title(f"probe mode 1 of {len(product.probe)}", fontsize=9)
     axes[2].set_xticks([])
