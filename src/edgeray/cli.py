@@ -441,16 +441,25 @@ def cmd_tomo_recon(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------------------------------------- workflow
 def cmd_workflow_run(args: argparse.Namespace) -> int:
-    from edgeray.workflow import FlowOptions, load_config, run_flow
+    from edgeray.workflow import FlowOptions, FollowRun, load_config, run_flow
 
+    if bool(args.scans) == (args.follow is not None):
+        raise ValueError("give scan files or --follow RUN_FOLDER (one of the two)")
     for scan in args.scans:
         if not scan.exists():
             raise FileNotFoundError(f"{scan}: no such scan file")
+    if args.follow is not None and not args.follow.is_dir():
+        raise FileNotFoundError(f"{args.follow}: no such run folder (the edge service's --out)")
     config = load_config(args.config, args.out / "parsl")
     replay = None if args.replay == "all" else int(args.replay)
     options = FlowOptions(args.epochs, args.finetune_epochs, overlap=not args.sequential, replay=replay)
-    console.print(f"[bold]workflow[/]: {len(args.scans)} scans, Parsl config {args.config}, registry {args.registry}")
-    report = run_flow(args.scans, args.registry, args.out, config, options)
+    if args.follow is not None:
+        scans = FollowRun(args.follow, args.n_scans, args.idle_timeout)
+        what = f"following {args.follow} ({args.n_scans or 'all'} scans, idle timeout {args.idle_timeout:g} s)"
+    else:
+        scans, what = args.scans, f"{len(args.scans)} scans"
+    console.print(f"[bold]workflow[/]: {what}, Parsl config {args.config}, registry {args.registry}")
+    report = run_flow(scans, args.registry, args.out, config, options)
     table = Table(title=f"edge-to-HPC flow: {report['end_to_end_s']:.1f} s end to end")
     for column in ("task", "start (s)", "end (s)", "host"):
         table.add_column(column)
@@ -844,7 +853,16 @@ def build_parser() -> argparse.ArgumentParser:
     workflow = groups.add_parser("workflow", help="edge-to-HPC flow on Parsl: reconstruct, label, fine-tune, deploy")
     workflow_cmds = workflow.add_subparsers(dest="action", metavar="ACTION", required=True)
     wr = workflow_cmds.add_parser("run", help="run the flow over scans (CXI files), stages overlapped")
-    wr.add_argument("scans", type=Path, nargs="+", help="scan files, in acquisition order")
+    wr.add_argument("scans", type=Path, nargs="*", help="scan files, in acquisition order")
+    wr.add_argument(
+        "--follow",
+        type=Path,
+        default=None,
+        help="instead of scan files: an edge service's --out folder; each scan is taken as it ends",
+    )
+    wr.add_argument("--n-scans", type=int, default=None, help="with --follow: stop after this many scans")
+    wr.add_argument("--idle-timeout", type=float, default=600.0,
+                    help="with --follow: stop when no scan has ended for this long, s")  # fmt: skip
     wr.add_argument("--registry", type=Path, required=True, help="model registry the edge follows")
     wr.add_argument("--out", type=Path, default=Path("workflow"), help="work folder (products, labels, models)")
     wr.add_argument("--config", default="local", help="'local' or a Parsl config file (see workflow/configs/)")

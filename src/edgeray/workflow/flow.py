@@ -15,26 +15,58 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
+import shutil
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgeray.workflow import tasks
 
+log = logging.getLogger(__name__)
 
-def local_config(run_dir: str | Path, workers: int = 2, retries: int = 2):
-    """Parsl config: a HighThroughputExecutor with ``workers`` workers on this machine, tasks retried on failure."""
+
+RECONSTRUCT, TRAIN = "reconstruct", "train"
+# labels go with the training: a short task on its input, never queued behind the next reconstruction
+STAGE_EXECUTOR = {"reconstruct": RECONSTRUCT, "make_labels": TRAIN, "finetune": TRAIN, "deploy": TRAIN}
+
+
+def local_config(run_dir: str | Path, retries: int = 2, background: bool = True, heartbeat_s: float = 2.0):
+    """Parsl config for this machine: two HighThroughputExecutors of one worker each, ``reconstruct`` (iterative
+    reconstruction: the CPU nodes of an HPC site) and ``train`` (labels, fine-tuning and deployment: its GPU
+    node); failed tasks are retried ``retries`` times, and a worker that dies (killed, out of memory) is found
+    within ``heartbeat_s`` seconds, restarted, and its task retried.
+
+    ``background``: the workers run under the idle scheduling class (``chrt --idle``; ``nice -n 19`` where chrt is
+    missing), so that an edge service on the same machine gets the cores first. That does not keep the edge's
+    latency when the flow and the edge share 2 cores (benchmarks/workflow.py: nothing lost, p99 in the hundreds of
+    ms while both workers are busy): give the edge its own machine or cores, as at a beamline.
+    """
     from parsl.config import Config
     from parsl.executors import HighThroughputExecutor
+    from parsl.executors.high_throughput.executor import DEFAULT_LAUNCH_CMD
     from parsl.providers import LocalProvider
 
-    executor = HighThroughputExecutor(
-        label="local", max_workers_per_node=workers, cores_per_worker=1, address="127.0.0.1",
-        provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1),
-    )  # fmt: skip
-    return Config(executors=[executor], retries=retries, run_dir=str(run_dir), strategy="none")
+    prefix = ""
+    if background:
+        prefix = "chrt --idle 0 " if shutil.which("chrt") else "nice -n 19 "
+    executors = [
+        HighThroughputExecutor(
+            label=label,
+            max_workers_per_node=1,
+            cores_per_worker=1,
+            address="127.0.0.1",
+            launch_cmd=prefix + DEFAULT_LAUNCH_CMD,
+            heartbeat_period=max(1, round(heartbeat_s)),
+            heartbeat_threshold=max(10, round(5 * heartbeat_s)),
+            provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1),
+        )
+        for label in (RECONSTRUCT, TRAIN)
+    ]
+    return Config(executors=executors, retries=retries, run_dir=str(run_dir), strategy="none")
 
 
 def load_config(spec: str, run_dir: str | Path):
@@ -66,9 +98,57 @@ class FlowOptions:
     replay: int | None = None
 
 
-def run_flow(scans: list[str | Path], registry: str | Path, work_dir: str | Path, config, options: FlowOptions) -> dict:
-    """Run the flow over ``scans`` (CXI files) with Parsl ``config``; returns the timeline report (also
-    ``work_dir/timeline.json``; ``timeline.png`` is its Gantt chart)."""
+class FollowRun:
+    """The scans an edge service finishes in its ``--out`` folder, as they finish (an iterable of raw-file paths).
+
+    The edge writes ``<scan>.json`` once a scan has ended and its frames are all in ``<scan>.cxi``; scans whose
+    summary was there before this object was made, and incomplete scans (frames missing), are skipped.
+    Iteration ends after ``n_scans`` scans, or once no new scan has finished for ``idle_timeout_s`` seconds.
+    """
+
+    def __init__(self, folder: str | Path, n_scans: int | None = None, idle_timeout_s: float = 600.0,
+                 poll_s: float = 0.5):  # fmt: skip
+        self.folder = Path(folder)
+        self.n_scans, self.idle_timeout_s, self.poll_s = n_scans, idle_timeout_s, poll_s
+        self.seen = set(self.folder.glob("*.json")) if self.folder.exists() else set()
+        self.skipped: list[str] = []
+
+    def _finished(self, summary_path: Path) -> Path | None:
+        try:
+            summary = json.loads(summary_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None  # being written: look again next time
+        self.seen.add(summary_path)
+        raw = (summary.get("files") or {}).get("raw") if isinstance(summary, dict) else None
+        if raw is None or not summary.get("complete"):
+            self.skipped.append(f"{summary_path.name}: " + ("not a scan summary" if raw is None else "incomplete"))
+            return None
+        return Path(raw)
+
+    def __iter__(self):
+        yielded, last_news = 0, time.monotonic()
+        while self.n_scans is None or yielded < self.n_scans:
+            new = sorted(set(self.folder.glob("*.json")) - self.seen, key=lambda path: path.stat().st_mtime)
+            for summary_path in new:
+                raw = self._finished(summary_path)
+                if raw is not None:
+                    yielded, last_news = yielded + 1, time.monotonic()
+                    yield raw
+                    if self.n_scans is not None and yielded >= self.n_scans:
+                        return
+            if time.monotonic() - last_news > self.idle_timeout_s:
+                return
+            time.sleep(self.poll_s)
+
+
+def run_flow(scans: Iterable[str | Path], registry: str | Path, work_dir: str | Path, config,
+             options: FlowOptions) -> dict:  # fmt: skip
+    """Run the flow over ``scans`` (CXI files, or a :class:`FollowRun` that yields them as they finish) with Parsl
+    ``config``; returns the timeline report (also ``work_dir/timeline.json``; ``timeline.png`` is its Gantt chart).
+
+    Reconstruction goes to the executor labelled ``reconstruct``; labels, fine-tuning and deployment to ``train``
+    when the config has them (:func:`local_config` does), else to any executor.
+    """
     import parsl
     from parsl import python_app
 
@@ -82,7 +162,14 @@ def run_flow(scans: list[str | Path], registry: str | Path, work_dir: str | Path
 
         registry.publish(SHIPPED, {"source": "shipped model (flow start)"})
     start_model = str(registry.path(registry.current()))
-    apps = {name: python_app(getattr(tasks, name)) for name in ("reconstruct", "make_labels", "finetune", "deploy")}
+    labels = {executor.label for executor in config.executors}
+    apps = {
+        name: python_app(getattr(tasks, name), executors=[executor] if executor in labels else "all")
+        for name, executor in STAGE_EXECUTOR.items()
+    }
+    # the fine-tuning chain is the critical path: its tasks go first (lower value, higher priority), then the
+    # reconstructions in scan order (HighThroughputExecutor honours priorities; other executors run FIFO)
+    priority_ok = all(type(e).__name__ == "HighThroughputExecutor" for e in config.executors)
     submitted: list[tuple[str, float, object]] = []
 
     def submit(label: str, name: str, *args, priority: int = 0, **kwargs):
@@ -100,27 +187,29 @@ def run_flow(scans: list[str | Path], registry: str | Path, work_dir: str | Path
     if scripts not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
     parsl.load(config)
-    # the fine-tuning chain is the critical path: its tasks go first (lower value, higher priority), then the
-    # reconstructions in scan order (HighThroughputExecutor honours priorities; other executors run FIFO)
-    priority_ok = all(type(e).__name__ == "HighThroughputExecutor" for e in config.executors)
     began = time.time()
+    scan_paths: list[str] = []
     try:
         label_sets, model_dir, previous = [], start_model, []
         for k, scan in enumerate(scans, start=1):
             scan = str(Path(scan).resolve())
+            scan_paths.append(scan)
+            log.info("scan %d: %s", k, scan)
             product = str(work / f"scan{k}_product.h5")
             trainset = str(work / f"scan{k}_labels.h5")
             recon = submit(f"reconstruct {k}", "reconstruct", scan, product, options.epochs, priority=10 + k)
-            labels = submit(f"labels {k}", "make_labels", scan, product, trainset, inputs=[recon])
-            label_sets.append((trainset, labels))
+            labelled = submit(f"labels {k}", "make_labels", scan, product, trainset, inputs=[recon])
+            label_sets.append((trainset, labelled))
             new_dir = str(work / f"model{k}")
             tuned = submit(f"finetune {k}", "finetune", [path for path, _ in label_sets], model_dir, new_dir,
                            options.finetune_epochs, replay=options.replay,
                            inputs=[f for _, f in label_sets] + previous)  # fmt: skip
-            provenance = {"source_scans": [str(s) for s in scans[:k]], "engine": "lsqml", "epochs": options.epochs,
+            provenance = {"source_scans": list(scan_paths), "engine": "lsqml", "epochs": options.epochs,
                           "finetune_epochs": options.finetune_epochs, "replay": options.replay}  # fmt: skip
             submit(f"deploy {k}", "deploy", new_dir, str(registry.root), provenance, inputs=[tuned])
             model_dir, previous = new_dir, [tuned]
+        if not scan_paths:
+            raise RuntimeError("no scans to process (a followed run folder had no new complete scan)")
         records = []
         for label, submit_time, future in submitted:
             result = future.result()
@@ -132,7 +221,7 @@ def run_flow(scans: list[str | Path], registry: str | Path, work_dir: str | Path
     last_end = max(task["end"] for task in records)
     # end to end: first task started to last task ended; the executor's start-up (workers importing torch) is
     # reported apart, since at a beamline the executor lives for the whole experiment
-    report = {"overlap": options.overlap, "scans": [str(s) for s in scans], "end_to_end_s": last_end - first_start,
+    report = {"overlap": options.overlap, "scans": scan_paths, "end_to_end_s": last_end - first_start,
               "executor_startup_s": first_start - began, "began": began, "tasks": records,
               "registry_versions": registry.versions()}  # fmt: skip
     (work / "timeline.json").write_text(json.dumps(report, indent=2, default=str))
