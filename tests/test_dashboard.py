@@ -57,3 +57,41 @@ def test_live_view_shows_the_mosaic_growing(tmp_path):
         socket.close()
         dashboard.close()
     assert service.summaries[0]["frames_written"] == 4000
+
+
+def test_tomography_live_view_shows_the_slice_raw_and_enhanced(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    from edgeray.sim import TomoSimConfig, simulate_tomo
+    from edgeray.stream.tomo import TomoEdgeOptions, TomoEdgeService, replay_tomo
+    from edgeray.stream.tomo_view import TomoDashboard
+
+    scan = simulate_tomo(TomoSimConfig(size=128, slices=3, angles=360, photons=1e4))
+    service = TomoEdgeService(TomoEdgeOptions(listen="tcp://127.0.0.1:0", out=tmp_path, update_every=8,
+                                              scans=1)).start()  # fmt: skip
+    dashboard = TomoDashboard(service, port=0).start()
+    socket = connect(service.endpoint)
+    sender = threading.Thread(target=replay_tomo, args=(scan, socket, 60), kwargs={"scan_id": "ct"})
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
+            page = browser.new_page()
+            page.goto(dashboard.url)
+            assert page.title() == "EdgeRay live tomography"
+            sender.start()
+            page.wait_for_function("document.getElementById('raw').naturalWidth > 0", timeout=20_000)
+            page.wait_for_function("document.getElementById('enhanced').naturalWidth > 0", timeout=20_000)
+            first = int(page.evaluate("document.body.dataset.updates"))
+            time.sleep(1.5)
+            later = int(page.evaluate("document.body.dataset.updates"))
+            assert later > first > 0  # the slices update on screen as projections arrive
+            assert page.text_content("#scan") == "ct"
+            page.screenshot(path=os.environ.get("EDGERAY_TOMO_SCREENSHOT", str(tmp_path / "tomo.png")))
+            browser.close()
+    finally:
+        sender.join(30)
+        service.wait(30)
+        service.join(10)
+        socket.close()
+        dashboard.close()
+    assert service.summaries[0]["frames_received"] == 360 + 10 + 10

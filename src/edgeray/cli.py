@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, fields
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -183,6 +184,33 @@ def cmd_view(args: argparse.Namespace) -> int:
 
 
 # -------------------------------------------------------------------------------------------------- ptycho
+def _ptycho_distributed(args: argparse.Namespace, options) -> int:
+    """``--nproc N`` (this command starts the ranks) or ``--distributed`` (under torchrun): ML-CG across ranks."""
+    from edgeray.ptycho import distributed
+
+    if args.engine != "mlcg":
+        raise ValueError(f"distributed reconstruction runs the mlcg engine (PtyGer's), not {args.engine}: add "
+                         "--engine mlcg")  # fmt: skip
+    if args.nproc and args.distributed:
+        raise ValueError("--nproc starts its own ranks; --distributed is for torchrun: give one of the two")
+    if not args.scan.is_file():
+        raise FileNotFoundError(f"{args.scan}: no such scan file")
+    if args.distributed:
+        distributed.init_process_group(args.device)
+        summary = distributed.run_rank(args.scan, args.output, args.epochs, options, args.device)
+        if distributed.dist.get_rank() != 0:
+            return 0
+    else:
+        console.print(f"mlcg on {args.nproc} ranks (gloo, 127.0.0.1), {args.epochs} epochs")
+        summary = distributed.launch(args.nproc, args.scan, args.output, args.epochs, options, args.device)
+    moved = sum(sum(e.get("halo_exchange", {}).get("bytes", 0) + e.get("all_reduce_probe", {}).get("bytes", 0)
+                    for e in rank["epochs"]) for rank in summary["communication"])  # fmt: skip
+    console.print(f"[green]wrote[/] {args.output} and {summary_path(args.output)}: {summary['ranks']} ranks, "
+                  f"{summary['seconds']:.1f} s, final cost {summary['cost'][-1]:.4g}, "
+                  f"{moved / 1e6:.1f} MB exchanged")  # fmt: skip
+    return 0
+
+
 def cmd_ptycho_reconstruct(args: argparse.Namespace) -> int:
     from rich.progress import TimeElapsedColumn
 
@@ -201,6 +229,8 @@ def cmd_ptycho_reconstruct(args: argparse.Namespace) -> int:
     if args.noise and args.engine in ("lsqml", "mlcg"):
         overrides["noise"] = args.noise
     options = default_options(args.engine, **{k: v for k, v in overrides.items() if v is not None})
+    if args.nproc or args.distributed:
+        return _ptycho_distributed(args, options)
     geometry = Geometry("near" if args.near_field else "far", args.focus_to_sample_m)
     with CXIFile(args.scan, **_cxi_options(args)) as cxi:
         scan = cxi.load()
@@ -408,7 +438,6 @@ def _slices(text: str | None) -> tuple[int, int] | None:
 
 
 def cmd_tomo_recon(args: argparse.Namespace) -> int:
-    import numpy as np
 
     from edgeray.io import read_reconstruction
     from edgeray.tomo import TomoOptions, reconstruct_file
@@ -436,6 +465,96 @@ def cmd_tomo_recon(args: argparse.Namespace) -> int:
     write_summary(args.output, {**summary, "options": asdict(options)})
     console.print(f"[green]wrote[/] {args.output}: {summary['slices']} slices, centre {summary['center']:.2f} "
                   f"({summary['center_method']}), {summary['slices_per_s']:.1f} slices/s")  # fmt: skip
+    return 0
+
+
+def cmd_tomo_train_denoiser(args: argparse.Namespace) -> int:
+    from edgeray.nn.denoise import (
+        DenoiserOptions,
+        simulated_pairs,
+        stream_pairs,
+        tooth_pairs,
+        train_denoiser,
+        write_pairs,
+    )
+    from edgeray.nn.tomogan import TomoGANConfig
+
+    started = time.perf_counter()
+    pairs_path = args.pairs
+    if pairs_path is None:
+        pairs_path = args.output.with_name(args.output.name + "_pairs.h5")
+        if args.tooth is not None:
+            console.print(f"making pairs from {args.tooth}: every {args.stride}th angle vs. all angles")
+            pairs = tooth_pairs(args.tooth, args.stride, center=None if args.center == "auto" else float(args.center))
+        elif args.stream is not None:
+            with progress_bar("simulating streams", args.stream) as update:
+                done = [0]
+
+                def streamed(n: int) -> None:
+                    done[0] += n
+                    update(done[0])
+
+                pairs = stream_pairs(args.stream, args.size, angles=args.angles, seed=args.seed, progress=streamed)
+        else:
+            with progress_bar("simulating pairs", args.simulate) as update:
+                done = [0]
+
+                def step(n: int) -> None:
+                    done[0] += n
+                    update(done[0])
+
+                pairs = simulated_pairs(args.simulate, args.size, angles=args.angles, low_photons=args.photons,
+                                        sparse_stride=args.sparse_stride, seed=args.seed, progress=step)  # fmt: skip
+        write_pairs(pairs_path, pairs)
+    elif not pairs_path.is_file():
+        raise FileNotFoundError(f"{pairs_path}: no such pairs file")
+    config = TomoGANConfig(depth=args.depth, width=args.width, in_slices=args.in_slices)
+    options = DenoiserOptions(steps=args.steps, batch_size=args.batch_size, patch=args.patch,
+                              perceptual_weight=args.perceptual_weight, adversarial_weight=args.adversarial_weight,
+                              features=args.features, pixel_loss=args.pixel_loss, seed=args.seed)  # fmt: skip
+    with progress_bar("training TomoGAN", args.steps) as update:
+        done = [0]
+
+        def tick(n: int) -> None:
+            done[0] += n
+            update(done[0])
+
+        card = train_denoiser(pairs_path, args.output, config, options, progress=tick)
+    summary = {"seconds": time.perf_counter() - started, "model": str(args.output), "pairs": str(pairs_path),
+               "val_mse": card["history"]["val_mse"][-1] if card["history"]["val_mse"] else None}  # fmt: skip
+    write_summary(args.output, summary)
+    console.print(f"[green]wrote[/] {args.output} (model, card) and {summary_path(args.output)}; "
+                  f"held-out MSE {summary['val_mse']:.4g}")  # fmt: skip
+    return 0
+
+
+def cmd_tomo_denoise(args: argparse.Namespace) -> int:
+    from edgeray.io import read_reconstruction, write_reconstruction
+    from edgeray.nn.denoise import denoise_volume, load_denoiser
+
+    volume, params = read_reconstruction(args.input)
+    model, card = load_denoiser(args.model)
+    started = time.perf_counter()
+    with progress_bar("denoising", len(volume)) as update:
+        done = [0]
+
+        def tick(n: int) -> None:
+            done[0] += n
+            update(done[0])
+
+        denoised = denoise_volume(volume, model, progress=tick)
+    seconds = time.perf_counter() - started
+    model_name = str(args.model) if args.model is not None else "shipped TomoGAN"
+    write_reconstruction(args.output, denoised, {**params, "denoised_by": model_name, "denoised_from": str(args.input)})
+    middle = len(volume) // 2
+    from edgeray.viz import slice_panels
+
+    slice_panels({"input": volume[middle], "TomoGAN": denoised[middle]}, args.output.with_suffix(".png"),
+                 f"{args.input.name}: slice {middle} of {len(volume)}")  # fmt: skip
+    write_summary(args.output, {"seconds": seconds, "slices": len(volume), "slices_per_s": len(volume) / seconds,
+                                "model": model_name, "parameters": card.get("parameters")})  # fmt: skip
+    console.print(f"[green]wrote[/] {args.output}, its PNG and JSON: {len(volume)} slices, "
+                  f"{len(volume) / seconds:.1f} slices/s")  # fmt: skip
     return 0
 
 
@@ -529,11 +648,49 @@ class _LazyScan:
         self.frames, self.positions_m, self.geometry = _LazyFrames(cxi), cxi.positions_m, cxi.geometry
 
 
+def _is_dxchange(path: Path) -> bool:
+    """Whether ``path`` is a Data Exchange tomography file (else it is taken as CXI)."""
+    import h5py
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such scan file")
+    try:
+        with h5py.File(path, "r") as h5:
+            return "exchange/data" in h5 and "entry_1" not in h5
+    except OSError as error:
+        raise EdgeRayFormatError(f"{path}: not an HDF5 file ({error})") from error
+
+
+def _replay_tomo(args: argparse.Namespace) -> int:
+    from edgeray.io import read_dxchange
+    from edgeray.stream import connect
+    from edgeray.stream.tomo import replay_tomo
+
+    scan = read_dxchange(args.scan_file)
+    socket = connect(args.endpoint, curve_keys=args.curve_keys)
+    rate = args.rate if args.rate != 2000.0 else 500.0  # a tomography detector's default pace
+    console.print(f"sending {len(scan.theta_deg)} projections of {args.scan_file} in {args.order} order at "
+                  f"{rate:g} Hz")  # fmt: skip
+    for k in range(args.repeat):
+        scan_id = args.scan_id if args.repeat == 1 else f"{args.scan_id or 'tomo'}-{k + 1}"
+        report = replay_tomo(scan, socket, rate, args.order, scan_id, _slices_or_all(args.rows))
+        print(json.dumps(report.as_dict()), flush=True)
+    socket.close()
+    return 0
+
+
+def _slices_or_all(spec: str | None) -> slice | None:
+    rows = _slices(spec)
+    return None if rows is None else slice(*rows)
+
+
 def cmd_detector_replay(args: argparse.Namespace) -> int:
     from edgeray.stream import connect, replay
 
     if (args.scan_file is None) == (not args.simulate):
         raise ValueError("give a CXI file to replay or --simulate (not both)")
+    if args.scan_file is not None and _is_dxchange(args.scan_file):
+        return _replay_tomo(args)
     scan = _replay_scan(args)
     socket = connect(args.endpoint, curve_keys=args.curve_keys)
     reports = []
@@ -547,12 +704,51 @@ def cmd_detector_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _edge_tomo(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from edgeray.stream.security import is_local
+    from edgeray.stream.tomo import TomoEdgeOptions, TomoEdgeService
+    from edgeray.stream.tomo_view import TomoDashboard
+
+    if not is_local(args.listen):
+        raise ValueError(f"{args.listen}: the tomography edge binds loopback addresses only (no CurveZMQ yet)")
+    enhancer = "off" if args.enhancer == "off" else (None if args.enhancer == "shipped" else Path(args.enhancer))
+    options = TomoEdgeOptions(listen=args.listen, out=args.out, update_every=args.update_every,
+                              capacity=args.capacity, enhancer=enhancer, scans=args.scans)  # fmt: skip
+    service = TomoEdgeService(options).start()
+    dashboard = None
+    if args.http != "off":
+        host, _, port = args.http.rpartition(":")
+        dashboard = TomoDashboard(service, host or "127.0.0.1", int(port)).start()
+    ready = {"listen": service.endpoint, "view": dashboard.url if dashboard else None, "out": str(args.out)}
+    print(json.dumps({"ready": ready}), flush=True)
+    console.print(f"[bold]edge (tomo)[/] listening on {service.endpoint}; live view {ready['view']}")
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: service.stop())
+    try:
+        while not service.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        service.stop()
+        service.wait(60)
+    service.join(10)
+    if dashboard is not None:
+        dashboard.close()
+    for summary in service.summaries:
+        print(json.dumps({"summary": summary}), flush=True)
+    return 0
+
+
 def cmd_edge(args: argparse.Namespace) -> int:
     import signal
     import threading
 
     from edgeray.stream import Dashboard, EdgeOptions, EdgeService
 
+    if args.mode == "tomo":
+        return _edge_tomo(args)
     options = EdgeOptions(
         listen=args.listen, out=args.out, model=args.model, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
         publish=None if args.publish == "off" else args.publish, scans=args.scans, curve_keys=args.curve_keys,
@@ -613,8 +809,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The main job: an edge service in its own process, a simulated detector streaming to it at ``--rate``, the
     live view while it runs, and the final image, run file and summary in ``--out``."""
     import subprocess
-
-    import numpy as np
 
     from edgeray.io import read_product
     from edgeray.ptycho.evaluate import compare_on_scanned_region
@@ -764,6 +958,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--probe", type=Path, default=None, help="start probe file (.npy, CXI, product)")
     r.add_argument("--true-probe", action="store_true", help="start from a simulated file's ground-truth probe")
+    r.add_argument("--nproc", type=int, default=None, help="mlcg across N ranks started here (gloo on 127.0.0.1)")
+    r.add_argument("--distributed", action="store_true", help="mlcg as one rank of torchrun's process group")
     _add_cxi_flags(r)
     r.set_defaults(func=cmd_ptycho_reconstruct)
 
@@ -819,7 +1015,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cxi_flags(i)
     i.set_defaults(func=cmd_nn_infer)
 
-    tomo = groups.add_parser("tomo", help="tomography: reconstruct Data Exchange scans")
+    tomo = groups.add_parser("tomo", help="tomography: reconstruct Data Exchange scans, denoise slices")
     tomo_cmds = tomo.add_subparsers(dest="action", metavar="ACTION", required=True)
     tr = tomo_cmds.add_parser("recon", help="Data Exchange raw scan -> reconstruction (HDF5), PNG, JSON")
     tr.add_argument("input", type=Path, help="Data Exchange file with /exchange/data, data_white, data_dark, theta")
@@ -835,6 +1031,39 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--iterations", type=int, default=100, help="SIRT / CGLS iterations")
     tr.add_argument("--device", default="cpu", help="cpu or cuda (fbp, sirt)")
     tr.set_defaults(func=cmd_tomo_recon)
+
+    td = tomo_cmds.add_parser("train-denoiser", help="train a TomoGAN denoiser (pairs: a file, simulation or tooth)")
+    td.add_argument("-o", "--output", type=Path, required=True, help="model directory to write")
+    source = td.add_mutually_exclusive_group()
+    source.add_argument("--pairs", type=Path, default=None, help="pairs file (/noisy, /clean)")
+    source.add_argument("--simulate", type=int, default=16, help="simulated phantom volumes (default source)")
+    source.add_argument("--tooth", type=Path, default=None, help="Data Exchange scan: sparse vs. all angles")
+    source.add_argument("--stream", type=int, default=None,
+                        help="simulated streams of N phantoms: early (sparse) stream slices vs. the truth")  # fmt: skip
+    td.add_argument("--size", type=int, default=128, help="simulated slice side, pixels")
+    td.add_argument("--angles", type=int, default=180, help="simulated projections over 180 degrees")
+    td.add_argument("--photons", type=float, default=60.0, help="simulated low dose, photons per pixel")
+    td.add_argument("--sparse-stride", type=int, default=1, help="simulated: keep every Nth angle in the input")
+    td.add_argument("--stride", type=int, default=8, help="tooth: keep every Nth angle in the input")
+    td.add_argument("--center", default="auto", help="tooth: rotation axis column, or 'auto' (the middle)")
+    td.add_argument("--depth", type=int, default=3, help="U-Net levels")
+    td.add_argument("--width", type=int, default=16, help="channels at the first level")
+    td.add_argument("--in-slices", type=int, default=1, help="adjacent slices in (odd)")
+    td.add_argument("--steps", type=int, default=3000, help="generator updates")
+    td.add_argument("--batch-size", type=int, default=8, help="patches per step")
+    td.add_argument("--patch", type=int, default=64, help="patch side, pixels")
+    td.add_argument("--perceptual-weight", type=float, default=0.1, help="perceptual loss weight (0: off)")
+    td.add_argument("--adversarial-weight", type=float, default=1e-3, help="adversarial loss weight (0: off)")
+    td.add_argument("--features", default="own", help="perceptual features: own, none, or a VGG19 weights file")
+    td.add_argument("--pixel-loss", choices=("mse", "l1"), default="mse", help="the pixel term of the loss")
+    td.add_argument("--seed", type=int, default=0)
+    td.set_defaults(func=cmd_tomo_train_denoiser)
+
+    tn = tomo_cmds.add_parser("denoise", help="denoise reconstructed slices (/exchange/data) with TomoGAN")
+    tn.add_argument("input", type=Path, help="reconstruction file, /exchange/data (slices, Y, X)")
+    tn.add_argument("-o", "--output", type=Path, required=True, help="denoised reconstruction file")
+    tn.add_argument("--model", type=Path, default=None, help="denoiser directory (default: the shipped one)")
+    tn.set_defaults(func=cmd_tomo_denoise)
 
     loader = groups.add_parser("loader", help="training-data loader: policies at scale (plans only, no data)")
     loader_cmds = loader.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -886,7 +1115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     detector = groups.add_parser("detector", help="detector stand-in: stream a scan to an edge service")
     detector_cmds = detector.add_subparsers(dest="action", metavar="ACTION", required=True)
-    d = detector_cmds.add_parser("replay", help="send a CXI file (or --simulate a scan) at a steady frame rate")
+    d = detector_cmds.add_parser("replay", help="send a CXI or Data Exchange file (or --simulate) at a steady rate")
     d.add_argument("scan_file", type=Path, nargs="?", help="CXI file to replay")
     d.add_argument("--simulate", action="store_true", help="simulate the scan instead (options below)")
     d.add_argument("--n-positions", type=int, default=4000, help="frames to simulate")
@@ -899,11 +1128,27 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--scan-id", default=None, help="scan name (default: random)")
     d.add_argument("--repeat", type=int, default=1, help="send the scan this many times, as separate scans")
     d.add_argument("--cycles", type=int, default=1, help="send the frames this many times over, as one scan")
+    d.add_argument(
+        "--order",
+        choices=("golden", "bit-reversed", "sequential"),
+        default="golden",
+        help="tomography files: the angle order projections are sent in",
+    )
+    d.add_argument("--rows", default=None, help="tomography files: detector rows FIRST:LAST to send (default all)")
     d.add_argument("--curve-keys", type=Path, default=None, help="CurveZMQ key folder (edgeray keys)")
     _add_cxi_flags(d)
     d.set_defaults(func=cmd_detector_replay)
 
     e = groups.add_parser("edge", help="the edge service: receive, write, infer, stitch, live view")
+    e.add_argument(
+        "--mode",
+        choices=("ptycho", "tomo"),
+        default="ptycho",
+        help="ptycho: invert frames, stitch a mosaic; tomo: streaming slices of interleaved projections",
+    )
+    e.add_argument("--update-every", type=int, default=16, help="tomo: projections between slice updates")
+    e.add_argument("--capacity", type=int, default=None, help="tomo: projections in the buffer (default: a half turn)")
+    e.add_argument("--enhancer", default="shipped", help="tomo: 'shipped' stream TomoGAN, a model directory, or 'off'")
     e.add_argument("--listen", default="tcp://127.0.0.1:5555", help="PULL endpoint detectors connect to")
     e.add_argument("--out", type=Path, default=Path("run"), help="folder for run files, products and summaries")
     e.add_argument("--model", type=Path, default=None, help="surrogate folder (default: the shipped compact model)")

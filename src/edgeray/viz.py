@@ -185,3 +185,19 @@ def save_preview(path: str | Path, output: str | Path, frame_index: int = 0, cxi
     fig.savefig(output, dpi=100)
     plt.close(fig)
     return output
+
+
+def slice_panels(panels: dict[str, np.ndarray], path: str | Path, title: str) -> Path:
+    """Slices side by side on one grey scale (the first panel's 0.5/99.5 percentiles) -> PNG at ``path``."""
+    first = next(iter(panels.values()))
+    low, high = np.percentile(first, [0.5, 99.5])
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.4))
+    for ax, (label, image) in zip(np.atleast_1d(axes), panels.items(), strict=True):
+        ax.imshow(image, cmap="gray", vmin=low, vmax=high)
+        ax.set_title(label, fontsize=10)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

@@ -253,6 +253,19 @@ class CXIFile:
                 raise EdgeRayFormatError(self.path, self._frames.name, "; ".join(problems))
         return block
 
+    def read_frame_subset(self, indices: np.ndarray, *, validate: bool = True) -> np.ndarray:
+        """Frames at ``indices`` (increasing, no repeats) as stored dtype, oriented, ``(n, H, W)``: one rank's
+        share of a scan, read without the rest (HDF5 reads the chunks that hold them)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if indices.size and (np.any(np.diff(indices) <= 0) or indices[0] < 0 or indices[-1] >= self.n_frames):
+            raise ValueError(f"{self.path}: frame indices must increase within 0..{self.n_frames - 1}")
+        block = self._orient(self._frames[indices] if indices.size else self._frames[:0])
+        if validate:
+            problems = count_problems(block, 0)
+            if problems:
+                raise EdgeRayFormatError(self.path, self._frames.name, "; ".join(problems))
+        return block
+
     def iter_frames(self, chunk: int | None = None, *, validate: bool = True) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(first_index, frames)`` blocks of ``chunk`` frames (default :attr:`chunk_frames`)."""
         chunk = chunk or self.chunk_frames

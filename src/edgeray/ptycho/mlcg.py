@@ -68,7 +68,22 @@ class MLCGEngine(Engine):
             spectrum = torch.fft.fft2(state.probe)
             for index in self._frames():
                 total += float(self._cost_of(Batch(self.problem, state, index, spectrum)))
-        return total
+        return self.combine_costs([total])[0]
+
+    # What a distributed run reduces across ranks (see edgeray.ptycho.distributed); one process: nothing to do.
+    def combine_costs(self, values: list[float]) -> list[float]:
+        """Sums over every frame of the scan, from this process's partial sums."""
+        return values
+
+    def combine_gradient(self, object_parts: list[torch.Tensor], probe_parts: list[torch.Tensor]) -> None:
+        """Make the object-shaped and probe-shaped partial sums (in place) sums over every frame."""
+
+    def global_max(self, value: torch.Tensor) -> torch.Tensor:
+        return value.max()
+
+    def dot(self, a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+        """Real inner product of ``[object, probe]`` pairs."""
+        return _dot(a, b)
 
     def gradient(self) -> tuple[float, float, list[torch.Tensor], list[torch.Tensor]]:
         """Cost, amplitude misfit, gradient ``[d object, d probe]`` and preconditioner, over all frames."""
@@ -90,8 +105,10 @@ class MLCGEngine(Engine):
                 illumination += scatter_patches(power, batch.patch_index, shape)
                 probe_weight += abs2(batch.patches).sum(dim=0)
         grads = [obj.grad, probe.grad if probe.grad is not None else torch.zeros_like(probe)]
+        self.combine_gradient([grads[0], illumination], [grads[1], probe_weight])
+        cost, misfit = self.combine_costs([cost, misfit])
         precondition = [
-            1.0 / (illumination + self.options.delta_object * illumination.max()),
+            1.0 / (illumination + self.options.delta_object * self.global_max(illumination)),
             1.0 / (probe_weight + self.options.delta_probe * probe_weight.max()),
         ]
         return cost, misfit, grads, precondition
@@ -108,14 +125,14 @@ class MLCGEngine(Engine):
         restart = self.previous_gradient is None or self.iteration % self.options.restart_every == 0
         if not restart:
             change = [g - p for g, p in zip(grad, self.previous_gradient, strict=True)]
-            denominator = _dot(self.previous_direction, change)
-            beta = _dot(grad, scaled) / denominator if denominator != 0 else 0.0
+            denominator = self.dot(self.previous_direction, change)
+            beta = self.dot(grad, scaled) / denominator if denominator != 0 else 0.0
             if beta > 0 and beta == beta:
                 direction = [d + beta * p for d, p in zip(direction, self.previous_direction, strict=True)]
-        slope = _dot(grad, direction)
+        slope = self.dot(grad, direction)
         if slope >= 0:  # not a descent direction: fall back to preconditioned steepest descent
             direction = [-s for s in scaled]
-            slope = _dot(grad, direction)
+            slope = self.dot(grad, direction)
         step = self._line_search(cost0, slope, direction)
         if step > 0:
             self.state = self._moved(direction, step)

@@ -1,7 +1,8 @@
 """Wire protocol, version 1 (DESIGN.md): multipart ZeroMQ messages, a UTF-8 JSON header plus raw C-order bytes.
 
 ``start`` opens a scan (dtype, frame shape, geometry), ``frame`` carries one detector frame and the probe's
-position on the object ``[y, x]`` in metres, ``end`` closes the scan. No pickle: a header is JSON, a frame is
+position on the object ``[y, x]`` in metres (tomography: the rotation angle ``theta_deg`` and Data Exchange's
+``image_key``), ``end`` closes the scan. No pickle: a header is JSON, a frame is
 bytes that :func:`decode` checks against ``dtype x shape`` before viewing them as an array (no copy).
 """
 
@@ -40,6 +41,8 @@ class Frame:
     position_m: tuple[float, float]
     data: np.ndarray  # (H, W), read-only view of the message bytes
     t_ns: int = 0
+    theta_deg: float | None = None  # tomography: the rotation angle, degrees
+    image_key: int = 0  # tomography (Data Exchange's image_key): 0 projection, 1 flat field, 2 dark field
 
 
 @dataclass
@@ -68,9 +71,22 @@ def encode_start(
     ]
 
 
-def encode_frame(scan_id: str, index: int, frame: np.ndarray, position_m, t_ns: int = 0) -> list:
-    """The ``frame`` message: header and the frame's bytes (no copy when ``frame`` is C-contiguous)."""
+def encode_frame(
+    scan_id: str,
+    index: int,
+    frame: np.ndarray,
+    position_m,
+    t_ns: int = 0,
+    theta_deg: float | None = None,
+    image_key: int = 0,
+) -> list:
+    """The ``frame`` message: header and the frame's bytes (no copy when ``frame`` is C-contiguous).
+    Tomography frames carry ``theta_deg`` and ``image_key`` (0 projection, 1 flat, 2 dark); their ``position_m``
+    is ``[0, 0]``."""
     frame = np.ascontiguousarray(frame)
+    extra = {} if theta_deg is None else {"theta_deg": float(theta_deg)}
+    if image_key:
+        extra["image_key"] = int(image_key)
     header = _header(
         "frame",
         scan_id,
@@ -79,6 +95,7 @@ def encode_frame(scan_id: str, index: int, frame: np.ndarray, position_m, t_ns: 
         position_m=[float(position_m[0]), float(position_m[1])],
         dtype=str(frame.dtype),
         shape=list(frame.shape),
+        **extra,
     )
     return [header, memoryview(frame).cast("B")]
 
@@ -161,7 +178,17 @@ def decode(parts: list) -> Start | Frame | End:
         if buffer.nbytes != expected:
             raise ProtocolError(f"frame {index} has {buffer.nbytes} bytes, {dtype} x {shape} needs {expected}")
         data = np.frombuffer(buffer, dtype=dtype).reshape(shape)
-        return Frame(scan_id, index, (float(position[0]), float(position[1])), data, int(header.get("t_ns") or 0))
+        theta = header.get("theta_deg")
+        if theta is not None and (
+            not isinstance(theta, int | float) or isinstance(theta, bool) or not math.isfinite(theta)
+        ):
+            raise ProtocolError(f"'theta_deg' must be a finite number, got {theta!r}")
+        image_key = header.get("image_key", 0)
+        if image_key not in (0, 1, 2) or isinstance(image_key, bool):
+            raise ProtocolError(f"'image_key' must be 0 (projection), 1 (flat) or 2 (dark), got {image_key!r}")
+        position_yx = (float(position[0]), float(position[1]))
+        t_ns = int(header.get("t_ns") or 0)
+        return Frame(scan_id, index, position_yx, data, t_ns, None if theta is None else float(theta), image_key)
     if kind == "end":
         n_frames = _require(header, "n_frames", int)
         if n_frames < 0:

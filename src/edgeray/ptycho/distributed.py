@@ -1,0 +1,357 @@
+"""Reconstruction across ranks: PtyGer's hybrid parallelization of ML-CG on ``torch.distributed``.
+
+The scan positions are split into compact tiles of balanced frame counts (recursive bisection along the longer
+side). Each rank reads only its tile's frames from the CXI file and holds only the part of the object its frames
+touch (its tile plus a halo one probe wide). Per ML-CG iteration:
+
+- gradient: each rank differentiates the likelihood of its own frames; the object gradient and illumination are
+  completed by a **halo exchange** (each rank sends its partial sums on the overlap with each neighbour's region
+  and adds theirs), the probe gradient and probe weight are **all-reduced**;
+- direction: inner products are summed over each object pixel once (the lowest rank holding it owns it) and
+  all-reduced; the line search's costs are all-reduced scalars.
+
+So every rank's copy of an object pixel stays equal, and the result equals the one-process engine's up to the
+order of float32 sums. gloo on CPU, NCCL on CUDA; the same code runs with one rank. A communication log per
+epoch (bytes and seconds per kind of exchange, seconds of compute) goes into the summary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from edgeray.io import CXIFile, PtychoScan
+from edgeray.ptycho.engine import State
+from edgeray.ptycho.mlcg import MLCGEngine, MLCGOptions
+from edgeray.ptycho.ops import split_positions
+from edgeray.ptycho.problem import Problem, add_probe_modes, initial_probe, object_grid, prepare
+
+
+@dataclass
+class Tile:
+    """One rank's share: ``frames`` (sorted global frame indices) and ``box`` ``(y0, y1, x0, x1)``, the object
+    pixels those frames touch (the tile and its halo), in global object pixels."""
+
+    rank: int
+    frames: np.ndarray
+    box: tuple[int, int, int, int]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.box[1] - self.box[0], self.box[3] - self.box[2]
+
+
+def _bisect(indices: np.ndarray, positions_px: np.ndarray, n_parts: int) -> list[np.ndarray]:
+    if n_parts == 1:
+        return [np.sort(indices)]
+    points = positions_px[indices]
+    axis = int(np.argmax(points.max(axis=0) - points.min(axis=0)))
+    order = indices[np.argsort(points[:, axis], kind="stable")]
+    left = n_parts // 2
+    cut = round(len(order) * left / n_parts)
+    return _bisect(order[:cut], positions_px, left) + _bisect(order[cut:], positions_px, n_parts - left)
+
+
+def partition(positions_px: np.ndarray, frame_shape: tuple[int, int], n_ranks: int) -> list[Tile]:
+    """Split frames at ``positions_px`` ``(N, 2)`` ``[y, x]`` (object pixels) into ``n_ranks`` compact tiles of
+    balanced counts (they differ by at most one frame per bisection level); each tile's box covers its frames."""
+    positions_px = np.asarray(positions_px, dtype=np.float64)
+    if n_ranks < 1 or n_ranks > len(positions_px):
+        raise ValueError(f"{n_ranks} ranks for {len(positions_px)} frames: need 1 <= ranks <= frames")
+    corners, _ = split_positions(torch.from_numpy(positions_px), frame_shape)
+    corners = corners.numpy()
+    tiles = []
+    for rank, frames in enumerate(_bisect(np.arange(len(positions_px)), positions_px, n_ranks)):
+        low = corners[frames].min(axis=0)
+        high = corners[frames].max(axis=0) + np.asarray(frame_shape)
+        tiles.append(Tile(rank, frames, (int(low[0]), int(high[0]), int(low[1]), int(high[1]))))
+    return tiles
+
+
+def _overlap(a: Tile, b: Tile) -> tuple[slice, slice, slice, slice] | None:
+    """The overlap of two boxes as slices into ``a``'s and ``b``'s local arrays, or None."""
+    y0, y1 = max(a.box[0], b.box[0]), min(a.box[1], b.box[1])
+    x0, x1 = max(a.box[2], b.box[2]), min(a.box[3], b.box[3])
+    if y0 >= y1 or x0 >= x1:
+        return None
+    return (slice(y0 - a.box[0], y1 - a.box[0]), slice(x0 - a.box[2], x1 - a.box[2]),
+            slice(y0 - b.box[0], y1 - b.box[0]), slice(x0 - b.box[2], x1 - b.box[2]))  # fmt: skip
+
+
+def ownership(tiles: list[Tile], rank: int) -> torch.Tensor:
+    """``(Y, X)`` bool over ``rank``'s box: True where no lower rank's box holds the pixel (each pixel once)."""
+    mine = tiles[rank]
+    owned = torch.ones(mine.shape, dtype=torch.bool)
+    for other in tiles[:rank]:
+        overlap = _overlap(mine, other)
+        if overlap is not None:
+            owned[overlap[0], overlap[1]] = False
+    return owned
+
+
+@dataclass
+class CommLog:
+    """Bytes and seconds per kind of exchange, and seconds of compute, per epoch."""
+
+    epochs: list[dict] = field(default_factory=list)
+    current: dict = field(default_factory=dict)
+
+    def add(self, kind: str, n_bytes: int, seconds: float) -> None:
+        entry = self.current.setdefault(kind, {"bytes": 0, "seconds": 0.0, "calls": 0})
+        entry["bytes"] += int(n_bytes)
+        entry["seconds"] += seconds
+        entry["calls"] += 1
+
+    def close_epoch(self, seconds: float) -> None:
+        communication = sum(entry["seconds"] for entry in self.current.values())
+        self.epochs.append({"seconds": seconds, "compute_s": seconds - communication,
+                            "communication_s": communication, **self.current})  # fmt: skip
+        self.current = {}
+
+
+class DistributedMLCG(MLCGEngine):
+    """ML-CG on one rank's tile; the hooks of :class:`MLCGEngine` reduce across the process group."""
+
+    name = "mlcg"
+
+    def __init__(self, problem: Problem, state: State, options: MLCGOptions, tiles: list[Tile], rank: int,
+                 exchange: str = "halo"):  # fmt: skip
+        if exchange not in ("halo", "allreduce"):
+            raise ValueError(f"exchange must be 'halo' or 'allreduce', not {exchange!r}")
+        self.tiles, self.rank, self.exchange = tiles, rank, exchange
+        self.log = CommLog()
+        self.neighbours = [(t, o) for t in tiles if t.rank != rank and (o := _overlap(tiles[rank], t)) is not None]
+        super().__init__(problem, state, options)
+        self.owned = ownership(tiles, rank).to(problem.device)
+        self.data_norm = self.combine_costs([self.data_norm])[0]
+
+    def _timed(self, kind: str, n_bytes: int, work) -> None:
+        start = time.perf_counter()
+        work()
+        self.log.add(kind, n_bytes, time.perf_counter() - start)
+
+    def combine_costs(self, values: list[float]) -> list[float]:
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.problem.device)
+        self._timed("all_reduce_scalars", tensor.numel() * 8, lambda: dist.all_reduce(tensor))
+        return [float(v) for v in tensor.cpu()]
+
+    def combine_gradient(self, object_parts: list[torch.Tensor], probe_parts: list[torch.Tensor]) -> None:
+        for part in probe_parts:
+            self._timed("all_reduce_probe", part.numel() * part.element_size(), lambda p=part: dist.all_reduce(p))
+        for part in object_parts:
+            if self.exchange == "halo":
+                self._halo_exchange(part)
+            else:  # the plain scheme, for comparison: every rank holds and all-reduces the whole object
+                n_bytes = part.numel() * part.element_size()
+                self._timed("all_reduce_object", n_bytes, lambda p=part: dist.all_reduce(p))
+
+    def _halo_exchange(self, local: torch.Tensor) -> None:
+        """Add the neighbours' partial sums on each overlap to ``local`` (in place)."""
+        if not self.neighbours:
+            return
+        start = time.perf_counter()
+        outgoing = {t.rank: local[o[0], o[1]].contiguous() for t, o in self.neighbours}  # before any addition
+        incoming = {t.rank: torch.empty_like(outgoing[t.rank]) for t, _ in self.neighbours}
+        requests = [dist.irecv(incoming[t.rank], src=t.rank) for t, _ in self.neighbours]
+        requests += [dist.isend(outgoing[t.rank], dst=t.rank) for t, _ in self.neighbours]
+        for request in requests:
+            request.wait()
+        for tile, overlap in self.neighbours:
+            local[overlap[0], overlap[1]] += incoming[tile.rank]
+        n_bytes = sum(v.numel() * v.element_size() for v in outgoing.values())
+        self.log.add("halo_exchange", n_bytes, time.perf_counter() - start)
+
+    def global_max(self, value: torch.Tensor) -> torch.Tensor:
+        result = value.max().reshape(1).clone()
+        self._timed("all_reduce_max", result.element_size(), lambda: dist.all_reduce(result, op=dist.ReduceOp.MAX))
+        return result[0]
+
+    def dot(self, a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+        object_part = float(((a[0].conj() * b[0]).real * self.owned).sum())
+        probe_part = float((a[1].conj() * b[1]).real.sum())  # the probe is the same on every rank
+        return self.combine_costs([object_part])[0] + probe_part
+
+    def epoch(self) -> float:
+        start = time.perf_counter()
+        misfit = super().epoch()
+        self.log.close_epoch(time.perf_counter() - start)
+        return misfit
+
+
+def _global_scan(cxi: CXIFile) -> PtychoScan:
+    """A scan whose frames are not read: positions, geometry, mask and probe (for the global object grid)."""
+    shape_only = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), (cxi.n_frames, *cxi.frame_shape), (0, 0, 0))
+    return PtychoScan(frames=shape_only, positions_m=cxi.positions_m, geometry=cxi.geometry, mask=cxi.mask,
+                      probe=cxi.probe)  # fmt: skip
+
+
+def reconstruct_rank(path: str | Path, epochs: int, options: MLCGOptions, device: str = "cpu",
+                     exchange: str = "halo") -> dict:  # fmt: skip
+    """Run this process's share of a distributed ML-CG reconstruction of the CXI file ``path`` (the process
+    group must be initialized). ``exchange``: ``halo`` (PtyGer's) or ``allreduce`` (every rank holds the whole
+    object and all-reduces its gradient: the plain scheme, for comparison). Returns ``{"object": (Y, X)
+    complex64 on rank 0 else None, "probe", "problem" (this rank's), "grid" (the global object grid), "log",
+    "tiles", "history"}``."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    with CXIFile(path) as cxi:
+        header = _global_scan(cxi)
+        grid = object_grid(header)
+        tiles = partition(grid.positions_px, cxi.frame_shape, world)
+        if exchange == "allreduce":  # every rank's box is the whole object
+            whole = (0, grid.object_shape[0], 0, grid.object_shape[1])
+            tiles = [Tile(t.rank, t.frames, whole) for t in tiles]
+        mine = tiles[rank]
+        frames = cxi.read_frame_subset(mine.frames)
+    local_scan = PtychoScan(frames=frames, positions_m=header.positions_m[mine.frames], geometry=header.geometry,
+                            mask=header.mask, probe=header.probe)  # fmt: skip
+    problem = prepare(local_scan, device=device)
+    origin = torch.tensor([mine.box[0], mine.box[2]], dtype=torch.float64, device=problem.device)
+    problem.positions_px = torch.from_numpy(grid.positions_px[mine.frames]).to(problem.device) - origin
+    problem.object_shape = mine.shape
+    problem.origin_m = grid.origin_m
+    if header.probe is None:  # the one-process guess, from the mean pattern over every rank's frames
+        power = (problem.amplitudes.double() ** 2).sum(dim=0)
+        count = torch.tensor([problem.n_frames], dtype=torch.float64, device=problem.device)
+        dist.all_reduce(power)
+        dist.all_reduce(count)
+        mean_pattern = torch.sqrt(power / count).to(problem.amplitudes.dtype)[None]
+        everyone = dataclasses.replace(problem, amplitudes=mean_pattern,
+                                       positions_px=torch.from_numpy(grid.positions_px).to(problem.device))  # fmt: skip
+        probe = initial_probe(everyone, options.n_probe_modes)
+    else:
+        probe = torch.as_tensor(np.asarray(header.probe, dtype=np.complex64)).reshape(-1, *problem.frame_shape)
+        probe = add_probe_modes(probe.to(problem.device), options.n_probe_modes)
+    obj = torch.ones(mine.shape, dtype=torch.complex64, device=problem.device)
+    engine = DistributedMLCG(problem, State(obj, probe, problem.positions_px.clone()), options, tiles, rank, exchange)
+    history = engine.run(epochs)
+    assembled = _assemble(engine.state.object, tiles, rank, grid.object_shape, engine.owned)
+    return {"object": assembled, "probe": engine.state.probe, "log": engine.log, "tiles": tiles,
+            "history": history, "grid": grid, "problem": problem}  # fmt: skip
+
+
+def _assemble(local: torch.Tensor, tiles: list[Tile], rank: int, shape: tuple[int, int], owned: torch.Tensor):
+    """The global object on rank 0 (pixels no frame touches stay 1): one all-reduce of the owned pixels."""
+    canvas = torch.zeros(shape, dtype=local.dtype, device=local.device)
+    covered = torch.zeros(shape, dtype=torch.float32, device=local.device)
+    y0, y1, x0, x1 = tiles[rank].box
+    canvas[y0:y1, x0:x1] = torch.where(owned, local, torch.zeros_like(local))
+    covered[y0:y1, x0:x1] = owned.to(torch.float32)
+    dist.reduce(canvas, dst=0)
+    dist.reduce(covered, dst=0)
+    if rank != 0:
+        return None
+    return torch.where(covered > 0, canvas, torch.ones_like(canvas)).cpu().numpy()
+
+
+def init_process_group(device: str = "cpu", timeout_s: float = 60.0) -> None:
+    """gloo on CPU, NCCL on CUDA, from torchrun's environment (or :func:`launch`'s); a rank that dies makes the
+    others' collectives fail within ``timeout_s``."""
+    if dist.is_initialized():
+        return
+    backend = "nccl" if str(device).startswith("cuda") else "gloo"
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def run_rank(path: str | Path, output: str | Path, epochs: int, options: MLCGOptions, device: str = "cpu",
+             exchange: str = "halo") -> dict:  # fmt: skip
+    """Every rank calls this (process group initialized): reconstruct; once every rank has finished, rank 0 writes
+    the product ``output`` and its JSON summary (with every rank's communication log). Returns the summary."""
+    import json
+
+    from edgeray.io import write_product
+    from edgeray.ptycho.reconstruct import to_product
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    started = time.perf_counter()
+    result = reconstruct_rank(path, epochs, options, device, exchange)
+    seconds = time.perf_counter() - started
+    logs: list = [None] * world
+    dist.all_gather_object(
+        logs,
+        json.dumps(
+            {
+                "rank": rank,
+                "frames": len(result["tiles"][rank].frames),
+                "box": result["tiles"][rank].box,
+                "epochs": result["log"].epochs,
+            }
+        ),
+    )
+    dist.barrier()  # the product is written only once every rank has finished
+    summary = {"seconds": seconds, "ranks": world, "engine": "mlcg", "exchange": exchange,
+               "epochs": len(result["history"].cost), "backend": dist.get_backend(), "cost": result["history"].cost,
+               "communication": [json.loads(entry) for entry in logs]}  # fmt: skip
+    if rank == 0:
+        grid = result["grid"]
+        n_frames = len(grid.positions_px)
+        summary["frames_per_s"] = n_frames * summary["epochs"] / seconds
+        problem = result["problem"]
+        problem = dataclasses.replace(problem, object_shape=grid.object_shape, origin_m=grid.origin_m,
+                                      positions_px=torch.from_numpy(grid.positions_px))  # fmt: skip
+        state = State(torch.from_numpy(result["object"]), result["probe"].cpu(), problem.positions_px)
+        product = to_product(state, problem, result["history"], "mlcg", options, seconds)
+        product.attrs["ranks"] = world
+        write_product(output, product)
+        Path(output).with_suffix(".json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    dist.barrier()
+    return summary
+
+
+def _spawned(rank: int, world: int, port: int, args: tuple) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))  # fmt: skip
+    torch.set_num_threads(1)
+    path, output, epochs, options, device, timeout_s, exchange, errors = args
+    try:
+        init_process_group(device, timeout_s)
+        run_rank(path, output, epochs, options, device, exchange)
+    except Exception as error:  # noted for launch(): the first cause, not the others' broken connections
+        secondary = isinstance(error, dist.DistError) or "closed by peer" in str(error) or "gloo" in str(error)
+        Path(errors, f"{'later' if secondary else 'cause'}-rank{rank}.txt").write_text(
+            f"{type(error).__name__}: {error}"
+        )
+        raise
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def launch(nproc: int, path: str | Path, output: str | Path, epochs: int, options: MLCGOptions,
+           device: str = "cpu", timeout_s: float = 60.0, exchange: str = "halo") -> dict:  # fmt: skip
+    """Start ``nproc`` ranks on this machine (gloo, 127.0.0.1) and run the reconstruction; returns rank 0's summary.
+
+    A rank that raises or is killed stops the others (they are terminated) and this raises
+    :class:`RuntimeError` naming it; no product is written unless every rank finished.
+    """
+    import json
+    import socket
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe_socket:
+        probe_socket.bind(("127.0.0.1", 0))
+        port = probe_socket.getsockname()[1]
+    with tempfile.TemporaryDirectory() as errors:
+        arguments = (str(path), str(output), epochs, options, device, timeout_s, exchange, errors)
+        try:
+            mp.spawn(_spawned, args=(nproc, port, arguments), nprocs=nproc, join=True)
+        except mp.ProcessRaisedException as error:
+            # the cause: a rank's own error before the others' broken connections, the earliest first
+            notes = sorted(Path(errors).glob("*.txt"), key=lambda note: (note.name[0] != "c", note.stat().st_mtime_ns))
+            first = notes[0].read_text() if notes else str(error).strip().splitlines()[-1]
+            where = notes[0].stem.split("-")[-1] if notes else "a rank"
+            raise RuntimeError(f"{where} failed, every rank was stopped and no product written: {first}") from None
+        except mp.ProcessExitedException as error:
+            raise RuntimeError(f"a rank died ({error}); every rank was stopped and no product written") from None
+    return json.loads(Path(output).with_suffix(".json").read_text())
