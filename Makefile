@@ -54,7 +54,7 @@ $(PEERS_STAMP):
 	touch $@
 
 bench: $(STAMP) $(PEERS_STAMP)
-	$(BIN)/python benchmarks/ptycho_vs_ptychi.py --quick
+	for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script --quick || exit 1; done
 
 clean:
 	rm -rf $(VENV) $(PEERS) out demo_run build dist src/*.egg-info .pytest_cache .ruff_cache
