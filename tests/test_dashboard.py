@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,19 +23,29 @@ if not CHROMIUM.exists():
     pytest.skip("no /usr/bin/chromium (apt-get install chromium)", allow_module_level=True)
 
 
-def test_live_view_shows_the_mosaic_growing(tmp_path):
+@contextmanager
+def chromium_page(url: str):
+    """Debian's Chromium, headless, on ``url``; yields the page."""
     from playwright.sync_api import sync_playwright
 
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
+        page = browser.new_page()
+        page.goto(url)
+        try:
+            yield page
+        finally:
+            browser.close()
+
+
+def test_live_view_shows_the_mosaic_growing(tmp_path):
     scan = simulate_ptycho(PtychoSimConfig(n_positions=4000, step_px=4, seed=4))
     service = EdgeService(EdgeOptions(listen="tcp://127.0.0.1:0", out=tmp_path, publish=None, scans=1)).start()
     dashboard = Dashboard(service, port=0).start()
     socket = connect(service.endpoint)
     sender = threading.Thread(target=replay, args=(scan, socket, 1000), kwargs={"scan_id": "live"})
     try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
-            page = browser.new_page()
-            page.goto(dashboard.url)
+        with chromium_page(dashboard.url) as page:
             assert page.title() == "EdgeRay live view"
             sender.start()
             page.wait_for_function("document.getElementById('phase').naturalWidth > 0", timeout=20_000)
@@ -49,7 +60,6 @@ def test_live_view_shows_the_mosaic_growing(tmp_path):
             assert page.text_content("#scan") == "live"
             assert "frames/s" in page.text_content("#rate")
             page.screenshot(path=os.environ.get("EDGERAY_SCREENSHOT", str(tmp_path / "live.png")))
-            browser.close()
     finally:
         sender.join(30)
         service.wait(30)
@@ -60,8 +70,6 @@ def test_live_view_shows_the_mosaic_growing(tmp_path):
 
 
 def test_tomography_live_view_shows_the_slice_raw_and_enhanced(tmp_path):
-    from playwright.sync_api import sync_playwright
-
     from edgeray.sim import TomoSimConfig, simulate_tomo
     from edgeray.stream.tomo import TomoEdgeOptions, TomoEdgeService, replay_tomo
     from edgeray.stream.tomo_view import TomoDashboard
@@ -73,10 +81,7 @@ def test_tomography_live_view_shows_the_slice_raw_and_enhanced(tmp_path):
     socket = connect(service.endpoint)
     sender = threading.Thread(target=replay_tomo, args=(scan, socket, 60), kwargs={"scan_id": "ct"})
     try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
-            page = browser.new_page()
-            page.goto(dashboard.url)
+        with chromium_page(dashboard.url) as page:
             assert page.title() == "EdgeRay live tomography"
             sender.start()
             page.wait_for_function("document.getElementById('raw').naturalWidth > 0", timeout=20_000)
@@ -87,7 +92,6 @@ def test_tomography_live_view_shows_the_slice_raw_and_enhanced(tmp_path):
             assert later > first > 0  # the slices update on screen as projections arrive
             assert page.text_content("#scan") == "ct"
             page.screenshot(path=os.environ.get("EDGERAY_TOMO_SCREENSHOT", str(tmp_path / "tomo.png")))
-            browser.close()
     finally:
         sender.join(30)
         service.wait(30)

@@ -704,64 +704,19 @@ def cmd_detector_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def _edge_tomo(args: argparse.Namespace) -> int:
+def _serve(service, view_class, args: argparse.Namespace, label: str) -> int:
+    """Run a started edge service (and its live view unless ``--http off``) until it stops: SIGTERM or Ctrl-C
+    closes the open scan with every received frame written; print the ready line and the summaries as JSON."""
     import signal
     import threading
 
-    from edgeray.stream.security import is_local
-    from edgeray.stream.tomo import TomoEdgeOptions, TomoEdgeService
-    from edgeray.stream.tomo_view import TomoDashboard
-
-    if not is_local(args.listen):
-        raise ValueError(f"{args.listen}: the tomography edge binds loopback addresses only (no CurveZMQ yet)")
-    enhancer = "off" if args.enhancer == "off" else (None if args.enhancer == "shipped" else Path(args.enhancer))
-    options = TomoEdgeOptions(listen=args.listen, out=args.out, update_every=args.update_every,
-                              capacity=args.capacity, enhancer=enhancer, scans=args.scans)  # fmt: skip
-    service = TomoEdgeService(options).start()
     dashboard = None
     if args.http != "off":
         host, _, port = args.http.rpartition(":")
-        dashboard = TomoDashboard(service, host or "127.0.0.1", int(port)).start()
+        dashboard = view_class(service, host or "127.0.0.1", int(port)).start()
     ready = {"listen": service.endpoint, "view": dashboard.url if dashboard else None, "out": str(args.out)}
     print(json.dumps({"ready": ready}), flush=True)
-    console.print(f"[bold]edge (tomo)[/] listening on {service.endpoint}; live view {ready['view']}")
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda *_: service.stop())
-    try:
-        while not service.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        service.stop()
-        service.wait(60)
-    service.join(10)
-    if dashboard is not None:
-        dashboard.close()
-    for summary in service.summaries:
-        print(json.dumps({"summary": summary}), flush=True)
-    return 0
-
-
-def cmd_edge(args: argparse.Namespace) -> int:
-    import signal
-    import threading
-
-    from edgeray.stream import Dashboard, EdgeOptions, EdgeService
-
-    if args.mode == "tomo":
-        return _edge_tomo(args)
-    options = EdgeOptions(
-        listen=args.listen, out=args.out, model=args.model, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-        publish=None if args.publish == "off" else args.publish, scans=args.scans, curve_keys=args.curve_keys,
-        infer_threads=args.infer_threads, registry=args.registry,
-    )  # fmt: skip
-    service = EdgeService(options).start()
-    dashboard = None
-    if args.http != "off":
-        host, _, port = args.http.rpartition(":")
-        dashboard = Dashboard(service, host or "127.0.0.1", int(port)).start()
-    ready = {"listen": service.endpoint, "view": dashboard.url if dashboard else None, "out": str(options.out)}
-    print(json.dumps({"ready": ready}), flush=True)
-    console.print(f"[bold]edge[/] listening on {service.endpoint}; live view {ready['view']}; writing to {args.out}")
+    console.print(f"[bold]{label}[/] listening on {service.endpoint}; live view {ready['view']}; writing to {args.out}")
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: service.stop())
     try:
@@ -771,7 +726,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
         console.print("[yellow]stopping[/]: closing the open scan with every received frame written")
         service.stop()
         service.wait(60)
-    if args.hold > 0 and dashboard is not None:
+    if getattr(args, "hold", 0) > 0 and dashboard is not None:
         time.sleep(args.hold)
     service.join(10)
     if dashboard is not None:
@@ -779,6 +734,32 @@ def cmd_edge(args: argparse.Namespace) -> int:
     for summary in service.summaries:
         print(json.dumps({"summary": summary}), flush=True)
     return 0
+
+
+def _edge_tomo(args: argparse.Namespace) -> int:
+    from edgeray.stream.security import is_local
+    from edgeray.stream.tomo import TomoEdgeOptions, TomoEdgeService
+    from edgeray.stream.tomo_view import TomoDashboard
+
+    if not is_local(args.listen):
+        raise ValueError(f"{args.listen}: the tomography edge binds loopback addresses only (no CurveZMQ yet)")
+    enhancer = "off" if args.enhancer == "off" else (None if args.enhancer == "shipped" else Path(args.enhancer))
+    options = TomoEdgeOptions(listen=args.listen, out=args.out, update_every=args.update_every,
+                              capacity=args.capacity, enhancer=enhancer, scans=args.scans)  # fmt: skip
+    return _serve(TomoEdgeService(options).start(), TomoDashboard, args, "edge (tomo)")
+
+
+def cmd_edge(args: argparse.Namespace) -> int:
+    from edgeray.stream import Dashboard, EdgeOptions, EdgeService
+
+    if args.mode == "tomo":
+        return _edge_tomo(args)
+    options = EdgeOptions(
+        listen=args.listen, out=args.out, model=args.model, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+        publish=None if args.publish == "off" else args.publish, scans=args.scans, curve_keys=args.curve_keys,
+        infer_threads=args.infer_threads, registry=args.registry,
+    )  # fmt: skip
+    return _serve(EdgeService(options).start(), Dashboard, args, "edge")
 
 
 def cmd_keys(args: argparse.Namespace) -> int:

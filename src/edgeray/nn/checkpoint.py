@@ -32,6 +32,25 @@ def save_model(directory: str | Path, model: nn.Module, card: dict) -> Path:
     return directory
 
 
+def read_model_files(directory: Path, kind: str = "model") -> tuple[dict, dict[str, torch.Tensor]]:
+    """``(card, weights)`` of a model directory, read without pickle; ValueError names the file at fault."""
+    card_path, weights_path = directory / "model.json", directory / "model.safetensors"
+    for path in (card_path, weights_path):
+        if not path.is_file():
+            raise ValueError(f"{directory}: not a {kind} directory (no {path.name})")
+    try:
+        card = json.loads(card_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{card_path}: unreadable model card ({exc})") from exc
+    if not isinstance(card, dict) or not isinstance(card.get("config"), dict):
+        raise ValueError(f"{card_path}: unreadable model card (no 'config' object)")
+    try:
+        weights = load_file(str(weights_path))
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"{weights_path}: corrupt weights file ({exc})") from exc
+    return card, weights
+
+
 def load_model(directory: str | Path | None = None, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Load a model directory (default: the shipped compact model) -> ``(model in eval mode, card)``.
 
@@ -39,26 +58,18 @@ def load_model(directory: str | Path | None = None, device: str | torch.device =
         ValueError: a missing or corrupt file, or weights that do not fit the architecture in the card.
     """
     directory = Path(directory) if directory is not None else SHIPPED
-    card_path, weights_path = directory / "model.json", directory / "model.safetensors"
-    for path in (card_path, weights_path):
-        if not path.is_file():
-            raise ValueError(f"{directory}: not a model directory (no {path.name})")
+    card, weights = read_model_files(directory)
     try:
-        card = json.loads(card_path.read_text())
         config = ModelConfig(**card["config"])
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ValueError(f"{card_path}: unreadable model card ({exc})") from exc
-    try:
-        weights = load_file(str(weights_path))
-    except (SafetensorError, OSError) as exc:
-        raise ValueError(f"{weights_path}: corrupt weights file ({exc})") from exc
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{directory / 'model.json'}: unreadable model card ({exc})") from exc
     model = build_model(config)
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
         raise ValueError(
-            f"{weights_path}: weights do not fit the {config.kind} architecture in the card: {first}"
+            f"{directory / 'model.safetensors'}: weights do not fit the {config.kind} architecture in the card: {first}"
         ) from exc
     return model.to(device).eval(), card
 

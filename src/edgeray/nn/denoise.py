@@ -8,7 +8,6 @@ normalization, the training record) and ``MODEL_CARD.md``, as the ptychography s
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -363,32 +362,23 @@ def _loss_figure(history: dict, path: Path) -> None:
 def load_denoiser(directory: str | Path | None = None) -> tuple[UNet, dict]:
     """A denoiser directory (default: the shipped one) -> ``(generator in eval mode, card)``; ValueError names
     the file at fault."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from edgeray.nn.checkpoint import read_model_files
 
     directory = Path(directory) if directory is not None else SHIPPED_DENOISER
-    card_path, weights_path = directory / "model.json", directory / "model.safetensors"
-    for path in (card_path, weights_path):
-        if not path.is_file():
-            raise ValueError(f"{directory}: not a denoiser directory (no {path.name})")
+    card, weights = read_model_files(directory, "denoiser")
+    settings = dict(card["config"])
+    if settings.pop("family", None) != "tomogan":
+        raise ValueError(f"{directory / 'model.json'}: not a TomoGAN model (family {card['config'].get('family')!r})")
     try:
-        card = json.loads(card_path.read_text())
-        settings = dict(card["config"])
-        if settings.pop("family", None) != "tomogan":
-            raise ValueError(f"{card_path}: not a TomoGAN model (family {card['config'].get('family')!r})")
         config = TomoGANConfig(**settings)
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ValueError(f"{card_path}: unreadable model card ({exc})") from exc
-    try:
-        weights = load_file(str(weights_path))
-    except (SafetensorError, OSError) as exc:
-        raise ValueError(f"{weights_path}: corrupt weights file ({exc})") from exc
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{directory / 'model.json'}: unreadable model card ({exc})") from exc
     model = UNet(config)
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
-        raise ValueError(f"{weights_path}: weights do not fit the card's architecture ({first})") from exc
+        raise ValueError(f"{directory / 'model.safetensors'}: weights do not fit the architecture ({first})") from exc
     return freeze(model), card
 
 

@@ -112,6 +112,47 @@ class _QuietServer(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
+def serve_view(host: str, port: int, page: str, stats, image, names: tuple[str, ...], thread_name: str):
+    """An HTTP server for a live view (not started): ``/`` the ``page``, ``/stats.json`` from ``stats()``,
+    ``/<name>.png`` from ``image(name)`` (PNG bytes, or None: 404) for each of ``names``.
+    Returns ``(server, url, thread)``; start the thread to serve."""
+    pngs = {f"/{name}.png": name for name in names}
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:  # quiet: the page polls 10 times a second
+            pass
+
+        def do_GET(self) -> None:
+            path = self.path.split("?")[0]
+            if path in ("/", "/index.html"):
+                self._send(200, "text/html; charset=utf-8", page.encode())
+            elif path == "/stats.json":
+                self._send(200, "application/json", json.dumps(stats()).encode())
+            elif path in pngs:
+                png = image(pngs[path])
+                if png is None:
+                    self._send(404, "text/plain", b"no image yet")
+                else:
+                    self._send(200, "image/png", png)
+            else:
+                self._send(404, "text/plain", b"not found")
+
+        def _send(self, status: int, content_type: str, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            try:
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):  # the browser went away mid-answer
+                pass
+
+    server = _QuietServer((host, port), Handler)
+    url = f"http://{host}:{server.server_address[1]}/"
+    return server, url, threading.Thread(target=server.serve_forever, name=thread_name, daemon=True)
+
+
 class Dashboard:
     """Serve the live view of ``service`` on ``host:port`` (port 0: any free port) in a background thread.
 
@@ -128,41 +169,9 @@ class Dashboard:
         self._render_lock = threading.Lock()
         self._last_render = 0.0
         self.max_side = max_side
-        dashboard = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:  # quiet: the page polls 10 times a second
-                pass
-
-            def do_GET(self) -> None:
-                path = self.path.split("?")[0]
-                if path in ("/", "/index.html"):
-                    self._send(200, "text/html; charset=utf-8", PAGE.encode())
-                elif path == "/stats.json":
-                    self._send(200, "application/json", json.dumps(dashboard.service.snapshot()).encode())
-                elif path in ("/phase.png", "/amplitude.png"):
-                    png = dashboard.image(path[1:-4])
-                    if png is None:
-                        self._send(404, "text/plain", b"no mosaic yet")
-                    else:
-                        self._send(200, "image/png", png)
-                else:
-                    self._send(404, "text/plain", b"not found")
-
-            def _send(self, status: int, content_type: str, body: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Cache-Control", "no-store")
-                self.end_headers()
-                try:
-                    self.wfile.write(body)
-                except (BrokenPipeError, ConnectionResetError):  # the browser went away mid-answer
-                    pass
-
-        self.server = _QuietServer((host, port), Handler)
-        self.url = f"http://{host}:{self.server.server_address[1]}/"
-        self.thread = threading.Thread(target=self.server.serve_forever, name="edge-dashboard", daemon=True)
+        self.server, self.url, self.thread = serve_view(
+            host, port, PAGE, service.snapshot, self.image, ("phase", "amplitude"), "edge-dashboard"
+        )
 
     def start(self) -> Dashboard:
         self.thread.start()

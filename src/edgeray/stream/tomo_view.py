@@ -8,14 +8,11 @@ only, as the ptychography view does.
 from __future__ import annotations
 
 import io
-import json
-import threading
-from http.server import BaseHTTPRequestHandler
 
 import numpy as np
 from PIL import Image
 
-from edgeray.stream.dashboard import _QuietServer
+from edgeray.stream.dashboard import serve_view
 from edgeray.stream.security import is_local
 
 PAGE = """<!doctype html>
@@ -77,41 +74,14 @@ class TomoDashboard:
         if not is_local(f"tcp://{host}:{port}"):
             raise ValueError(f"the live view binds {host}: only loopback addresses are allowed (use an SSH tunnel)")
         self.service = service
-        view = self
+        self.server, self.url, self.thread = serve_view(
+            host, port, PAGE, service.snapshot, self.image, ("raw", "enhanced"), "tomo-view"
+        )
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                path = self.path.split("?")[0]
-                if path in ("/", "/index.html"):
-                    self._send(200, "text/html; charset=utf-8", PAGE.encode())
-                elif path == "/stats.json":
-                    self._send(200, "application/json", json.dumps(view.service.snapshot()).encode())
-                elif path in ("/raw.png", "/enhanced.png"):
-                    image = view.service.view_images().get(path[1:-4])
-                    if image is None:
-                        self._send(404, "text/plain", b"no slice yet")
-                    else:
-                        self._send(200, "image/png", grey_png(image))
-                else:
-                    self._send(404, "text/plain", b"not found")
-
-            def _send(self, status: int, content_type: str, body: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Cache-Control", "no-store")
-                self.end_headers()
-                try:
-                    self.wfile.write(body)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-        self.server = _QuietServer((host, port), Handler)
-        self.url = f"http://{host}:{self.server.server_address[1]}/"
-        self.thread = threading.Thread(target=self.server.serve_forever, name="tomo-view", daemon=True)
+    def image(self, name: str) -> bytes | None:
+        """PNG of the middle slice, ``raw`` or ``enhanced``, or None before the first update."""
+        image = self.service.view_images().get(name)
+        return None if image is None else grey_png(image)
 
     def start(self) -> TomoDashboard:
         self.thread.start()
