@@ -262,6 +262,22 @@ def init_process_group(device: str = "cpu", timeout_s: float = 60.0) -> None:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def _gather_json(record: dict) -> list[dict]:
+    """Every rank's ``record``, on every rank, as JSON bytes in tensors (no pickle, unlike all_gather_object)."""
+    import json
+
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    payload = torch.frombuffer(bytearray(json.dumps(record, default=str).encode()), dtype=torch.uint8).to(device)
+    sizes = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([payload.numel()], device=device))
+    longest = int(max(size.item() for size in sizes))
+    padded = torch.zeros(longest, dtype=torch.uint8, device=device)
+    padded[: payload.numel()] = payload
+    buffers = [torch.zeros(longest, dtype=torch.uint8, device=device) for _ in sizes]
+    dist.all_gather(buffers, padded)
+    return [json.loads(bytes(b[: int(n.item())].cpu().tolist())) for b, n in zip(buffers, sizes, strict=True)]
+
+
 def run_rank(path: str | Path, output: str | Path, epochs: int, options: MLCGOptions, device: str = "cpu",
              exchange: str = "halo") -> dict:  # fmt: skip
     """Every rank calls this (process group initialized): reconstruct; once every rank has finished, rank 0 writes
@@ -275,22 +291,12 @@ def run_rank(path: str | Path, output: str | Path, epochs: int, options: MLCGOpt
     started = time.perf_counter()
     result = reconstruct_rank(path, epochs, options, device, exchange)
     seconds = time.perf_counter() - started
-    logs: list = [None] * world
-    dist.all_gather_object(
-        logs,
-        json.dumps(
-            {
-                "rank": rank,
-                "frames": len(result["tiles"][rank].frames),
-                "box": result["tiles"][rank].box,
-                "epochs": result["log"].epochs,
-            }
-        ),
-    )
+    mine = result["tiles"][rank]
+    logs = _gather_json({"rank": rank, "frames": len(mine.frames), "box": mine.box, "epochs": result["log"].epochs})
     dist.barrier()  # the product is written only once every rank has finished
     summary = {"seconds": seconds, "ranks": world, "engine": "mlcg", "exchange": exchange,
                "epochs": len(result["history"].cost), "backend": dist.get_backend(), "cost": result["history"].cost,
-               "communication": [json.loads(entry) for entry in logs]}  # fmt: skip
+               "communication": logs}  # fmt: skip
     if rank == 0:
         grid = result["grid"]
         n_frames = len(grid.positions_px)
