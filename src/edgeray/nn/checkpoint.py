@@ -63,15 +63,19 @@ def load_model(directory: str | Path | None = None, device: str | torch.device =
         config = ModelConfig(**card["config"])
     except (KeyError, TypeError) as exc:
         raise ValueError(f"{directory / 'model.json'}: unreadable model card ({exc})") from exc
-    model = build_model(config)
+    model = fit_weights(build_model(config), weights, directory, config.kind)
+    return model.to(device).eval(), card
+
+
+def fit_weights(model: nn.Module, weights: dict[str, torch.Tensor], directory: Path, architecture: str) -> nn.Module:
+    """Load ``weights`` into ``model`` (strict); ValueError names the file when they do not fit."""
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
-        raise ValueError(
-            f"{directory / 'model.safetensors'}: weights do not fit the {config.kind} architecture in the card: {first}"
-        ) from exc
-    return model.to(device).eval(), card
+        path = directory / "model.safetensors"
+        raise ValueError(f"{path}: weights do not fit the {architecture} architecture in the card: {first}") from exc
+    return model
 
 
 def save_training_state(path: Path, optimizer: torch.optim.Optimizer, epoch: int, history: dict) -> None:

@@ -362,7 +362,7 @@ def _loss_figure(history: dict, path: Path) -> None:
 def load_denoiser(directory: str | Path | None = None) -> tuple[UNet, dict]:
     """A denoiser directory (default: the shipped one) -> ``(generator in eval mode, card)``; ValueError names
     the file at fault."""
-    from edgeray.nn.checkpoint import read_model_files
+    from edgeray.nn.checkpoint import fit_weights, read_model_files
 
     directory = Path(directory) if directory is not None else SHIPPED_DENOISER
     card, weights = read_model_files(directory, "denoiser")
@@ -373,13 +373,7 @@ def load_denoiser(directory: str | Path | None = None) -> tuple[UNet, dict]:
         config = TomoGANConfig(**settings)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{directory / 'model.json'}: unreadable model card ({exc})") from exc
-    model = UNet(config)
-    try:
-        model.load_state_dict(weights, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise ValueError(f"{directory / 'model.safetensors'}: weights do not fit the architecture ({first})") from exc
-    return freeze(model), card
+    return freeze(fit_weights(UNet(config), weights, directory, "TomoGAN")), card
 
 
 def denoise_volume(volume: np.ndarray, model: UNet, batch: int = 4, progress: Callable[[int], None] | None = None):

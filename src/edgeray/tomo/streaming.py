@@ -125,7 +125,7 @@ class StreamingSlices:
         self.filtered[slots] = np.swapaxes(new_filtered, 0, 1)
         self.theta_rad[slots] = new_theta
         self.frame_index[slots] = [i for _, _, i in pending]
-        n = min(self.received, self.capacity)
+        n = self.n_in_buffer  # nothing pending now
         self.slices = (self._sum * (np.pi / n)).to(torch.float32).numpy()
         if self.enhancer is not None:
             self.enhanced = np.asarray(self.enhancer(self.slices), dtype=np.float32)
@@ -141,7 +141,7 @@ class StreamingSlices:
 
     def full_reconstruction(self) -> np.ndarray:
         """The buffer's slices computed from scratch (the reference the incremental updates must equal)."""
-        n = min(self.received - len(self._pending), self.capacity)
+        n = self.n_in_buffer
         held = self.frame_index >= 0
         image = self._backproject(np.swapaxes(self.filtered[held], 0, 1), self.theta_rad[held])
         return (image * (np.pi / max(n, 1))).to(torch.float32).numpy()
