@@ -2,12 +2,16 @@
 what moves per epoch, and a model of the bytes for a large scan.
 
 Runs, on one simulated scan, same seed and epochs: the one-process engine (the reference and the peer: a single
-device), then 1, 2 and 4 ranks with halo exchange, and 2 ranks all-reducing the whole object (the plain scheme).
+device), then 1, 2 and 4 ranks with halo exchange, and 2 ranks all-reducing the whole object (the plain scheme);
+then LSQML and ePIE (mini-batches of 96 frames), one process against 2 ranks.
 This machine has 2 cores, so 4 ranks are oversubscribed: they show correctness, not speed. Each run reports the
 median time per epoch (after the first), the share of it spent in communication, the bytes each rank sent per
 epoch, and the largest difference of its object from the one-process one. Then the model: bytes per epoch and rank
 for a 10^5-frame scan of 256 x 256 frames (step 64 px, a square object) against the number of ranks, halo
 exchange against all-reducing the whole object.
+
+``--device cuda`` (a machine with one GPU): the one-process engine on the GPU against one NCCL rank on it, the
+same scan, seed and epochs (NCCL allows one rank per GPU, so more ranks need more GPUs).
 
 Prints one JSON object per line; the last has the headline figures.
 """
@@ -17,16 +21,18 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from edgeray.io import read_cxi, read_product, write_cxi
 from edgeray.ptycho.distributed import launch
 from edgeray.ptycho.mlcg import MLCGOptions
-from edgeray.ptycho.reconstruct import run
+from edgeray.ptycho.reconstruct import default_options, run
 from edgeray.sim import PtychoSimConfig, simulate_ptycho
 
 
@@ -67,19 +73,29 @@ def summarize(name: str, summary: dict, reference: np.ndarray, output: Path) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1,000 frames, 5 epochs")
+    parser.add_argument("--device", default="cpu", help="cpu (gloo ranks) or cuda (one NCCL rank on one GPU)")
     args = parser.parse_args()
     frames, epochs = (1000, 5) if args.quick else (4000, 10)
+    gpu = args.device.startswith("cuda")
     emit({"benchmark": "distributed_scaling", "date": time.strftime("%Y-%m-%d"), "frames": frames, "epochs": epochs,
-          "frame_px": 64, "backend": "gloo", "cores": 2})  # fmt: skip
+          "frame_px": 64, "backend": "nccl" if gpu else "gloo", "device": args.device,
+          "device_name": torch.cuda.get_device_name() if gpu else f"{os.cpu_count()} CPU cores"})  # fmt: skip
     options = MLCGOptions()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         path = write_cxi(folder / "scan.cxi", simulate_ptycho(PtychoSimConfig(n_positions=frames, seed=5)))
         scan = read_cxi(path)
-        serial = run(scan, "mlcg", epochs, options=options)
+        serial = run(scan, "mlcg", epochs, args.device, options=options)
         one = float(np.median(serial.history.seconds[1:]))
         reference = serial.product.object[0]
-        emit({"run": "one process (peer: a single device)", "seconds_per_epoch": one})
+        emit({"run": "one process (peer: a single device)", "device": args.device, "seconds_per_epoch": one})
+        if gpu:
+            output = folder / "nccl-1.h5"
+            record = summarize("1 NCCL rank", launch(1, path, output, epochs, options, device=args.device), reference,
+                               output)  # fmt: skip
+            record["time_vs_one_process"] = record["seconds_per_epoch"] / one
+            emit(record)
+            return
         records = []
         for name, ranks, exchange in (("1 rank", 1, "halo"), ("2 ranks, halo", 2, "halo"),
                                       ("2 ranks, all-reduce object", 2, "allreduce"),
@@ -90,6 +106,17 @@ def main() -> None:
             record["speedup_vs_one_process"] = one / record["seconds_per_epoch"]
             records.append(record)
             emit(record)
+        for engine in ("lsqml", "epie"):  # mini-batch engines: a halo exchange per batch (96 frames), not per epoch
+            options_mb = default_options(engine)
+            serial_mb = run(scan, engine, epochs, options=options_mb)
+            one_mb = float(np.median(serial_mb.history.seconds[1:]))
+            output = folder / f"{engine}-2.h5"
+            summary = launch(2, path, output, epochs, options_mb, engine=engine)
+            record = summarize(f"{engine}, 2 ranks, halo", summary, serial_mb.product.object[0], output)
+            record.update(engine=engine, one_process_seconds_per_epoch=one_mb,
+                          speedup_vs_one_process=one_mb / record["seconds_per_epoch"])  # fmt: skip
+            records.append(record)
+            emit(record)
     for ranks in (2, 4, 16, 64, 256):
         emit({"model": "1e5 frames, 256 x 256, step 64 px", **bytes_model(ranks=ranks)})
     halo, plain = records[1], records[2]
@@ -97,7 +124,9 @@ def main() -> None:
           "max_rel_difference": max(r["max_rel_difference_vs_one_process"] for r in records),
           "allreduce_over_halo_bytes_2_ranks":
               plain["MB_sent_per_epoch_per_rank_max"] / halo["MB_sent_per_epoch_per_rank_max"],
-          "model_ratio_64_ranks": bytes_model(ranks=64)["ratio"]})  # fmt: skip
+          "model_ratio_64_ranks": bytes_model(ranks=64)["ratio"],
+          **{f"speedup_2_ranks_{r['engine']}": r["speedup_vs_one_process"]
+             for r in records if "engine" in r}})  # fmt: skip
 
 
 if __name__ == "__main__":

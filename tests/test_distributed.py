@@ -4,9 +4,13 @@ one-process engine, a failing rank, the CLI."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 
 import h5py
 import numpy as np
+import psutil
 import pytest
 import torch
 
@@ -16,7 +20,7 @@ from edgeray.ptycho.distributed import launch, ownership, partition
 from edgeray.ptycho.mlcg import MLCGOptions
 from edgeray.ptycho.ops import split_positions
 from edgeray.ptycho.problem import object_grid
-from edgeray.ptycho.reconstruct import run
+from edgeray.ptycho.reconstruct import default_options, run
 from edgeray.sim import PtychoSimConfig, simulate_ptycho
 
 
@@ -70,6 +74,51 @@ def test_two_gloo_ranks_equal_one_process_to_float32_round_off(scan_file, tmp_pa
     assert epoch["halo_exchange"]["bytes"] < 2 * object_bytes  # two object-shaped sums, strips only
 
 
+@pytest.mark.parametrize("engine", ["lsqml", "rpie", "epie"])
+def test_mini_batch_engines_on_two_ranks_equal_one_process(scan_file, tmp_path, engine):
+    options = default_options(engine, batch_size=64)  # five batches per epoch, each split between the ranks
+    serial = run(read_cxi(scan_file), engine, 4, options=options)
+    summary = launch(2, scan_file, tmp_path / "two.h5", 4, options, engine=engine)
+    product = read_product(tmp_path / "two.h5")
+    reference = serial.product.object[0]
+    difference = np.abs(product.object[0] - reference).max() / np.abs(reference).max()
+    assert difference < 2e-4, difference  # measured 1e-5 to 4e-5 after 5 epochs
+    assert np.abs(product.probe - serial.product.probe).max() / np.abs(serial.product.probe).max() < 1e-4
+    np.testing.assert_allclose(summary["cost"], serial.history.cost, rtol=1e-5)
+    assert product.attrs["engine"] == engine and summary["engine"] == engine
+    epoch = summary["communication"][0]["epochs"][0]
+    assert epoch["halo_exchange"]["calls"] >= 5 * 2  # per batch: illumination and direction at least
+
+
+def test_a_killed_rank_ends_the_run_with_a_clear_error_and_no_product(scan_file, tmp_path):
+    output = tmp_path / "killed.h5"
+    command = [sys.executable, "-m", "edgeray", "ptycho", "reconstruct", str(scan_file), "-o", str(output),
+               "--engine", "mlcg", "--epochs", "100000", "--nproc", "2"]  # fmt: skip
+    started = time.monotonic()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        ranks = []
+        while len(ranks) < 2 and time.monotonic() - started < 120:  # the two rank processes, once started
+            time.sleep(0.5)
+            children = psutil.Process(process.pid).children()
+            ranks = [c for c in children if "spawn_main" in " ".join(c.cmdline())]
+        assert len(ranks) == 2, "the ranks did not start"
+        time.sleep(5)  # into the epochs
+        assert process.poll() is None
+        ranks[1].kill()
+        killed = time.monotonic()
+        out, _ = process.communicate(timeout=90)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert time.monotonic() - killed < 90
+    assert process.returncode != 0
+    assert "died" in out and "no product written" in out, out[-2000:]
+    assert not output.exists() and not output.with_suffix(".json").exists()
+    for rank in ranks:
+        assert not rank.is_running() or rank.status() == psutil.STATUS_ZOMBIE
+
+
 def test_a_failing_rank_stops_every_rank_with_a_clear_error_and_no_product(tmp_path):
     scan = simulate_ptycho(PtychoSimConfig(n_positions=200, seed=2))
     scan.frames = scan.frames.astype(np.float32)
@@ -88,5 +137,6 @@ def test_cli_nproc_writes_product_and_communication_log(scan_file, tmp_path):
                  "--nproc", "2"]) == 0  # fmt: skip
     summary = json.loads(output.with_suffix(".json").read_text())
     assert summary["ranks"] == 2 and summary["frames_per_s"] > 0 and len(summary["communication"][1]["epochs"]) == 2
-    status = main(["ptycho", "reconstruct", str(scan_file), "-o", str(output), "--nproc", "2"])  # lsqml: refused
-    assert status == 2
+    refused = main(["ptycho", "reconstruct", str(scan_file), "-o", str(tmp_path / "no.h5"), "--nproc", "2",
+                    "--position-correction"])  # fmt: skip
+    assert refused == 2 and not (tmp_path / "no.h5").exists()

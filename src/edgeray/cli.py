@@ -185,24 +185,27 @@ def cmd_view(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------------------------------------- ptycho
 def _ptycho_distributed(args: argparse.Namespace, options) -> int:
-    """``--nproc N`` (this command starts the ranks) or ``--distributed`` (under torchrun): ML-CG across ranks."""
+    """``--nproc N`` (this command starts the ranks) or ``--distributed`` (under torchrun): any engine across
+    ranks (ML-CG is PtyGer's scheme)."""
     from edgeray.ptycho import distributed
 
-    if args.engine != "mlcg":
-        raise ValueError(f"distributed reconstruction runs the mlcg engine (PtyGer's), not {args.engine}: add "
-                         "--engine mlcg")  # fmt: skip
+    if args.position_correction:
+        raise ValueError("--position-correction is not distributed yet: run it without --nproc/--distributed")
     if args.nproc and args.distributed:
         raise ValueError("--nproc starts its own ranks; --distributed is for torchrun: give one of the two")
     if not args.scan.is_file():
         raise FileNotFoundError(f"{args.scan}: no such scan file")
     if args.distributed:
         distributed.init_process_group(args.device)
-        summary = distributed.run_rank(args.scan, args.output, args.epochs, options, args.device)
+        summary = distributed.run_rank(args.scan, args.output, args.epochs, options, args.device,
+                                       engine=args.engine)  # fmt: skip
         if distributed.dist.get_rank() != 0:
             return 0
     else:
-        console.print(f"mlcg on {args.nproc} ranks (gloo, 127.0.0.1), {args.epochs} epochs")
-        summary = distributed.launch(args.nproc, args.scan, args.output, args.epochs, options, args.device)
+        backend = "nccl" if args.device.startswith("cuda") else "gloo"
+        console.print(f"{args.engine} on {args.nproc} ranks ({backend}, 127.0.0.1), {args.epochs} epochs")
+        summary = distributed.launch(args.nproc, args.scan, args.output, args.epochs, options, args.device,
+                                     engine=args.engine)  # fmt: skip
     moved = sum(sum(e.get("halo_exchange", {}).get("bytes", 0) + e.get("all_reduce_probe", {}).get("bytes", 0)
                     for e in rank["epochs"]) for rank in summary["communication"])  # fmt: skip
     console.print(f"[green]wrote[/] {args.output} and {summary_path(args.output)}: {summary['ranks']} ranks, "
@@ -511,7 +514,8 @@ def cmd_tomo_train_denoiser(args: argparse.Namespace) -> int:
     config = TomoGANConfig(depth=args.depth, width=args.width, in_slices=args.in_slices)
     options = DenoiserOptions(steps=args.steps, batch_size=args.batch_size, patch=args.patch,
                               perceptual_weight=args.perceptual_weight, adversarial_weight=args.adversarial_weight,
-                              features=args.features, pixel_loss=args.pixel_loss, seed=args.seed)  # fmt: skip
+                              features=args.features, pixel_loss=args.pixel_loss, seed=args.seed,
+                              learning_rate=args.lr, device=args.device)  # fmt: skip
     with progress_bar("training TomoGAN", args.steps) as update:
         done = [0]
 
@@ -530,10 +534,11 @@ def cmd_tomo_train_denoiser(args: argparse.Namespace) -> int:
 
 def cmd_tomo_denoise(args: argparse.Namespace) -> int:
     from edgeray.io import read_reconstruction, write_reconstruction
-    from edgeray.nn.denoise import denoise_volume, load_denoiser
+    from edgeray.nn.denoise import denoise_volume, load_denoiser, resolve_device
 
     volume, params = read_reconstruction(args.input)
     model, card = load_denoiser(args.model)
+    model = model.to(resolve_device(args.device))
     started = time.perf_counter()
     with progress_bar("denoising", len(volume)) as update:
         done = [0]
@@ -939,8 +944,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--probe", type=Path, default=None, help="start probe file (.npy, CXI, product)")
     r.add_argument("--true-probe", action="store_true", help="start from a simulated file's ground-truth probe")
-    r.add_argument("--nproc", type=int, default=None, help="mlcg across N ranks started here (gloo on 127.0.0.1)")
-    r.add_argument("--distributed", action="store_true", help="mlcg as one rank of torchrun's process group")
+    r.add_argument("--nproc", type=int, default=None, help="run across N local ranks (gloo; NCCL on cuda)")
+    r.add_argument("--distributed", action="store_true", help="run as one rank of torchrun's process group")
     _add_cxi_flags(r)
     r.set_defaults(func=cmd_ptycho_reconstruct)
 
@@ -1037,6 +1042,8 @@ def build_parser() -> argparse.ArgumentParser:
     td.add_argument("--adversarial-weight", type=float, default=1e-3, help="adversarial loss weight (0: off)")
     td.add_argument("--features", default="own", help="perceptual features: own, none, or a VGG19 weights file")
     td.add_argument("--pixel-loss", choices=("mse", "l1"), default="mse", help="the pixel term of the loss")
+    td.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (cosine schedule down to 1/20)")
+    td.add_argument("--device", default="auto", help="cpu, cuda or auto (CUDA when there is one)")
     td.add_argument("--seed", type=int, default=0)
     td.set_defaults(func=cmd_tomo_train_denoiser)
 
@@ -1044,6 +1051,7 @@ def build_parser() -> argparse.ArgumentParser:
     tn.add_argument("input", type=Path, help="reconstruction file, /exchange/data (slices, Y, X)")
     tn.add_argument("-o", "--output", type=Path, required=True, help="denoised reconstruction file")
     tn.add_argument("--model", type=Path, default=None, help="denoiser directory (default: the shipped one)")
+    tn.add_argument("--device", default="auto", help="cpu, cuda or auto (CUDA when there is one)")
     tn.set_defaults(func=cmd_tomo_denoise)
 
     loader = groups.add_parser("loader", help="training-data loader: policies at scale (plans only, no data)")

@@ -182,6 +182,8 @@ class DenoiserOptions:
         features: perceptual feature network: ``own`` (trained here on the clean slices), a path to VGG19 weights
             (torchvision layout), or ``none``.
         holdout: fraction of slices (the last ones) kept out of training for the validation figure.
+        device: ``cpu`` or ``cuda`` (``auto``: CUDA when there is one); float32 on both (TF32 convolutions on
+            CUDA where the GPU has them).
     """
 
     steps: int = 1500
@@ -195,6 +197,7 @@ class DenoiserOptions:
     features: str = "own"
     holdout: float = 0.25
     seed: int = 0
+    device: str = "cpu"
 
 
 def _feature_net(options: DenoiserOptions, clean: np.ndarray):
@@ -213,11 +216,11 @@ def _patches(noisy: torch.Tensor, clean: torch.Tensor, size: int, count: int, ge
     ``(count, 1, s, s)``."""
     n, _, height, width = noisy.shape
     size = min(size, height, width)
-    index = torch.randint(n, (count,), generator=generator)
-    top = torch.randint(height - size + 1, (count,), generator=generator)
-    left = torch.randint(width - size + 1, (count,), generator=generator)
-    rows = top[:, None] + torch.arange(size)[None, :]
-    cols = left[:, None] + torch.arange(size)[None, :]
+    index = torch.randint(n, (count,), generator=generator).to(noisy.device)
+    top = torch.randint(height - size + 1, (count,), generator=generator).to(noisy.device)
+    left = torch.randint(width - size + 1, (count,), generator=generator).to(noisy.device)
+    rows = top[:, None] + torch.arange(size, device=noisy.device)[None, :]
+    cols = left[:, None] + torch.arange(size, device=noisy.device)[None, :]
     inputs = noisy[index[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
     targets = clean[index[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
     return inputs.contiguous(), targets.contiguous()
@@ -238,6 +241,7 @@ def train_denoiser(
     """
     config = config or TomoGANConfig()
     options = options or DenoiserOptions()
+    device = resolve_device(options.device)
     pairs = read_pairs(pairs_path)
     start = time.perf_counter()
     torch.manual_seed(options.seed)
@@ -251,10 +255,12 @@ def train_denoiser(
     n_train = max(1, round(len(noisy) * (1 - options.holdout)))
     stacked = torch.from_numpy(
         np.concatenate([stack_neighbours(noisy[i : i + block], config.in_slices) for i in range(0, len(noisy), block)])
-    )
-    targets = torch.from_numpy(clean[:, None])
+    ).to(device)
+    targets = torch.from_numpy(clean[:, None]).to(device)
     features = _feature_net(options, clean[:n_train])
-    model, critic = UNet(config), PatchDiscriminator()
+    if features is not None:
+        features = features.to(device)
+    model, critic = UNet(config).to(device), PatchDiscriminator().to(device)
     g_opt = torch.optim.Adam(model.parameters(), lr=options.learning_rate)
     d_opt = torch.optim.Adam(critic.parameters(), lr=options.learning_rate)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(g_opt, options.steps, eta_min=options.learning_rate / 20)
@@ -298,8 +304,19 @@ def train_denoiser(
         "history": history,
         "parameters": sum(p.numel() for p in model.parameters()),
     }  # fmt: skip
-    save_denoiser(out_dir, model, card)
+    card["training"]["device"] = str(device)
+    save_denoiser(out_dir, model.cpu(), card)
     return card
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda[:k]`` or ``auto`` (CUDA when available) -> a device; ValueError for CUDA without one."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: this machine has no CUDA device (use --device cpu)")
+    return device
 
 
 def _validation_mse(model: UNet, inputs: torch.Tensor, targets: torch.Tensor) -> float:
@@ -377,7 +394,8 @@ def load_denoiser(directory: str | Path | None = None) -> tuple[UNet, dict]:
 
 
 def denoise_volume(volume: np.ndarray, model: UNet, batch: int = 4, progress: Callable[[int], None] | None = None):
-    """Denoise slices ``(S, H, W)`` (any scale) -> ``(S, H, W)`` float32 on the input's scale."""
+    """Denoise slices ``(S, H, W)`` (any scale) -> ``(S, H, W)`` float32 on the input's scale, on the model's
+    device."""
     volume = np.asarray(volume, dtype=np.float32)
     if volume.ndim == 2:
         volume = volume[None]
@@ -385,10 +403,11 @@ def denoise_volume(volume: np.ndarray, model: UNet, batch: int = 4, progress: Ca
         raise ValueError(f"slices must be (slices, Y, X), not shape {volume.shape}")
     normalized, low, high = normalize_slices(volume)
     stacked = torch.from_numpy(stack_neighbours(normalized, model.config.in_slices))
+    device = next(model.parameters()).device
     out = np.empty_like(normalized)
     with torch.inference_mode():
         for first in range(0, len(stacked), batch):
-            out[first : first + batch] = model(stacked[first : first + batch])[:, 0].numpy()
+            out[first : first + batch] = model(stacked[first : first + batch].to(device))[:, 0].cpu().numpy()
             if progress:
                 progress(min(batch, len(stacked) - first))
     return out * (high - low) + low

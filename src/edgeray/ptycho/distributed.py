@@ -1,4 +1,5 @@
-"""Reconstruction across ranks: PtyGer's hybrid parallelization of ML-CG on ``torch.distributed``.
+"""Reconstruction across ranks: PtyGer's hybrid parallelization of ML-CG on ``torch.distributed`` (and the
+mini-batch engines, LSQML and (r/e)PIE, on the same tiles).
 
 The scan positions are split into compact tiles of balanced frame counts (recursive bisection along the longer
 side). Each rank reads only its tile's frames from the CXI file and holds only the part of the object its frames
@@ -13,6 +14,12 @@ touch (its tile plus a halo one probe wide). Per ML-CG iteration:
 So every rank's copy of an object pixel stays equal, and the result equals the one-process engine's up to the
 order of float32 sums. gloo on CPU, NCCL on CUDA; the same code runs with one rank. A communication log per
 epoch (bytes and seconds per kind of exchange, seconds of compute) goes into the summary.
+
+LSQML and (r/e)PIE update the object and probe once per mini-batch: every rank draws the one-process engine's
+random batches (same seed) and takes its own frames of each; the batch's object-shaped sums (illumination,
+update directions) are completed by the same halo exchange, its probe-shaped sums and per-batch maxima by
+all-reduce. So they too equal their one-process runs up to float32 round-off, at the price of a halo exchange
+per batch rather than per epoch.
 """
 
 from __future__ import annotations
@@ -29,9 +36,11 @@ import torch
 import torch.distributed as dist
 
 from edgeray.io import CXIFile, PtychoScan
-from edgeray.ptycho.engine import State
-from edgeray.ptycho.mlcg import MLCGEngine, MLCGOptions
+from edgeray.ptycho.engine import EngineOptions, State
+from edgeray.ptycho.lsqml import LSQMLEngine
+from edgeray.ptycho.mlcg import MLCGEngine
 from edgeray.ptycho.ops import split_positions
+from edgeray.ptycho.pie import PIEEngine
 from edgeray.ptycho.problem import Problem, add_probe_modes, initial_probe, object_grid, prepare
 
 
@@ -117,41 +126,58 @@ class CommLog:
         self.current = {}
 
 
-class DistributedMLCG(MLCGEngine):
-    """ML-CG on one rank's tile; the hooks of :class:`MLCGEngine` reduce across the process group."""
+class DistributedEngine:
+    """What makes an engine distributed: mixed in before an engine class, it implements the engine's reduction
+    hooks (:meth:`~edgeray.ptycho.engine.Engine.sum_object` and the others) across the process group, and gives
+    the mini-batch engines the one-process engine's batches, each rank taking its own frames of every batch.
+    Construct with ``(problem, state, options, tiles, rank, exchange)``; ``problem`` holds this rank's frames."""
 
-    name = "mlcg"
-
-    def __init__(self, problem: Problem, state: State, options: MLCGOptions, tiles: list[Tile], rank: int,
+    def __init__(self, problem: Problem, state: State, options, tiles: list[Tile], rank: int,
                  exchange: str = "halo"):  # fmt: skip
         if exchange not in ("halo", "allreduce"):
             raise ValueError(f"exchange must be 'halo' or 'allreduce', not {exchange!r}")
+        if options.position_correction:
+            raise ValueError("position correction is not distributed yet: run it in one process")
         self.tiles, self.rank, self.exchange = tiles, rank, exchange
         self.log = CommLog()
         self.neighbours = [(t, o) for t in tiles if t.rank != rank and (o := _overlap(tiles[rank], t)) is not None]
         super().__init__(problem, state, options)
         self.owned = ownership(tiles, rank).to(problem.device)
         self.data_norm = self.combine_costs([self.data_norm])[0]
+        n_frames = sum(len(t.frames) for t in tiles)
+        local = torch.full((n_frames,), -1, dtype=torch.long)
+        local[torch.from_numpy(tiles[rank].frames)] = torch.arange(len(tiles[rank].frames))
+        self.local_index = local.to(problem.device)  # global frame -> this rank's frame, -1 for the others'
 
     def _timed(self, kind: str, n_bytes: int, work) -> None:
         start = time.perf_counter()
         work()
         self.log.add(kind, n_bytes, time.perf_counter() - start)
 
+    def batches(self) -> list[torch.Tensor]:
+        """The one-process engine's batches (same seed: same random partition of every frame of the scan),
+        each reduced to this rank's frames (possibly none)."""
+        order = torch.from_numpy(self.rng.permutation(len(self.local_index))).to(self.problem.device)
+        size = max(1, min(self.options.batch_size, len(self.local_index)))
+        local = [self.local_index[batch] for batch in torch.split(order, size)]
+        return [torch.sort(batch[batch >= 0]).values for batch in local]
+
     def combine_costs(self, values: list[float]) -> list[float]:
         tensor = torch.tensor(values, dtype=torch.float64, device=self.problem.device)
         self._timed("all_reduce_scalars", tensor.numel() * 8, lambda: dist.all_reduce(tensor))
         return [float(v) for v in tensor.cpu()]
 
-    def combine_gradient(self, object_parts: list[torch.Tensor], probe_parts: list[torch.Tensor]) -> None:
-        for part in probe_parts:
-            self._timed("all_reduce_probe", part.numel() * part.element_size(), lambda p=part: dist.all_reduce(p))
-        for part in object_parts:
-            if self.exchange == "halo":
-                self._halo_exchange(part)
-            else:  # the plain scheme, for comparison: every rank holds and all-reduces the whole object
-                n_bytes = part.numel() * part.element_size()
-                self._timed("all_reduce_object", n_bytes, lambda p=part: dist.all_reduce(p))
+    def sum_probe(self, partial: torch.Tensor) -> torch.Tensor:
+        self._timed("all_reduce_probe", partial.numel() * partial.element_size(), lambda: dist.all_reduce(partial))
+        return partial
+
+    def sum_object(self, partial: torch.Tensor) -> torch.Tensor:
+        if self.exchange == "halo":
+            self._halo_exchange(partial)
+        else:  # the plain scheme, for comparison: every rank holds and all-reduces the whole object
+            n_bytes = partial.numel() * partial.element_size()
+            self._timed("all_reduce_object", n_bytes, lambda: dist.all_reduce(partial))
+        return partial
 
     def _halo_exchange(self, local: torch.Tensor) -> None:
         """Add the neighbours' partial sums on each overlap to ``local`` (in place)."""
@@ -170,20 +196,41 @@ class DistributedMLCG(MLCGEngine):
         self.log.add("halo_exchange", n_bytes, time.perf_counter() - start)
 
     def global_max(self, value: torch.Tensor) -> torch.Tensor:
-        result = value.max().reshape(1).clone()
+        mine = value.max() if value.numel() else torch.tensor(-torch.inf, dtype=value.dtype, device=value.device)
+        result = mine.reshape(1).clone()
         self._timed("all_reduce_max", result.element_size(), lambda: dist.all_reduce(result, op=dist.ReduceOp.MAX))
         return result[0]
-
-    def dot(self, a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-        object_part = float(((a[0].conj() * b[0]).real * self.owned).sum())
-        probe_part = float((a[1].conj() * b[1]).real.sum())  # the probe is the same on every rank
-        return self.combine_costs([object_part])[0] + probe_part
 
     def epoch(self) -> float:
         start = time.perf_counter()
         misfit = super().epoch()
         self.log.close_epoch(time.perf_counter() - start)
         return misfit
+
+
+class DistributedMLCG(DistributedEngine, MLCGEngine):
+    """ML-CG on one rank's tile: PtyGer's scheme (gradient halo exchange, all-reduced line-search costs)."""
+
+    def dot(self, a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+        object_part = float(((a[0].conj() * b[0]).real * self.owned).sum())
+        probe_part = float((a[1].conj() * b[1]).real.sum())  # the probe is the same on every rank
+        return self.combine_costs([object_part])[0] + probe_part
+
+
+class DistributedLSQML(DistributedEngine, LSQMLEngine):
+    """LSQML mini-batches across ranks: each global batch's sums completed by halo exchange and all-reduce."""
+
+
+class DistributedPIE(DistributedEngine, PIEEngine):
+    """(r/e)PIE mini-batches across ranks, likewise."""
+
+
+def engine_class(engine: str) -> type:
+    """The distributed class of ``engine`` (``mlcg``, ``lsqml``, ``rpie`` or ``epie``)."""
+    classes = {"mlcg": DistributedMLCG, "lsqml": DistributedLSQML, "rpie": DistributedPIE, "epie": DistributedPIE}
+    if engine not in classes:
+        raise ValueError(f"unknown engine {engine!r}; distributed engines: {', '.join(classes)}")
+    return classes[engine]
 
 
 def _global_scan(cxi: CXIFile) -> PtychoScan:
@@ -193,11 +240,12 @@ def _global_scan(cxi: CXIFile) -> PtychoScan:
                       probe=cxi.probe)  # fmt: skip
 
 
-def reconstruct_rank(path: str | Path, epochs: int, options: MLCGOptions, device: str = "cpu",
-                     exchange: str = "halo") -> dict:  # fmt: skip
-    """Run this process's share of a distributed ML-CG reconstruction of the CXI file ``path`` (the process
-    group must be initialized). ``exchange``: ``halo`` (PtyGer's) or ``allreduce`` (every rank holds the whole
-    object and all-reduces its gradient: the plain scheme, for comparison). Returns ``{"object": (Y, X)
+def reconstruct_rank(path: str | Path, epochs: int, options: EngineOptions, device: str = "cpu",
+                     exchange: str = "halo", engine: str = "mlcg") -> dict:  # fmt: skip
+    """Run this process's share of a distributed reconstruction of the CXI file ``path`` with ``engine``
+    (``mlcg``, ``lsqml``, ``rpie``, ``epie``; the process group must be initialized). ``exchange``: ``halo``
+    (PtyGer's) or ``allreduce`` (every rank holds the whole object and all-reduces its sums: the plain scheme,
+    for comparison). Returns ``{"object": (Y, X)
     complex64 on rank 0 else None, "probe", "problem" (this rank's), "grid" (the global object grid), "log",
     "tiles", "history"}``."""
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -230,10 +278,12 @@ def reconstruct_rank(path: str | Path, epochs: int, options: MLCGOptions, device
         probe = torch.as_tensor(np.asarray(header.probe, dtype=np.complex64)).reshape(-1, *problem.frame_shape)
         probe = add_probe_modes(probe.to(problem.device), options.n_probe_modes)
     obj = torch.ones(mine.shape, dtype=torch.complex64, device=problem.device)
-    engine = DistributedMLCG(problem, State(obj, probe, problem.positions_px.clone()), options, tiles, rank, exchange)
-    history = engine.run(epochs)
-    assembled = _assemble(engine.state.object, tiles, rank, grid.object_shape, engine.owned)
-    return {"object": assembled, "probe": engine.state.probe, "log": engine.log, "tiles": tiles,
+    runner = engine_class(engine)(problem, State(obj, probe, problem.positions_px.clone()), options, tiles, rank,
+                                  exchange)  # fmt: skip
+    runner.name = engine
+    history = runner.run(epochs)
+    assembled = _assemble(runner.state.object, tiles, rank, grid.object_shape, runner.owned)
+    return {"object": assembled, "probe": runner.state.probe, "log": runner.log, "tiles": tiles,
             "history": history, "grid": grid, "problem": problem}  # fmt: skip
 
 
@@ -278,8 +328,8 @@ def _gather_json(record: dict) -> list[dict]:
     return [json.loads(bytes(b[: int(n.item())].cpu().tolist())) for b, n in zip(buffers, sizes, strict=True)]
 
 
-def run_rank(path: str | Path, output: str | Path, epochs: int, options: MLCGOptions, device: str = "cpu",
-             exchange: str = "halo") -> dict:  # fmt: skip
+def run_rank(path: str | Path, output: str | Path, epochs: int, options: EngineOptions, device: str = "cpu",
+             exchange: str = "halo", engine: str = "mlcg") -> dict:  # fmt: skip
     """Every rank calls this (process group initialized): reconstruct; once every rank has finished, rank 0 writes
     the product ``output`` and its JSON summary (with every rank's communication log). Returns the summary."""
     import json
@@ -289,12 +339,12 @@ def run_rank(path: str | Path, output: str | Path, epochs: int, options: MLCGOpt
 
     rank, world = dist.get_rank(), dist.get_world_size()
     started = time.perf_counter()
-    result = reconstruct_rank(path, epochs, options, device, exchange)
+    result = reconstruct_rank(path, epochs, options, device, exchange, engine)
     seconds = time.perf_counter() - started
     mine = result["tiles"][rank]
     logs = _gather_json({"rank": rank, "frames": len(mine.frames), "box": mine.box, "epochs": result["log"].epochs})
     dist.barrier()  # the product is written only once every rank has finished
-    summary = {"seconds": seconds, "ranks": world, "engine": "mlcg", "exchange": exchange,
+    summary = {"seconds": seconds, "ranks": world, "engine": engine, "exchange": exchange,
                "epochs": len(result["history"].cost), "backend": dist.get_backend(), "cost": result["history"].cost,
                "communication": logs}  # fmt: skip
     if rank == 0:
@@ -305,7 +355,7 @@ def run_rank(path: str | Path, output: str | Path, epochs: int, options: MLCGOpt
         problem = dataclasses.replace(problem, object_shape=grid.object_shape, origin_m=grid.origin_m,
                                       positions_px=torch.from_numpy(grid.positions_px))  # fmt: skip
         state = State(torch.from_numpy(result["object"]), result["probe"].cpu(), problem.positions_px)
-        product = to_product(state, problem, result["history"], "mlcg", options, seconds)
+        product = to_product(state, problem, result["history"], engine, options, seconds)
         product.attrs["ranks"] = world
         write_product(output, product)
         Path(output).with_suffix(".json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
@@ -317,10 +367,10 @@ def _spawned(rank: int, world: int, port: int, args: tuple) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))  # fmt: skip
     torch.set_num_threads(1)
-    path, output, epochs, options, device, timeout_s, exchange, errors = args
+    path, output, epochs, options, device, timeout_s, exchange, engine, errors = args
     try:
         init_process_group(device, timeout_s)
-        run_rank(path, output, epochs, options, device, exchange)
+        run_rank(path, output, epochs, options, device, exchange, engine)
     except Exception as error:  # noted for launch(): the first cause, not the others' broken connections
         secondary = isinstance(error, dist.DistError) or "closed by peer" in str(error) or "gloo" in str(error)
         Path(errors, f"{'later' if secondary else 'cause'}-rank{rank}.txt").write_text(
@@ -332,8 +382,9 @@ def _spawned(rank: int, world: int, port: int, args: tuple) -> None:
             dist.destroy_process_group()
 
 
-def launch(nproc: int, path: str | Path, output: str | Path, epochs: int, options: MLCGOptions,
-           device: str = "cpu", timeout_s: float = 60.0, exchange: str = "halo") -> dict:  # fmt: skip
+def launch(nproc: int, path: str | Path, output: str | Path, epochs: int, options: EngineOptions,
+           device: str = "cpu", timeout_s: float = 60.0, exchange: str = "halo",
+           engine: str = "mlcg") -> dict:  # fmt: skip
     """Start ``nproc`` ranks on this machine (gloo, 127.0.0.1) and run the reconstruction; returns rank 0's summary.
 
     A rank that raises or is killed stops the others (they are terminated) and this raises
@@ -349,7 +400,7 @@ def launch(nproc: int, path: str | Path, output: str | Path, epochs: int, option
         probe_socket.bind(("127.0.0.1", 0))
         port = probe_socket.getsockname()[1]
     with tempfile.TemporaryDirectory() as errors:
-        arguments = (str(path), str(output), epochs, options, device, timeout_s, exchange, errors)
+        arguments = (str(path), str(output), epochs, options, device, timeout_s, exchange, engine, errors)
         try:
             mp.spawn(_spawned, args=(nproc, port, arguments), nprocs=nproc, join=True)
         except mp.ProcessRaisedException as error:

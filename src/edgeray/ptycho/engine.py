@@ -228,9 +228,11 @@ class Engine:
             misfit = self.epoch()
             if self.state.probe.shape[0] > 1:
                 self.state.probe = orthogonalize_modes(self.state.probe)
+            # one decision for every rank of a distributed run: the misfit and non-finite pixels of all of them
+            misfit, broken = self.combine_costs([misfit, float(not bool(torch.isfinite(self.state.object).all()))])
             seconds = time.perf_counter() - start
             cost = misfit / self.data_norm
-            finite = math.isfinite(cost) and bool(torch.isfinite(self.state.object).all())
+            finite = math.isfinite(cost) and broken == 0
             if not finite or cost > self.options.divergence_factor * best:
                 self.state = good
                 self.history.stopped = (
@@ -248,6 +250,24 @@ class Engine:
             if observer:
                 observer(self.state)
         return self.history
+
+    # What a distributed run reduces across ranks (see edgeray.ptycho.distributed): the engines call these
+    # hooks wherever they sum over frames; in one process there is nothing to do.
+    def combine_costs(self, values: list[float]) -> list[float]:
+        """Sums over every frame of the scan, from this process's partial sums."""
+        return values
+
+    def sum_object(self, partial: torch.Tensor) -> torch.Tensor:
+        """An object-shaped sum over this process's frames -> the sum over every frame (in place)."""
+        return partial
+
+    def sum_probe(self, partial: torch.Tensor) -> torch.Tensor:
+        """A probe-shaped sum over this process's frames -> the sum over every frame (in place)."""
+        return partial
+
+    def global_max(self, value: torch.Tensor) -> torch.Tensor:
+        """The largest element of ``value`` over every process (``value`` may be empty on some)."""
+        return value.max()
 
     # Shared pieces ---------------------------------------------------------------------------------------
     def forward(self, index: torch.Tensor, probe_spectrum: torch.Tensor) -> Batch:

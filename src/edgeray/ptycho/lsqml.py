@@ -46,17 +46,18 @@ class LSQMLEngine(Engine):
             if self.correct_positions_now():
                 self.position_step(batch, chi, spectrum)
             probe_power = abs2(batch.probes).sum(dim=1)
-            illumination = scatter_patches(probe_power, batch.patch_index, shape)
-            regularizer = options.delta_object * illumination.max()
-            direction = scatter_patches((batch.probes.conj() * chi).sum(dim=1), batch.patch_index, shape)
+            illumination = self.sum_object(scatter_patches(probe_power, batch.patch_index, shape))
+            regularizer = options.delta_object * self.global_max(illumination)
+            direction = self.sum_object(scatter_patches((batch.probes.conj() * chi).sum(dim=1), batch.patch_index,
+                                                        shape))  # fmt: skip
             direction = direction / (illumination + regularizer)
             u = batch.probes * extract_patches(direction, batch.patch_index)[:, None]
             # The 2 x 2 normal equations are solved in float64: in float32 their determinant cancels badly.
             a11 = abs2(u).sum(dim=dims).double()
             b1 = (u.conj() * chi).real.sum(dim=dims).double()
             if refine_probe:
-                weight = abs2(batch.patches).sum(dim=0)
-                probe_direction = unshift_sum(batch.patches.conj()[:, None] * chi, batch.ramps)
+                weight = self.sum_probe(abs2(batch.patches).sum(dim=0))
+                probe_direction = self.sum_probe(unshift_sum(batch.patches.conj()[:, None] * chi, batch.ramps))
                 probe_direction = probe_direction / (weight + options.delta_probe * weight.max())
                 v = shifted_probes(torch.fft.fft2(probe_direction), batch.ramps) * batch.patches[:, None]
                 a22 = abs2(v).sum(dim=dims).double()
@@ -67,11 +68,13 @@ class LSQMLEngine(Engine):
                 step_object = ((a22 + ridge) * b1 - a12 * b2) / det
                 step_probe = ((a11 + ridge) * b2 - a12 * b1) / det
                 step_probe = step_probe.clamp(0, options.max_step)
-                self.state.probe = self.state.probe + float(step_probe.mean()) * probe_direction
+                total, count = self.combine_costs([float(step_probe.sum()), float(len(step_probe))])
+                self.state.probe = self.state.probe + total / count * probe_direction
             else:
-                step_object = b1 / (a11 + 1e-6 * a11.max() + 1e-30)
+                step_object = b1 / (a11 + 1e-6 * self.global_max(a11) + 1e-30)
             step_object = step_object.clamp(0, options.max_step).to(probe_power.dtype)
             # Per-pixel average of the frames' object steps, weighted by their illumination.
-            weighted = scatter_patches(step_object[:, None, None] * probe_power, batch.patch_index, shape)
+            weighted = self.sum_object(scatter_patches(step_object[:, None, None] * probe_power, batch.patch_index,
+                                                       shape))  # fmt: skip
             self.state.object = self.state.object + weighted / (illumination + regularizer) * direction
         return misfit

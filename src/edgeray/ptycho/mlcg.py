@@ -70,16 +70,12 @@ class MLCGEngine(Engine):
                 total += float(self._cost_of(Batch(self.problem, state, index, spectrum)))
         return self.combine_costs([total])[0]
 
-    # What a distributed run reduces across ranks (see edgeray.ptycho.distributed); one process: nothing to do.
-    def combine_costs(self, values: list[float]) -> list[float]:
-        """Sums over every frame of the scan, from this process's partial sums."""
-        return values
-
     def combine_gradient(self, object_parts: list[torch.Tensor], probe_parts: list[torch.Tensor]) -> None:
         """Make the object-shaped and probe-shaped partial sums (in place) sums over every frame."""
-
-    def global_max(self, value: torch.Tensor) -> torch.Tensor:
-        return value.max()
+        for part in probe_parts:
+            self.sum_probe(part)
+        for part in object_parts:
+            self.sum_object(part)
 
     def dot(self, a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
         """Real inner product of ``[object, probe]`` pairs."""
@@ -106,7 +102,7 @@ class MLCGEngine(Engine):
                 probe_weight += abs2(batch.patches).sum(dim=0)
         grads = [obj.grad, probe.grad if probe.grad is not None else torch.zeros_like(probe)]
         self.combine_gradient([grads[0], illumination], [grads[1], probe_weight])
-        cost, misfit = self.combine_costs([cost, misfit])
+        cost = self.combine_costs([cost])[0]  # the misfit: this process's, as every engine's (run() sums it)
         precondition = [
             1.0 / (illumination + self.options.delta_object * self.global_max(illumination)),
             1.0 / (probe_weight + self.options.delta_probe * probe_weight.max()),

@@ -52,17 +52,18 @@ class PIEEngine(Engine):
             chi = batch.exit_wave_update(self.problem)
             if self.correct_positions_now():
                 self.position_step(batch, chi, spectrum)
-            numerator = scatter_patches((batch.probes.conj() * chi).sum(dim=1), batch.patch_index, shape)
-            illumination = scatter_patches(abs2(batch.probes).sum(dim=1), batch.patch_index, shape)
+            numerator = self.sum_object(scatter_patches((batch.probes.conj() * chi).sum(dim=1), batch.patch_index,
+                                                        shape))  # fmt: skip
+            illumination = self.sum_object(scatter_patches(abs2(batch.probes).sum(dim=1), batch.patch_index, shape))
             # alpha weighs the brightest pixel of ONE frame's probe, as in sequential (r)PIE: the batch's summed
             # illumination would shrink the steps of every frame that does not overlap another in the batch.
             a = options.alpha_object
-            single = float(abs2(batch.probes).sum(dim=1).amax())
+            single = float(self.global_max(abs2(batch.probes).sum(dim=1)))
             denominator = (1 - a) * illumination + a * single
-            object_step = options.step_object * numerator / (denominator + 1e-12 * illumination.max())
+            object_step = options.step_object * numerator / (denominator + 1e-12 * self.global_max(illumination))
             if refine_probe:
-                probe_numerator = unshift_sum(batch.patches.conj()[:, None] * chi, batch.ramps)
-                weight = abs2(batch.patches).sum(dim=0)
+                probe_numerator = self.sum_probe(unshift_sum(batch.patches.conj()[:, None] * chi, batch.ramps))
+                weight = self.sum_probe(abs2(batch.patches).sum(dim=0))
                 b = options.alpha_probe
                 probe_denominator = (1 - b) * weight + b * weight.max()
                 self.state.probe = self.state.probe + options.step_probe * probe_numerator / (
