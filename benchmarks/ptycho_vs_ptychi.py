@@ -8,6 +8,7 @@ torchvision, which does not import beside the CPU torch 2.13 build EdgeRay insta
 
     python benchmarks/ptycho_vs_ptychi.py --quick       # 900 frames of 64x64 and the real near-field scan
     python benchmarks/ptycho_vs_ptychi.py               # adds 3600 frames of 128x128
+    python benchmarks/ptycho_vs_ptychi.py --device cuda --peers-python python3   # on a GPU: 3600x128x128 only
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import argparse
 import json
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -85,7 +87,8 @@ def summarize(case, tool, engine, seconds, errors, n_frames, cost) -> dict:
     }
 
 
-def run_ours(case, scan, engine, epochs, geometry, probe, batch, threads) -> tuple[dict, np.ndarray, np.ndarray]:
+def run_ours(case, scan, engine, epochs, geometry, probe, batch, threads,
+             device: str = "cpu") -> tuple[dict, np.ndarray, np.ndarray]:  # fmt: skip
     torch.set_num_threads(threads)
     grid = object_grid(scan, geometry)
     pixel, centre = grid.pixel_size_m, grid.center_m
@@ -94,11 +97,11 @@ def run_ours(case, scan, engine, epochs, geometry, probe, batch, threads) -> tup
 
     def observe(state: State) -> None:
         if scan.ground_truth is not None:
-            errors.append(object_error(state.object.numpy(), scan, pixel, centre, lit))
+            errors.append(object_error(state.object.detach().cpu().numpy(), scan, pixel, centre, lit))
         else:
             errors.append(None)
 
-    result = run(scan, engine, epochs, geometry=geometry, probe=probe, batch_size=batch, observer=observe)
+    result = run(scan, engine, epochs, device, geometry=geometry, probe=probe, batch_size=batch, observer=observe)
     obj, probe_out = result.product.object[0], result.product.probe
     cost = misfit(scan, geometry, obj, probe_out)
     return summarize(case, "edgeray", engine, result.history.seconds, errors, scan.n_frames, cost), obj, probe_out
@@ -205,7 +208,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--peers-python", default=str(ROOT / ".venv-peers" / "bin" / "python"))
     parser.add_argument("--figure", type=Path, default=ROOT / "docs" / "img" / "petra_nearfield_vs_ptychi.png")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu, or cuda: both tools on the GPU, 3600 frames of 128x128 only (the GPU target)",
+    )
     args = parser.parse_args()
+    gpu = args.device.startswith("cuda")
     emit(
         {
             "benchmark": "ptycho_vs_ptychi",
@@ -216,12 +225,14 @@ def main() -> None:
             "date": time.strftime("%Y-%m-%d"),
         }
     )
+    args.peers_python = shutil.which(args.peers_python) or args.peers_python  # a path, or a name on PATH
     if not Path(args.peers_python).exists():
         emit({"error": f"no pty-chi environment at {args.peers_python}: run `make peers` first"})
         sys.exit(1)
 
-    cases = [("sim900x64", PtychoSimConfig(n_positions=900, frame_size=64, photons=1e5, seed=0), ["epie"])]
-    if not args.quick:
+    cases = [] if gpu else [("sim900x64", PtychoSimConfig(n_positions=900, frame_size=64, photons=1e5, seed=0),
+                             ["epie"])]  # fmt: skip
+    if not args.quick or gpu:
         cases.append(
             ("sim3600x128", PtychoSimConfig(n_positions=3600, frame_size=128, step_px=16, photons=1e5, seed=0), [])
         )
@@ -230,11 +241,13 @@ def main() -> None:
         probe = scan.ground_truth.probe
         records = []
         # The two LSQML runs go back to back, so that drifts in the shared machine's speed touch both alike.
-        for tool, engine in [("edgeray", "lsqml"), ("pty-chi", "lsqml"), ("edgeray", "rpie"), ("edgeray", "epie"),
-                             ("edgeray", "mlcg")] + [("pty-chi", e) for e in extra_ptychi]:  # fmt: skip
+        ours = ["lsqml", "mlcg"] if gpu else ["lsqml", "rpie", "epie", "mlcg"]
+        for tool, engine in [("edgeray", ours[0]), ("pty-chi", "lsqml")] + [("edgeray", e) for e in ours[1:]] + \
+                [("pty-chi", e) for e in extra_ptychi]:  # fmt: skip
             if tool == "edgeray":
                 batch = 512 if engine == "mlcg" else 96
-                record, _, _ = run_ours(case, scan, engine, args.epochs, Geometry(), probe, batch, args.threads)
+                record, _, _ = run_ours(case, scan, engine, args.epochs, Geometry(), probe, batch, args.threads,
+                                        args.device)  # fmt: skip
             else:
                 batch = 96 if engine == "lsqml" else 1
                 record, _ = run_ptychi(
@@ -243,6 +256,8 @@ def main() -> None:
             emit(record)
             records.append(record)
         ratio_lines(case, records)
+    if gpu:
+        return
 
     case = "petra_nearfield"
     scan = read_cxi(ROOT / "tests" / "data" / "petra3_p25_nearfield.cxi")
