@@ -19,6 +19,7 @@ from edgeray.nn.denoise import (
     denoise_volume,
     load_denoiser,
     read_pairs,
+    resolve_device,
     simulated_pairs,
     train_denoiser,
     write_pairs,
@@ -97,6 +98,15 @@ def test_bad_pairs_and_models_are_named(tmp_path):
 
     with pytest.raises(ValueError, match="not a TomoGAN model"):  # the ptychography surrogate, say
         load_denoiser(SHIPPED)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_asking_for_a_gpu_without_one_is_a_clear_error_before_any_work(tmp_path):
+    status = main(["tomo", "train-denoiser", "--simulate", "2", "--device", "cuda", "-o", str(tmp_path / "m")])
+    assert status == 2 and not any(tmp_path.iterdir())  # no pairs simulated, no model directory
+    assert resolve_device("auto").type == "cpu"
+    with pytest.raises(ValueError, match="no CUDA device"):
+        resolve_device("cuda")
 
 
 @pytest.mark.parametrize("shipped", [SHIPPED_DENOISER, SHIPPED_STREAM_DENOISER])

@@ -474,6 +474,7 @@ def cmd_tomo_recon(args: argparse.Namespace) -> int:
 def cmd_tomo_train_denoiser(args: argparse.Namespace) -> int:
     from edgeray.nn.denoise import (
         DenoiserOptions,
+        resolve_device,
         simulated_pairs,
         stream_pairs,
         tooth_pairs,
@@ -482,6 +483,7 @@ def cmd_tomo_train_denoiser(args: argparse.Namespace) -> int:
     )
     from edgeray.nn.tomogan import TomoGANConfig
 
+    device = str(resolve_device(args.device))  # before any work: a missing GPU is said at once
     started = time.perf_counter()
     pairs_path = args.pairs
     if pairs_path is None:
@@ -515,8 +517,8 @@ def cmd_tomo_train_denoiser(args: argparse.Namespace) -> int:
     options = DenoiserOptions(steps=args.steps, batch_size=args.batch_size, patch=args.patch,
                               perceptual_weight=args.perceptual_weight, adversarial_weight=args.adversarial_weight,
                               features=args.features, pixel_loss=args.pixel_loss, seed=args.seed,
-                              learning_rate=args.lr, device=args.device)  # fmt: skip
-    with progress_bar("training TomoGAN", args.steps) as update:
+                              learning_rate=args.lr, device=device)  # fmt: skip
+    with progress_bar(f"training TomoGAN ({device})", args.steps) as update:
         done = [0]
 
         def tick(n: int) -> None:
