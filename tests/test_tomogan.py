@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from edgeray.cli import main
+from edgeray.device import resolve_device
 from edgeray.metrics import ssim
 from edgeray.nn.denoise import (
     SHIPPED_DENOISER,
@@ -19,7 +20,6 @@ from edgeray.nn.denoise import (
     denoise_volume,
     load_denoiser,
     read_pairs,
-    resolve_device,
     simulated_pairs,
     train_denoiser,
     write_pairs,

@@ -472,9 +472,9 @@ def cmd_tomo_recon(args: argparse.Namespace) -> int:
 
 
 def cmd_tomo_train_denoiser(args: argparse.Namespace) -> int:
+    from edgeray.device import resolve_device
     from edgeray.nn.denoise import (
         DenoiserOptions,
-        resolve_device,
         simulated_pairs,
         stream_pairs,
         tooth_pairs,
@@ -535,8 +535,9 @@ def cmd_tomo_train_denoiser(args: argparse.Namespace) -> int:
 
 
 def cmd_tomo_denoise(args: argparse.Namespace) -> int:
+    from edgeray.device import resolve_device
     from edgeray.io import read_reconstruction, write_reconstruction
-    from edgeray.nn.denoise import denoise_volume, load_denoiser, resolve_device
+    from edgeray.nn.denoise import denoise_volume, load_denoiser
 
     volume, params = read_reconstruction(args.input)
     model, card = load_denoiser(args.model)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from edgeray.device import resolve_device
 from edgeray.nn.tomogan import (
     PatchDiscriminator,
     TomoGANConfig,
@@ -307,16 +308,6 @@ def train_denoiser(
     card["training"]["device"] = str(device)
     save_denoiser(out_dir, model.cpu(), card)
     return card
-
-
-def resolve_device(name: str) -> torch.device:
-    """``cpu``, ``cuda[:k]`` or ``auto`` (CUDA when available) -> a device; ValueError for CUDA without one."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r}: this machine has no CUDA device (use --device cpu)")
-    return device
 
 
 def _validation_mse(model: UNet, inputs: torch.Tensor, targets: torch.Tensor) -> float:

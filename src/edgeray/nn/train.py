@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from edgeray.device import resolve_device
 from edgeray.nn.checkpoint import load_model, load_training_state, save_model, save_training_state
 from edgeray.nn.models import ModelConfig, build_model, count_parameters
 from edgeray.nn.trainset import DATASETS
@@ -112,7 +113,7 @@ def train(
     val_loader = DataLoader(val_set, batch_size=256, num_workers=options.workers)
     if options.loader not in ("torch", "solar"):
         raise ValueError(f"loader must be 'torch' or 'solar', not {options.loader!r}")
-    device = torch.device(options.device)
+    device = resolve_device(options.device)
     amp = device.type == "cuda"
     if resume and (output / "model.json").exists():
         model, _ = load_model(output, device)

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 import torch
 
+from edgeray.device import resolve_device
 from edgeray.io import Product, PtychoScan
 from edgeray.ptycho.engine import EngineOptions, History, State
 from edgeray.ptycho.lsqml import LSQMLEngine, LSQMLOptions
@@ -41,15 +42,6 @@ def default_options(engine: str, **overrides) -> EngineOptions:
 
 def _engine_class(engine: str):
     return {"lsqml": LSQMLEngine, "rpie": PIEEngine, "epie": PIEEngine, "mlcg": MLCGEngine}[engine]
-
-
-def resolve_device(device: str) -> torch.device:
-    """``cpu``, ``cuda`` (or ``cuda:N``), or ``auto`` (CUDA when available); a clear error when CUDA is absent."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device here")
-    return torch.device(device)
 
 
 @dataclass
