@@ -38,34 +38,44 @@ def chromium_page(url: str):
             browser.close()
 
 
-def test_live_view_shows_the_mosaic_growing(tmp_path):
-    scan = simulate_ptycho(PtychoSimConfig(n_positions=4000, step_px=4, seed=4))
-    service = EdgeService(EdgeOptions(listen="tcp://127.0.0.1:0", out=tmp_path, publish=None, scans=1)).start()
-    dashboard = Dashboard(service, port=0).start()
+@contextmanager
+def streamed_to_a_page(service, dashboard, send, scan, rate: float, scan_id: str):
+    """Started ``service`` and its ``dashboard`` open in Chromium; yields ``(page, start)``: ``start()`` begins
+    sending ``scan`` at ``rate`` with ``send`` (``replay`` or ``replay_tomo``). Waits for the scan and tears all
+    down afterwards."""
     socket = connect(service.endpoint)
-    sender = threading.Thread(target=replay, args=(scan, socket, 1000), kwargs={"scan_id": "live"})
+    sender = threading.Thread(target=send, args=(scan, socket, rate), kwargs={"scan_id": scan_id})
     try:
         with chromium_page(dashboard.url) as page:
-            assert page.title() == "EdgeRay live view"
-            sender.start()
-            page.wait_for_function("document.getElementById('phase').naturalWidth > 0", timeout=20_000)
-            page.wait_for_function("document.getElementById('amplitude').naturalWidth > 0", timeout=20_000)
-            first = int(page.evaluate("document.body.dataset.patches"))
-            updates_before = int(page.text_content("#updates"))
-            time.sleep(1.5)
-            later = int(page.evaluate("document.body.dataset.patches"))
-            updates_after = int(page.text_content("#updates"))
-            assert later > first > 0  # the mosaic grows on screen
-            assert updates_after - updates_before >= 7  # at least 5 updates per second while frames arrive
-            assert page.text_content("#scan") == "live"
-            assert "frames/s" in page.text_content("#rate")
-            page.screenshot(path=os.environ.get("EDGERAY_SCREENSHOT", str(tmp_path / "live.png")))
+            yield page, sender.start
     finally:
-        sender.join(30)
+        if sender.ident is not None:  # started
+            sender.join(30)
         service.wait(30)
         service.join(10)
         socket.close()
         dashboard.close()
+
+
+def test_live_view_shows_the_mosaic_growing(tmp_path):
+    scan = simulate_ptycho(PtychoSimConfig(n_positions=4000, step_px=4, seed=4))
+    service = EdgeService(EdgeOptions(listen="tcp://127.0.0.1:0", out=tmp_path, publish=None, scans=1)).start()
+    dashboard = Dashboard(service, port=0).start()
+    with streamed_to_a_page(service, dashboard, replay, scan, 1000, "live") as (page, start):
+        assert page.title() == "EdgeRay live view"
+        start()
+        page.wait_for_function("document.getElementById('phase').naturalWidth > 0", timeout=20_000)
+        page.wait_for_function("document.getElementById('amplitude').naturalWidth > 0", timeout=20_000)
+        first = int(page.evaluate("document.body.dataset.patches"))
+        updates_before = int(page.text_content("#updates"))
+        time.sleep(1.5)
+        later = int(page.evaluate("document.body.dataset.patches"))
+        updates_after = int(page.text_content("#updates"))
+        assert later > first > 0  # the mosaic grows on screen
+        assert updates_after - updates_before >= 7  # at least 5 updates per second while frames arrive
+        assert page.text_content("#scan") == "live"
+        assert "frames/s" in page.text_content("#rate")
+        page.screenshot(path=os.environ.get("EDGERAY_SCREENSHOT", str(tmp_path / "live.png")))
     assert service.summaries[0]["frames_written"] == 4000
 
 
@@ -78,24 +88,15 @@ def test_tomography_live_view_shows_the_slice_raw_and_enhanced(tmp_path):
     service = TomoEdgeService(TomoEdgeOptions(listen="tcp://127.0.0.1:0", out=tmp_path, update_every=8,
                                               scans=1)).start()  # fmt: skip
     dashboard = TomoDashboard(service, port=0).start()
-    socket = connect(service.endpoint)
-    sender = threading.Thread(target=replay_tomo, args=(scan, socket, 60), kwargs={"scan_id": "ct"})
-    try:
-        with chromium_page(dashboard.url) as page:
-            assert page.title() == "EdgeRay live tomography"
-            sender.start()
-            page.wait_for_function("document.getElementById('raw').naturalWidth > 0", timeout=20_000)
-            page.wait_for_function("document.getElementById('enhanced').naturalWidth > 0", timeout=20_000)
-            first = int(page.evaluate("document.body.dataset.updates"))
-            time.sleep(1.5)
-            later = int(page.evaluate("document.body.dataset.updates"))
-            assert later > first > 0  # the slices update on screen as projections arrive
-            assert page.text_content("#scan") == "ct"
-            page.screenshot(path=os.environ.get("EDGERAY_TOMO_SCREENSHOT", str(tmp_path / "tomo.png")))
-    finally:
-        sender.join(30)
-        service.wait(30)
-        service.join(10)
-        socket.close()
-        dashboard.close()
+    with streamed_to_a_page(service, dashboard, replay_tomo, scan, 60, "ct") as (page, start):
+        assert page.title() == "EdgeRay live tomography"
+        start()
+        page.wait_for_function("document.getElementById('raw').naturalWidth > 0", timeout=20_000)
+        page.wait_for_function("document.getElementById('enhanced').naturalWidth > 0", timeout=20_000)
+        first = int(page.evaluate("document.body.dataset.updates"))
+        time.sleep(1.5)
+        later = int(page.evaluate("document.body.dataset.updates"))
+        assert later > first > 0  # the slices update on screen as projections arrive
+        assert page.text_content("#scan") == "ct"
+        page.screenshot(path=os.environ.get("EDGERAY_TOMO_SCREENSHOT", str(tmp_path / "tomo.png")))
     assert service.summaries[0]["frames_received"] == 360 + 10 + 10
