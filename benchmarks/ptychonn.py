@@ -1,15 +1,18 @@
-"""Surrogate networks: throughput (torch vs ONNX Runtime, by batch) and accuracy against LSQML on the same data.
-
-``--device cuda``: only the GPU throughput of both models (the issue's anchor: the full model >= 130,000
-frames/s on an H100 with torch.compile, bfloat16 and channels-last at batch 512).
+"""Surrogate networks against LSQML and the PtychoNN layout: speed, accuracy on unseen objects, the beamline case,
+and the live image (network, live refinement, LSQML on the same frames).
 
 Prints one JSON object per line:
-- ``throughput``: frames/s of each model and runtime by batch size, normalization included;
-- ``accuracy``: on simulated scans of objects never used in training (scikit-image's held-out images), at
-  1e5, 1e3 and 1e2 photons per frame: stitched phase SSIM and relative error of the shipped compact model and of
-  LSQML (30 epochs, true probe) against the ground truth, the seconds each took to an image, and their ratio;
-- ``beamline``: scan A is reconstructed with LSQML, its patches train a compact model, which then inverts scan B
-  (same probe, another object); B's phase SSIM for the NN and for LSQML on B.
+- ``throughput``: frames/s of each model through ONNX Runtime and torch eager by batch (normalization included),
+  on 2 CPU threads: the shipped edge model, the larger one when given (``--large``), the original PtychoNN layout;
+- ``accuracy``: one line per case of :func:`edgeray.nn.evaluate.evaluate_model` (unseen objects at 1e5 photons,
+  doses 1e3 and 1e2, a sparse scan whose step is the beam's width), the network's and LSQML's (30 epochs, true
+  probe start) phase SSIM against the ground truth; then ``accuracy_summary`` with the medians and targets;
+- ``beamline``: the shipped model fine-tuned on scan A's frames alone (no labels), then inverting scan B;
+- ``--device cuda``: only the GPU throughput (torch.compile, bfloat16, channels-last) of the shipped edge model
+  and the PtychoNN layout;
+- ``live``: ``edgeray demo`` (a simulated detector at 2 kHz, the edge service, live refinement), then LSQML for 30
+  epochs on the same run file from the same probe: phase SSIM of the network's, the refined and LSQML's images,
+  and the CPU seconds LSQML took against the refinement's seconds after the last frame.
 
     python benchmarks/ptychonn.py --quick
 """
@@ -22,19 +25,21 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # scoring must not steal the
 
 import argparse
 import json
+import subprocess
+import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from edgeray.nn import ModelConfig, build_model, infer_scan, normalize_frames
+from edgeray.nn import ModelConfig, build_model, normalize_frames
+from edgeray.nn.checkpoint import SHIPPED, load_model
+from edgeray.nn.evaluate import EVALUATION_PAIRS, EvaluationOptions, evaluate_model, phase_ssim
 from edgeray.nn.export import OnnxModel, export_onnx
 from edgeray.nn.models import count_parameters
-from edgeray.nn.train import TrainOptions, train
-from edgeray.nn.trainset import samples_from_reconstruction, write_trainset
-from edgeray.ptycho.evaluate import compare_on_scanned_region
-from edgeray.ptycho.reconstruct import run
 from edgeray.sim import PtychoSimConfig, simulate_ptycho
 
 
@@ -42,97 +47,105 @@ def emit(record: dict) -> None:
     print(json.dumps(record), flush=True)
 
 
-def throughput(kind: str, width: int, batches: list[int], repeats: int, folder: Path) -> None:
-    model = build_model(ModelConfig(kind, width, 3, 64)).eval()
-    runtimes = {"torch": model, "onnxruntime": OnnxModel(export_onnx(model, folder / f"{kind}.onnx", 64), threads=2)}
+def throughput(name: str, model: torch.nn.Module, batches: list[int], repeats: int, folder: Path) -> None:
+    model = model.eval()
+    onnx = OnnxModel(export_onnx(model, folder / f"{name}.onnx", 64), threads=2)
     for batch in batches:
         counts = torch.poisson(torch.full((batch, 64, 64), 20.0))
-        for name, runtime in runtimes.items():
+        for runtime_name, runtime in (("onnxruntime", onnx), ("torch", model)):
             with torch.inference_mode():
                 runtime(normalize_frames(counts))
                 start = time.perf_counter()
                 for _ in range(repeats):
                     runtime(normalize_frames(counts))
                 seconds = (time.perf_counter() - start) / repeats
-            emit(
-                {
-                    "throughput": kind,
-                    "parameters": count_parameters(model),
-                    "runtime": name,
-                    "batch": batch,
-                    "frames_per_s": batch / seconds,
-                }
-            )
+            emit({"throughput": name, "parameters": count_parameters(model), "runtime": runtime_name,
+                  "threads": 2, "batch": batch, "frames_per_s": batch / seconds})  # fmt: skip
 
 
-def score(product, scan) -> dict:
-    metrics = compare_on_scanned_region(product, scan.ground_truth, scan.positions_m)
-    return {"phase_ssim": metrics["ssim_phase"], "rel_error": metrics["rel_error"]}
+def accuracy(model_dir: Path | None, quick: bool) -> None:
+    options = EvaluationOptions(pairs=6 if quick else 8, frames=400 if quick else 900, lsqml_epochs=30)
+    result = evaluate_model(model_dir, options)
+    for case in result["cases"]:
+        emit({"accuracy": case["case"], "model": str(model_dir.name if model_dir else "shipped"), **case})
+    low = {c["case"]: c for c in result["cases"] if c["case"].startswith("dose")}
+    sparse = [c for c in result["cases"] if c["case"].startswith("sparse")]
+    emit({
+        "accuracy_summary": str(model_dir.name if model_dir else "shipped"),
+        "frames": options.frames,
+        "median_unseen_nn": result["median_unseen_nn"],
+        "median_unseen_lsqml": result["median_unseen_lsqml"],
+        "target_median_met": result["median_unseen_nn"] >= 0.60,
+        "low_dose_margin_min": min(c["nn_phase_ssim"] - c["lsqml_phase_ssim"] for c in low.values()),
+        "sparse_margin_min": min(c["nn_phase_ssim"] - c["lsqml_phase_ssim"] for c in sparse),
+        "target_low_dose_met": all(c["nn_phase_ssim"] >= c["lsqml_phase_ssim"] + 0.15 for c in low.values()),
+        "target_sparse_met": all(c["nn_phase_ssim"] >= c["lsqml_phase_ssim"] + 0.15 for c in sparse),
+        "onnx_frames_per_s": result["frames_per_s"],
+    })  # fmt: skip
 
 
-def accuracy(photons: float, n_positions: int, epochs: int) -> None:
-    config = PtychoSimConfig(n_positions=n_positions, photons=photons, object="chelsea,coffee", seed=5)
-    scan = simulate_ptycho(config)
-    nn_result = infer_scan(scan)
-    start = time.perf_counter()
-    lsqml = run(scan, "lsqml", epochs, probe=scan.ground_truth.probe)
-    lsqml_seconds = time.perf_counter() - start
-    nn_scores, lsqml_scores = score(nn_result.product, scan), score(lsqml.product, scan)
-    emit(
-        {
-            "accuracy": "held-out objects (chelsea, coffee)",
-            "photons": photons,
-            "frames": n_positions,
-            "nn_phase_ssim": nn_scores["phase_ssim"],
-            "lsqml_phase_ssim": lsqml_scores["phase_ssim"],
-            "nn_rel_error": nn_scores["rel_error"],
-            "lsqml_rel_error": lsqml_scores["rel_error"],
-            "nn_seconds": nn_result.seconds,
-            "lsqml_seconds": lsqml_seconds,
-            "lsqml_epochs": epochs,
-            "time_to_image_ratio": lsqml_seconds / nn_result.seconds,
-            "target_met": bool(
-                lsqml_seconds / nn_result.seconds >= 100
-                and nn_scores["phase_ssim"] >= lsqml_scores["phase_ssim"] - 0.05
-            ),
-        }
-    )
+def beamline(model_dir: Path | None, n_positions: int, epochs: int, folder: Path) -> None:
+    """Fine-tune on scan A's frames (no labels, the probe estimated from the data), then invert scan B."""
+    from edgeray.nn.finetune import FinetuneOptions, finetune_on_scan
+    from edgeray.nn.infer import infer_scan
+    from edgeray.ptycho.reconstruct import run
 
-
-def beamline(n_positions: int, epochs: int, train_epochs: int, folder: Path) -> None:
     base = PtychoSimConfig(n_positions=n_positions, photons=1e5)
-    scan_a = simulate_ptycho(PtychoSimConfig(**{**base.__dict__, "object": "rocket,hubble_deep_field", "seed": 1}))
-    scan_b = simulate_ptycho(PtychoSimConfig(**{**base.__dict__, "object": "chelsea,immunohistochemistry", "seed": 2}))
-    start = time.perf_counter()
-    product_a = run(scan_a, "lsqml", epochs).product
-    trainset = write_trainset(folder / "a.h5", [samples_from_reconstruction(scan_a, product_a)], {"source": "A"})
-    train(
-        trainset,
-        folder / "model_a",
-        ModelConfig("compact", 8, 3, 64),
-        TrainOptions(epochs=train_epochs, batch_size=32, learning_rate=5e-3),
-    )
-    prepare_seconds = time.perf_counter() - start
-    nn_b = infer_scan(scan_b, folder / "model_a")
-    lsqml_b = run(scan_b, "lsqml", epochs).product
-    emit(
-        {
-            "beamline": "LSQML(A) -> labels -> train compact -> infer B",
-            "frames": n_positions,
-            "minutes_to_model": prepare_seconds / 60,
-            "nn_phase_ssim_B": score(nn_b.product, scan_b)["phase_ssim"],
-            "lsqml_phase_ssim_B": score(lsqml_b, scan_b)["phase_ssim"],
-            "nn_seconds_B": nn_b.seconds,
-        }
-    )
+    scan_a = simulate_ptycho(replace(base, object="rocket,hubble_deep_field", seed=1))
+    scan_b = simulate_ptycho(replace(base, object="chelsea,immunohistochemistry", seed=2))
+    before = phase_ssim(infer_scan(scan_b, model_dir).product, scan_b)
+    result = finetune_on_scan(scan_a, model_dir, folder / "tuned", options=FinetuneOptions(epochs=epochs))
+    after = phase_ssim(infer_scan(scan_b, folder / "tuned").product, scan_b)
+    lsqml_b = phase_ssim(run(scan_b, "lsqml", 30).product, scan_b)
+    emit({"beamline": "fine-tune on scan A's frames (no labels) -> infer scan B", "frames": n_positions,
+          "finetune_epochs": epochs, "finetune_minutes": result.seconds / 60,
+          "probe": result.card["finetuned"]["probe"], "holdout_deviance_A_before": result.holdout_before,
+          "holdout_deviance_A_after": result.holdout_after, "nn_phase_ssim_B_before": before,
+          "nn_phase_ssim_B": after, "lsqml_phase_ssim_B": lsqml_b, "target_met": after >= 0.50})  # fmt: skip
 
 
-def gpu_throughput(kind: str, width: int, batches: list[int], repeats: int) -> None:
-    """Frames/s on a CUDA device as the issue's anchor was measured: torch.compile, bfloat16 autocast,
-    channels-last, normalization included; frames either already on the GPU or copied from pinned host memory
-    (uint16 counts, as a detector delivers them)."""
-    model = build_model(ModelConfig(kind, width, 3, 64)).cuda().eval().to(memory_format=torch.channels_last)
-    runtime = {"model": torch.compile(model, dynamic=False), "name": "torch.compile bf16 cuda"}  # a graph per batch
+def live(model_dir: Path | None, frames: int, folder: Path) -> None:
+    """``edgeray demo`` with live refinement, then LSQML (30 epochs) on its run file from the same probe."""
+    from edgeray.io import read_cxi, read_product
+    from edgeray.ptycho.evaluate import compare_on_scanned_region
+    from edgeray.ptycho.reconstruct import run
+
+    out = folder / "demo"
+    command = [sys.executable, "-m", "edgeray", "demo", "--out", str(out), "--frames", str(frames), "--hold", "0",
+               "--port", "0"] + (["--model", str(model_dir)] if model_dir else [])  # fmt: skip
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    demo = json.loads((out / "demo.json").read_text())
+    summary = demo["edge"]
+    scan = simulate_ptycho(PtychoSimConfig(n_positions=frames, step_px=4.0, photons=1e5, seed=3))  # the demo's
+    recorded = read_cxi(out / "scan.cxi")
+    model, _ = load_model(model_dir)
+    probe = model.complex_probe().numpy()[None] * np.sqrt(recorded.frames.mean())  # the refiner's start probe
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    start = time.process_time()
+    lsqml = run(recorded, "lsqml", 30, probe=probe)
+    lsqml_cpu_s = time.process_time() - start
+    torch.set_num_threads(threads)
+    lsqml_ssim = compare_on_scanned_region(lsqml.product, scan.ground_truth, scan.positions_m)["ssim_phase"]
+    refined = read_product(summary["files"]["refined"])
+    refined_ssim = compare_on_scanned_region(refined, scan.ground_truth, scan.positions_m)["ssim_phase"]
+    after = summary["refinement"]["seconds_after_last_frame"]
+    emit({"live": "edgeray demo (2 kHz) + live refinement vs LSQML 30 epochs on the same frames", "frames": frames,
+          "frames_received": summary["frames_received"], "frames_inferred": summary["frames_inferred"],
+          "latency_ms_p99": summary["latency_ms_p99"], "network_phase_ssim": demo["vs_ground_truth"]["ssim_phase"],
+          "refined_phase_ssim": refined_ssim, "refine_epochs": summary["refinement"]["epochs"],
+          "refine_seconds_after_last_frame": after, "lsqml30_phase_ssim": lsqml_ssim,
+          "lsqml30_cpu_s": lsqml_cpu_s, "refine_time_fraction_of_lsqml": after / lsqml_cpu_s,
+          "target_refined_met": refined_ssim >= 0.65,
+          "target_network_met": demo["vs_ground_truth"]["ssim_phase"] >= 0.55,
+          "target_vs_lsqml_met": refined_ssim >= lsqml_ssim - 0.03 and after <= lsqml_cpu_s / 5})  # fmt: skip
+
+
+def gpu_throughput(name: str, model: torch.nn.Module, batches: list[int], repeats: int) -> None:
+    """Frames/s on a CUDA device: torch.compile, bfloat16 autocast, channels-last, normalization included; frames
+    either already on the GPU or copied from pinned host memory (uint16 counts, as a detector delivers them)."""
+    model = model.cuda().eval().to(memory_format=torch.channels_last)
+    runtime = {"model": torch.compile(model, dynamic=False), "name": "torch.compile bf16 cuda"}
 
     def infer(counts: torch.Tensor) -> torch.Tensor:
         inputs = normalize_frames(counts, scale=20.0).contiguous(memory_format=torch.channels_last)
@@ -159,31 +172,46 @@ def gpu_throughput(kind: str, width: int, batches: list[int], repeats: int) -> N
                     infer(host.cuda(non_blocking=True) if copy else on_gpu)
                 torch.cuda.synchronize()
                 seconds = (time.perf_counter() - start) / repeats
-                emit({"throughput": kind, "parameters": count_parameters(model), "runtime": runtime["name"],
+                emit({"throughput": name, "parameters": count_parameters(model), "runtime": runtime["name"],
                       "device": torch.cuda.get_device_name(), "frames": source, "batch": batch,
                       "frames_per_s": batch / seconds})  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--device", default="cpu", help="cpu (everything) or cuda (GPU throughput of both models)")
+    parser.add_argument("--quick", action="store_true", help="fewer cases, smaller scans (about 10 minutes here)")
+    parser.add_argument("--model", type=Path, default=None, help="edge model (default: the shipped one)")
+    parser.add_argument("--large", type=Path, default=None, help="a larger edge model to score beside it")
+    parser.add_argument("--skip", nargs="*", default=[], choices=("throughput", "accuracy", "beamline", "live"))
+    parser.add_argument("--device", default="cpu", help="cpu (everything) or cuda (GPU throughput only)")
     args = parser.parse_args()
     if args.device.startswith("cuda"):
         emit({"benchmark": "ptychonn", "torch": torch.__version__, "device": torch.cuda.get_device_name(),
               "date": time.strftime("%Y-%m-%d")})  # fmt: skip
-        gpu_throughput("ptychonn", 32, [512, 2048, 8192], 20 if args.quick else 100)
-        gpu_throughput("compact", 8, [512, 2048, 8192], 20 if args.quick else 100)
+        gpu_throughput("edge (shipped)", load_model(args.model)[0], [512, 2048, 8192], 20 if args.quick else 100)
+        gpu_throughput("ptychonn (original layout)", build_model(ModelConfig("ptychonn", 32, 3, 64)), [512, 2048],
+                       20 if args.quick else 100)  # fmt: skip
         return
     torch.set_num_threads(2)
-    emit({"benchmark": "ptychonn", "torch": torch.__version__, "threads": 2, "date": time.strftime("%Y-%m-%d")})
+    large = args.large or (SHIPPED.parent / "edge-large" if (SHIPPED.parent / "edge-large").exists() else None)
+    emit({"benchmark": "ptychonn", "torch": torch.__version__, "threads": 2, "date": time.strftime("%Y-%m-%d"),
+          "model": str(args.model or "shipped"), "quick": args.quick, "pairs": len(EVALUATION_PAIRS)})  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        throughput("compact", 8, [1, 16, 256] if args.quick else [1, 8, 64, 256, 1024], 3 if args.quick else 10, folder)
-        throughput("ptychonn", 32, [16] if args.quick else [1, 16, 128], 1 if args.quick else 3, folder)
-        for photons in (1e5, 1e3, 1e2):
-            accuracy(photons, 400 if args.quick else 900, 30)
-        beamline(400 if args.quick else 900, 30, 8 if args.quick else 25, folder)
+        if "throughput" not in args.skip:
+            batches = [64, 256] if args.quick else [16, 64, 256, 1024]
+            throughput("edge (shipped)", load_model(args.model)[0], batches, 5 if args.quick else 20, folder)
+            if large is not None:
+                throughput("edge-large", load_model(large)[0], batches, 3 if args.quick else 10, folder)
+            throughput("ptychonn (original layout)", build_model(ModelConfig("ptychonn", 32, 3, 64)), [64], 1, folder)
+        if "accuracy" not in args.skip:
+            accuracy(args.model, args.quick)
+            if large is not None and not args.quick:
+                accuracy(large, args.quick)
+        if "beamline" not in args.skip:
+            beamline(args.model, 400 if args.quick else 900, 1 if args.quick else 3, folder)
+        if "live" not in args.skip:
+            live(args.model, 4000 if args.quick else 16000, folder)
 
 
 if __name__ == "__main__":

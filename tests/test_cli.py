@@ -166,3 +166,36 @@ def test_nn_make_trainset_train_infer(tmp_path):
     summary = json.loads(out.with_suffix(".json").read_text())
     assert summary["frames_per_s"] > 0 and "vs_ground_truth" in summary and summary["geometry_mismatches"] == []
     assert out.with_suffix(".png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_edge_model_train_finetune_evaluate_from_the_command_line(tmp_path):
+    """The edge model's whole life on the command line: train on the corpus (a few steps), fine-tune on a scan's
+    own frames, evaluate beside LSQML. Each writes its files; a compact model is refused where physics is needed."""
+    model = tmp_path / "edge"
+    edgeray("nn", "train", "--corpus", "-o", str(model), "--width", "4", "--steps", "4", "--objects-per-step", "2",
+            "--checkpoint-every", "2", "--threads", "1")  # fmt: skip
+    card = json.loads((model / "model.json").read_text())
+    assert card["config"]["kind"] == "edge" and card["history"]["step"] == [2, 4]
+    assert (model / "MODEL_CARD.md").exists() and json.loads((model / "train.json").read_text())["seconds"] > 0
+    scan = tmp_path / "scan.cxi"
+    edgeray("simulate", "ptycho", "-o", str(scan), "--n-positions", "80", "--step-px", "6", "--object", "random")
+    tuned = tmp_path / "tuned"
+    result = edgeray("nn", "finetune", str(scan), "--model", str(model), "-o", str(tuned), "--epochs", "1")
+    assert "held-out frames' Poisson deviance" in result.stderr
+    summary = json.loads((tuned / "finetune.json").read_text())
+    assert summary["holdout_frames"] == 8 and summary["seconds"] > 0
+    assert summary["probe"].startswith("estimated from the data")  # no probe in the file, none given
+    table = tmp_path / "eval.json"
+    edgeray("nn", "evaluate", str(tuned), "--quick", "--pairs", "1", "--frames", "60", "--lsqml-epochs", "2",
+            "-o", str(table))  # fmt: skip
+    evaluation = json.loads(table.read_text())
+    case = evaluation["cases"][0]
+    assert case["case"].startswith("unseen") and -1 <= case["nn_phase_ssim"] <= 1 and "lsqml_phase_ssim" in case
+    assert evaluation["frames_per_s"] > 0
+    compact = tmp_path / "compact"
+    from edgeray.nn.checkpoint import save_model
+    from edgeray.nn.models import ModelConfig, build_model
+
+    save_model(compact, build_model(ModelConfig("compact", 4, 3, 64)), {"config": ModelConfig("compact", 4).to_dict()})
+    refused = edgeray("nn", "finetune", str(scan), "--model", str(compact), "-o", str(tmp_path / "x"), check=False)
+    assert refused.returncode == 2 and "needs an edge model" in refused.stderr

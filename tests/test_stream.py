@@ -108,20 +108,23 @@ def test_mosaic_of_exact_patches_is_the_object_and_matches_batch_stitching():
     rng = np.random.default_rng(0)
     obj = (rng.uniform(0.5, 1, (120, 130)) * np.exp(1j * rng.uniform(-1, 1, (120, 130)))).astype(np.complex64)
     frame_shape, pixel = (16, 16), (1e-8, 1e-8)
-    positions_px = rng.uniform(8, [112, 122], size=(300, 2))
-    corners = np.floor(positions_px - 8).astype(int)
+    positions_px = np.round(rng.uniform(8, [112, 122], size=(300, 2)))  # whole pixels: patches are exact windows
+    corners = (positions_px - 8).astype(int)
     patches = np.stack([obj[r : r + 16, c : c + 16] for r, c in corners])
     positions_m = positions_px * 1e-8 + 3e-6  # any origin: the mosaic anchors itself
-    mosaic = Mosaic(frame_shape, pixel)
-    for chunk in np.array_split(rng.permutation(300), 7):  # arrival order and batch sizes do not matter
-        mosaic.add(torch.from_numpy(patches[chunk]), positions_m[chunk])
-    image, coverage = mosaic.image()
-    shift = np.round((mosaic.origin_m - 3e-6) / 1e-8).astype(int)  # object pixel [0, 0] on the mosaic
-    covered = coverage > 0
-    rows, cols = np.nonzero(covered)
-    np.testing.assert_allclose(image[covered], obj[rows + shift[0], cols + shift[1]], atol=1e-5)
     reference, _ = stitch(torch.from_numpy(patches), torch.from_numpy(positions_px), obj.shape)
-    np.testing.assert_allclose(image[covered], reference.numpy()[rows + shift[0], cols + shift[1]], atol=1e-5)
+    for fraction in (1.0, 0.99):  # the whole patch, or the window holding 99% of the weights (the default)
+        mosaic = Mosaic(frame_shape, pixel, fraction=fraction)
+        for chunk in np.array_split(rng.permutation(300), 7):  # arrival order and batch sizes do not matter
+            mosaic.add(torch.from_numpy(patches[chunk]), positions_m[chunk])
+        image, coverage = mosaic.image()
+        shift = np.round((mosaic.origin_m - 3e-6) / 1e-8).astype(int)  # object pixel [0, 0] on the mosaic
+        covered = coverage > 0
+        rows, cols = np.nonzero(covered)
+        np.testing.assert_allclose(image[covered], obj[rows + shift[0], cols + shift[1]], atol=1e-5)
+        if fraction == 1.0:
+            np.testing.assert_allclose(image[covered], reference.numpy()[rows + shift[0], cols + shift[1]],
+                                       atol=1e-5)  # fmt: skip
 
 
 # -- run file ----------------------------------------------------------------------------------------------------
@@ -166,6 +169,73 @@ def test_edge_keeps_and_inverts_every_frame(tmp_path, scan):
         np.testing.assert_allclose(cxi.positions_m, scan.positions_m, atol=1e-15)
         assert cxi.geometry.energy_eV == pytest.approx(scan.geometry.energy_eV)
     assert (tmp_path / "alpha_product.h5").exists() and (tmp_path / "alpha.png").exists()
+
+
+def test_live_refinement_costs_no_frame_and_writes_a_valid_product(tmp_path, scan):
+    """With --refine the edge keeps every frame, its latency stays where it was without, and it writes a refined
+    product that explains the frames better as the refinement goes on."""
+    from edgeray.io import read_product
+    from edgeray.stream.refine import RefineOptions
+
+    np.save(tmp_path / "probe.npy", scan.ground_truth.probe)
+    latency = {}
+    for name, refine in (("plain", None), ("refined", RefineOptions(tail_s=2.0, batch_size=64))):
+        out = tmp_path / name
+        service = start_service(out, scans=1, refine=refine, refine_probe=tmp_path / "probe.npy")
+        socket = connect(service.endpoint)
+        replay(scan, socket, 2000, scan_id="gamma")
+        assert service.wait(60)
+        service.join(10)
+        socket.close()
+        summary = json.loads((out / "gamma.json").read_text())
+        for key in ("frames_received", "frames_written", "frames_inferred"):
+            assert summary[key] == scan.n_frames, (name, key)
+        latency[name] = summary["latency_ms_p99"]
+    refinement = summary["refinement"]
+    assert refinement["frame_updates"] > 0 and refinement["misfit"] is not None  # it ran (at the lowest priority)
+    refined, network = read_product(summary["files"]["refined"]), read_product(summary["files"]["product"])
+    assert refined.object.shape == network.object.shape and np.isfinite(refined.object).all()
+    assert np.abs(refined.probe).max() > 0
+    assert latency["refined"] <= max(100.0, 2 * latency["plain"]), latency  # it yields to the stream
+
+
+def test_live_refiner_improves_the_image_newest_frames_first(scan):
+    """The refiner, fed as the edge feeds it: unseen frames go first (newest first), every update lowers the
+    data misfit on average, and the refined image is closer to the truth than the mosaic it started from."""
+    from edgeray.metrics import compare
+    from edgeray.nn.corpus import unit_probe
+    from edgeray.nn.physics import probe_weights
+    from edgeray.stream.refine import LiveRefiner, RefineOptions
+
+    probe = torch.from_numpy(scan.ground_truth.probe[0])
+    mosaic = Mosaic((64, 64), scan.geometry.object_pixel_size_m, probe_weights(unit_probe(64)))
+    flat = torch.ones(len(scan.frames), 64, 64, dtype=torch.complex64)  # a poor network: no structure at all
+    mosaic.add(flat, scan.positions_m)
+
+    def sums():
+        return mosaic.numerator.clone(), mosaic.coverage.clone(), mosaic.origin_m.copy(), mosaic.pixel_size_m.copy()
+
+    refiner = LiveRefiner((64, 64), probe, RefineOptions(batch_size=50, capacity=1000), sums)
+    refiner.add(scan.frames[:300], scan.positions_m[:300])
+    refiner.step()
+    assert refiner.frame_updates == 50 and refiner.positions_px[:300].any()
+    first_batch = refiner.misfits[0]
+    refiner.add(scan.frames[300:], scan.positions_m[300:])
+    refiner.step()  # the newest frames come first
+    np.testing.assert_allclose(refiner.positions_px[550:600].numpy(),
+                               (scan.positions_m[550:600] - refiner.origin_m) / refiner.pixel_size_m)  # fmt: skip
+    while refiner.epochs < 4:
+        refiner.step()
+    assert refiner.misfit < 0.5 * first_batch[0] / first_batch[1]
+    numerator, coverage = mosaic.numerator.numpy(), mosaic.coverage.numpy()
+    refined = refiner.image(numerator, coverage)
+    start = mosaic.image()[0]
+    shift = np.round((mosaic.origin_m - (-np.asarray(scan.ground_truth.object.shape) / 2
+                                         * np.asarray(scan.geometry.object_pixel_size_m))) / mosaic.pixel_size_m)
+    rows = slice(int(-shift[0]) + 60, int(-shift[0]) + scan.ground_truth.object.shape[0] - 60)
+    cols = slice(int(-shift[1]) + 60, int(-shift[1]) + scan.ground_truth.object.shape[1] - 60)
+    truth = scan.ground_truth.object[60:-60, 60:-60]
+    assert compare(refined[rows, cols], truth)["ssim_phase"] > compare(start[rows, cols], truth)["ssim_phase"] + 0.2
 
 
 def test_edge_counts_and_skips_bad_messages_and_survives(tmp_path, scan):

@@ -351,13 +351,58 @@ def cmd_nn_make_trainset(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_on_corpus(args: argparse.Namespace) -> int:
+    """``edgeray nn train --corpus``: the edge model on the procedural corpus, with a progress bar."""
+    import torch
+
+    from edgeray.nn.corpus import CorpusConfig
+    from edgeray.nn.learn import CorpusTrainOptions, train_on_corpus
+    from edgeray.nn.models import ModelConfig
+    from edgeray.nn.report import write_corpus_card
+
+    if args.model not in (None, "edge"):
+        raise ValueError(f"--corpus trains the edge model, not --model {args.model}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    low, high = (float(v) for v in args.photons.split(","))
+    config = ModelConfig("edge", args.width or 8, args.depth, args.frame_size, args.probe, args.probe_diameter_px,
+                         args.dense)  # fmt: skip
+    corpus = CorpusConfig(frame_size=args.frame_size, probe=args.probe, probe_diameter_px=args.probe_diameter_px,
+                          photons=(low, high), seed=args.seed)  # fmt: skip
+    options = CorpusTrainOptions(steps=args.steps, objects_per_step=args.objects_per_step,
+                                 learning_rate=args.lr or 2e-3, physics_weight=args.physics_weight,
+                                 slope_weight=args.slope_weight,
+                                 checkpoint_every=args.checkpoint_every, device=args.device)  # fmt: skip
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+               TextColumn("val phase L1 {task.fields[phase]:.4f} rad"))  # fmt: skip
+    start = time.perf_counter()
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("training edge on the corpus", total=args.steps, phase=float("nan"))
+        card = train_on_corpus(args.output, config, corpus, options, resume=args.resume,
+                               progress=lambda s, m: bar.update(task, completed=s, phase=m["phase_l1"]))  # fmt: skip
+    write_corpus_card(args.output, card)
+    seconds = time.perf_counter() - start
+    write_summary(args.output / "train.h5", {"command": "nn train --corpus", "seconds": seconds,
+                                             "samples": card["training"]["samples"], **card["validation"]})  # fmt: skip
+    console.print(f"[green]wrote[/] {args.output}: model.safetensors, model.json, MODEL_CARD.md ({seconds:.0f} s)")
+    return 0
+
+
 def cmd_nn_train(args: argparse.Namespace) -> int:
     from edgeray.nn.models import ModelConfig
     from edgeray.nn.train import TrainOptions, train
 
+    if args.corpus:
+        return _train_on_corpus(args)
+    if args.trainset is None:
+        raise ValueError("give a training set (HDF5), or --corpus to train the edge model on the procedural corpus")
+    if args.model == "edge":
+        raise ValueError("the edge model trains on the corpus (--corpus); stored sets train compact or ptychonn")
+    args.model = args.model or "compact"
     config = ModelConfig(args.model, args.width or (8 if args.model == "compact" else 32), args.depth, args.frame_size)
-    options = TrainOptions(args.epochs, args.batch, args.lr, seed=args.seed, device=args.device, workers=args.workers,
-                           loader=args.loader, buffer_bytes=int(args.buffer_mb * 2**20))  # fmt: skip
+    options = TrainOptions(args.epochs, args.batch, args.lr or 5e-3, seed=args.seed, device=args.device,
+                           workers=args.workers, loader=args.loader,
+                           buffer_bytes=int(args.buffer_mb * 2**20))  # fmt: skip
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -426,6 +471,68 @@ def cmd_nn_infer(args: argparse.Namespace) -> int:
         summary["vs_ground_truth"] = compare_on_scanned_region(result.product, scan.ground_truth, scan.positions_m)
     write_summary(args.output, summary)
     console.print(f"[green]wrote[/] {args.output}: {scan.n_frames} frames at {result.frames_per_s:.0f} frames/s")
+    return 0
+
+
+def cmd_nn_finetune(args: argparse.Namespace) -> int:
+    """Fine-tune an edge model on a scan's own frames (physics only, no labels)."""
+    from edgeray.io import CXIFile
+    from edgeray.nn.finetune import FinetuneOptions, finetune_on_scan
+    from edgeray.nn.report import write_corpus_card
+
+    with CXIFile(args.scan, **_cxi_options(args)) as cxi:
+        scan = cxi.load()
+    options = FinetuneOptions(epochs=args.epochs, learning_rate=args.lr, overlap_weight=args.overlap_weight,
+                              device=args.device, seed=args.seed)  # fmt: skip
+    with progress_bar(f"fine-tuning on {args.scan.name}'s frames", None) as update:
+        result = finetune_on_scan(scan, args.model, args.output, args.probe, options,
+                                  progress=lambda step, total, loss: update(step, total))  # fmt: skip
+    write_corpus_card(args.output, result.card)
+    gain = 1 - result.holdout_after / max(result.holdout_before, 1e-30)
+    write_summary(args.output / "finetune.h5", {"command": "nn finetune", "scan": str(args.scan),
+                                                "model": str(args.model or "shipped"), "seconds": result.seconds,
+                                                "frames_per_s": scan.n_frames * args.epochs / result.seconds,
+                                                **result.card["finetuned"]})  # fmt: skip
+    console.print(f"[green]wrote[/] {args.output}: held-out frames' Poisson deviance {result.holdout_before:.4g} -> "
+                  f"{result.holdout_after:.4g} ({gain:.0%} lower); probe: {result.card['finetuned']['probe']} "
+                  f"({result.seconds:.0f} s)", soft_wrap=True)  # fmt: skip
+    return 0
+
+
+def cmd_nn_evaluate(args: argparse.Namespace) -> int:
+    """Score a model on unseen simulated scans (and a given scan) beside LSQML; print and write the table."""
+    from edgeray.io import CXIFile
+    from edgeray.nn.evaluate import EvaluationOptions, evaluate_model
+
+    args.simulate = args.simulate or args.scan is None
+    scan = None
+    if args.scan is not None:
+        with CXIFile(args.scan, **_cxi_options(args)) as cxi:
+            scan = cxi.load()
+    options = EvaluationOptions(pairs=0 if args.scan and not args.simulate else args.pairs, frames=args.frames,
+                                lsqml_epochs=args.lsqml_epochs, low_dose=args.simulate and not args.quick,
+                                sparse=args.simulate and not args.quick)  # fmt: skip
+    start = time.perf_counter()
+    with console.status("evaluating") as status:
+        result = evaluate_model(args.model, options, scan, progress=lambda text: status.update(f"evaluating: {text}"))
+    result["seconds"] = time.perf_counter() - start
+    table = Table(title=f"{args.model or 'shipped model'}: phase SSIM against the ground truth")
+    for column in ("case", "network", "LSQML"):
+        table.add_column(column)
+    for case in result["cases"]:
+        lsqml = case.get("lsqml_phase_ssim")
+        nn_value = case["nn_phase_ssim"]
+        shown = f"{nn_value:.3f}" if np.isfinite(nn_value) else f"deviance {case.get('nn_deviance', 0):.4g}"
+        table.add_row(case["case"], shown, "-" if lsqml is None else f"{lsqml:.3f}")
+    if result["median_unseen_nn"] is not None:
+        lsqml = result["median_unseen_lsqml"]
+        table.add_row("[bold]median, unseen objects", f"[bold]{result['median_unseen_nn']:.3f}",
+                      "-" if lsqml is None else f"[bold]{lsqml:.3f}")  # fmt: skip
+    table.add_row("ONNX Runtime frames/s", f"{result['frames_per_s']:,.0f} ({result['threads']} threads)", "")
+    console.print(table)
+    if args.output is not None:
+        args.output.write_text(json.dumps(result, indent=2) + "\n")
+        console.print(f"[green]wrote[/] {args.output}")
     return 0
 
 
@@ -579,7 +686,8 @@ def cmd_workflow_run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{args.follow}: no such run folder (the edge service's --out)")
     config = load_config(args.config, args.out / "parsl")
     replay = None if args.replay == "all" else int(args.replay)
-    options = FlowOptions(args.epochs, args.finetune_epochs, overlap=not args.sequential, replay=replay)
+    options = FlowOptions(args.epochs, args.finetune_epochs, overlap=not args.sequential, replay=replay,
+                          labels=args.labels)  # fmt: skip
     if args.follow is not None:
         scans = FollowRun(args.follow, args.n_scans, args.idle_timeout)
         what = f"following {args.follow} ({args.n_scans or 'all'} scans, idle timeout {args.idle_timeout:g} s)"
@@ -759,13 +867,15 @@ def _edge_tomo(args: argparse.Namespace) -> int:
 
 def cmd_edge(args: argparse.Namespace) -> int:
     from edgeray.stream import Dashboard, EdgeOptions, EdgeService
+    from edgeray.stream.refine import RefineOptions
 
     if args.mode == "tomo":
         return _edge_tomo(args)
+    refine = RefineOptions(engine=args.refine_engine, tail_s=args.refine_tail_s) if args.refine else None
     options = EdgeOptions(
         listen=args.listen, out=args.out, model=args.model, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
         publish=None if args.publish == "off" else args.publish, scans=args.scans, curve_keys=args.curve_keys,
-        infer_threads=args.infer_threads, registry=args.registry,
+        infer_threads=args.infer_threads, registry=args.registry, refine=refine, refine_probe=args.refine_probe,
     )  # fmt: skip
     return _serve(EdgeService(options).start(), Dashboard, args, "edge")
 
@@ -812,6 +922,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     http = f"127.0.0.1:{_free_port(args.port)}"  # the preferred port, or any free one if it is taken
     command = [sys.executable, "-m", "edgeray", "edge", "--listen", listen, "--out", str(out), "--http", http,
                "--publish", "off", "--scans", "1", "--hold", str(args.hold)]  # fmt: skip
+    if not args.no_refine:
+        command += ["--refine", "--refine-tail-s", str(args.refine_tail_s)]
+    if args.model is not None:
+        command += ["--model", str(args.model)]
     edge = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
         ready = json.loads(edge.stdout.readline() or "{}").get("ready")
@@ -822,7 +936,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         with progress_bar(f"detector at {args.rate:g} frames/s", scan.n_frames) as update:
             report = replay(scan, socket, args.rate, scan_id="scan", progress=update)
         socket.close()
-        lines = edge.communicate(timeout=120 + args.hold)[0].splitlines()
+        lines = edge.communicate(timeout=120 + args.hold + args.refine_tail_s)[0].splitlines()
     finally:
         if edge.poll() is None:
             edge.terminate()
@@ -831,6 +945,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     product = read_product(summary["files"]["product"])
     quality = compare_on_scanned_region(product, scan.ground_truth, np.asarray(scan.positions_m))
     result = {"detector": report.as_dict(), "edge": summary, "vs_ground_truth": quality}
+    refined_quality = None
+    if "refined" in summary["files"]:
+        refined = read_product(summary["files"]["refined"])
+        refined_quality = compare_on_scanned_region(refined, scan.ground_truth, np.asarray(scan.positions_m))
+        result["refined_vs_ground_truth"] = refined_quality
     (out / "demo.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
     table = Table(title="EdgeRay live demo", show_header=False)
     for key, value in [
@@ -838,8 +957,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
          f"{summary['frames_written']} / {summary['frames_inferred']}"),
         ("detector rate, jitter p99", f"{report.rate_hz:,.0f} frames/s, {report.jitter_us_p99:,.0f} us"),
         ("latency to mosaic p50 / p99", f"{summary['latency_ms_p50']:.1f} / {summary['latency_ms_p99']:.1f} ms"),
-        ("phase SSIM vs ground truth", f"{quality['ssim_phase']:.2f}"),
-        ("image", summary["files"].get("preview", "")),
+        ("phase SSIM vs ground truth, network", f"{quality['ssim_phase']:.2f}"),
+        *([("phase SSIM vs ground truth, refined",
+            f"{refined_quality['ssim_phase']:.2f} ({summary['refinement']['epochs']:.1f} epochs of live "
+            f"{summary['refinement']['engine']}, {summary['refinement']['seconds_after_last_frame']:.1f} s after "
+            "the last frame)"),
+           ("refined image", summary["files"].get("refined_preview", ""))] if refined_quality else []),
+        ("network image", summary["files"].get("preview", "")),
         ("raw frames (CXI)", summary["files"]["raw"]),
     ]:  # fmt: skip
         table.add_row(key, value)
@@ -965,16 +1089,28 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--probe", default="focused", help="probe of the simulations (focused, zoneplate, gaussian, FILE)")
     m.add_argument("--seed", type=int, default=0)
     m.set_defaults(func=cmd_nn_make_trainset)
-    t = nn_cmds.add_parser("train", help="train a model on a training set")
-    t.add_argument("trainset", type=Path)
+    t = nn_cmds.add_parser("train", help="train a model on a training set, or the edge model on the corpus")
+    t.add_argument("trainset", type=Path, nargs="?", default=None, help="training set (HDF5); omit with --corpus")
     t.add_argument("-o", "--output", type=Path, required=True, help="model directory")
-    t.add_argument("--model", choices=("compact", "ptychonn"), default="compact")
-    t.add_argument("--width", type=int, default=None, help="base channels (compact 8, ptychonn 32)")
+    t.add_argument("--model", choices=("edge", "compact", "ptychonn"), default=None,
+                   help="edge (with --corpus), compact or ptychonn (stored sets; default compact)")  # fmt: skip
+    t.add_argument("--width", type=int, default=None, help="base channels (edge and compact 8, ptychonn 32)")
+    t.add_argument("--corpus", action="store_true", help="train on the procedural corpus, generated as it trains")
+    t.add_argument("--steps", type=int, default=20000, help="corpus: optimizer steps")
+    t.add_argument("--objects-per-step", type=int, default=16, help="corpus: objects per step (8 frames each)")
+    t.add_argument("--photons", default="1e2,1e6", help="corpus: range of mean counts per frame, LOW,HIGH")
+    t.add_argument("--physics-weight", type=float, default=0.1, help="corpus: weight of the Poisson deviance")
+    t.add_argument("--slope-weight", type=float, default=1.0, help="corpus: weight of the phase-slope term")
+    t.add_argument("--dense", type=int, default=0, help="edge: width of a dense mixing layer (0: none)")
+    t.add_argument("--probe", default="focused", help="edge: the probe (focused, zoneplate, gaussian, FILE)")
+    t.add_argument("--probe-diameter-px", type=float, default=None, help="edge: beam diameter, object pixels")
+    t.add_argument("--checkpoint-every", type=int, default=500, help="corpus: steps between checkpoints")
+    t.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     t.add_argument("--depth", type=int, default=3)
     t.add_argument("--frame-size", type=int, default=64)
     t.add_argument("--epochs", type=int, default=20)
     t.add_argument("--batch", type=int, default=64)
-    t.add_argument("--lr", type=float, default=5e-3, help="peak learning rate (cosine schedule)")
+    t.add_argument("--lr", type=float, default=None, help="peak learning rate (cosine; stored sets 5e-3, corpus 2e-3)")
     t.add_argument("--device", default="cpu")
     t.add_argument("--workers", type=int, default=0)
     t.add_argument("--seed", type=int, default=0)
@@ -1003,6 +1139,30 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto")
     _add_cxi_flags(i)
     i.set_defaults(func=cmd_nn_infer)
+    f = nn_cmds.add_parser("finetune", help="fine-tune an edge model on a scan's own frames (no labels)")
+    f.add_argument("scan", type=Path, help="a scan (CXI)")
+    f.add_argument("-o", "--output", type=Path, required=True, help="new model directory")
+    f.add_argument("--model", type=Path, default=None, help="edge model to start from (default: the shipped one)")
+    f.add_argument("--probe", type=Path, default=None,
+                   help="probe (product, CXI, .npy) when the scan has none; else estimated from the data")  # fmt: skip
+    f.add_argument("--epochs", type=int, default=3, help="passes over the scan's frames")
+    f.add_argument("--lr", type=float, default=3e-4)
+    f.add_argument("--overlap-weight", type=float, default=1.0, help="weight of the neighbours' overlap term")
+    f.add_argument("--device", default="cpu")
+    f.add_argument("--seed", type=int, default=0)
+    _add_cxi_flags(f)
+    f.set_defaults(func=cmd_nn_finetune)
+    e = nn_cmds.add_parser("evaluate", help="what a model is worth: phase SSIM on unseen scans beside LSQML")
+    e.add_argument("model", type=Path, nargs="?", default=None, help="model directory (default: the shipped one)")
+    e.add_argument("--scan", type=Path, default=None, help="also (or only, without --simulate) this scan (CXI)")
+    e.add_argument("--simulate", action="store_true", help="the simulated cases (the default without --scan)")
+    e.add_argument("--pairs", type=int, default=8, help="unseen object pairs at 1e5 photons")
+    e.add_argument("--frames", type=int, default=900, help="frames per simulated scan")
+    e.add_argument("--lsqml-epochs", type=int, default=30, help="LSQML epochs beside the network (0: none)")
+    e.add_argument("--quick", action="store_true", help="only the unseen-object cases")
+    e.add_argument("-o", "--output", type=Path, default=None, help="JSON file for the table")
+    _add_cxi_flags(e)
+    e.set_defaults(func=cmd_nn_evaluate)
 
     tomo = groups.add_parser("tomo", help="tomography: reconstruct Data Exchange scans, denoise slices")
     tomo_cmds = tomo.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -1092,6 +1252,8 @@ def build_parser() -> argparse.ArgumentParser:
     wr.add_argument("--sequential", action="store_true", help="run the tasks one after another (no overlap)")
     wr.add_argument("--replay", default="all",
                     help="'all' labels in every fine-tuning, or N frames of earlier scans with the newest")  # fmt: skip
+    wr.add_argument("--labels", choices=("lsqml", "physics"), default="lsqml",
+                    help="learn from LSQML's patches, or from the scan's own frames (physics, no labels)")  # fmt: skip
     wr.set_defaults(func=cmd_workflow_run)
 
     demo = groups.add_parser("demo", help="the main job: live streaming on a simulated scan, all local")
@@ -1103,6 +1265,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=3)
     demo.add_argument("--port", type=int, default=8765, help="live-view port on 127.0.0.1 (0: any free port)")
     demo.add_argument("--hold", type=float, default=5.0, help="seconds the live view stays up after the scan")
+    demo.add_argument("--model", type=Path, default=None, help="edge model directory (default: the shipped one)")
+    demo.add_argument("--no-refine", action="store_true", help="the network's image only (no live refinement)")
+    demo.add_argument("--refine-tail-s", type=float, default=10.0, help="seconds of refinement after the last frame")
     demo.set_defaults(func=cmd_demo)
 
     detector = groups.add_parser("detector", help="detector stand-in: stream a scan to an edge service")
@@ -1154,6 +1319,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--scans", type=int, default=None, help="exit after this many scans (default: run until stopped)")
     e.add_argument("--hold", type=float, default=0.0, help="keep the live view up this many seconds at exit")
     e.add_argument("--curve-keys", type=Path, default=None, help="CurveZMQ key folder; needed off loopback")
+    e.add_argument("--refine", action="store_true",
+                   help="refine the live image in the spare CPU time (writes <scan>_refined.h5)")  # fmt: skip
+    e.add_argument("--refine-engine", choices=("lsqml", "rpie"), default="lsqml", help="engine of the refinement")
+    e.add_argument("--refine-tail-s", type=float, default=10.0, help="seconds of refinement after a scan's end")
+    e.add_argument("--refine-probe", type=Path, default=None, help="probe for refinement (default: the model's)")
     e.set_defaults(func=cmd_edge)
 
     k = groups.add_parser("keys", help="make CurveZMQ keys for an edge service and its detectors")

@@ -13,8 +13,9 @@ from torch import nn
 
 from edgeray.io import Product, PtychoScan
 from edgeray.nn.checkpoint import load_model
-from edgeray.nn.models import normalize_frames
-from edgeray.nn.stitch import stitch, to_complex
+from edgeray.nn.models import EdgeNet, normalize_frames
+from edgeray.nn.physics import probe_weights
+from edgeray.nn.stitch import centre_weights, stitch, to_complex
 from edgeray.ptycho.problem import object_grid
 
 
@@ -27,6 +28,14 @@ def predict(model: nn.Module, inputs: torch.Tensor, batch_size: int = 256) -> tu
             amplitudes.append(amplitude)
             phases.append(phase)
     return torch.cat(amplitudes), torch.cat(phases)
+
+
+def stitch_weights(model: nn.Module, frame_shape: tuple[int, int]) -> torch.Tensor:
+    """``(H, W)`` weights of a model's patches when stitched: its probe's intensity for the edge model (where the
+    frame says something), a centred Hann window for models without a probe."""
+    if isinstance(model, EdgeNet):
+        return probe_weights(model.complex_probe())
+    return centre_weights(frame_shape)
 
 
 def geometry_mismatches(scan: PtychoScan, card: dict) -> list[str]:
@@ -84,11 +93,15 @@ def infer_scan(
 ) -> InferenceResult:
     """Invert every frame of ``scan`` with a surrogate (default: the shipped model) and stitch the patches.
 
+    Patches are stitched in scan order, each turned to agree with what is already there (a frame fixes its patch
+    only up to a constant phase; :func:`edgeray.nn.stitch.accumulate`), weighted by the model's probe intensity.
+
     ``backend``: ``auto`` (ONNX Runtime on the CPU, torch on CUDA), ``onnx`` or ``torch``. Warns (and reports)
     when the scan's geometry differs from the model card's: a network is valid only for the probe and geometry it
     was trained with.
     """
     model, card = load_model(model_dir, device)
+    weights = stitch_weights(model, scan.frames.shape[-2:])
     if torch.device(device).type == "cpu":
         model = cpu_runtime(model, card, model_dir, backend)
     mismatches = geometry_mismatches(scan, card)
@@ -99,7 +112,7 @@ def infer_scan(
     start = time.perf_counter()
     amplitude, phase = predict(model, normalize_frames(frames), batch_size)
     positions_px = torch.from_numpy(grid.positions_px).to(device)
-    obj, _ = stitch(to_complex(amplitude, phase), positions_px, grid.object_shape)
+    obj, _ = stitch(to_complex(amplitude, phase), positions_px, grid.object_shape, weights)
     seconds = time.perf_counter() - start
     product = Product(
         object=obj.cpu().numpy()[None],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -16,7 +17,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from edgeray.device import resolve_device
 from edgeray.nn.checkpoint import load_model, load_training_state, save_model, save_training_state
-from edgeray.nn.models import ModelConfig, build_model, count_parameters
+from edgeray.nn.models import EdgeNet, ModelConfig, build_model, count_parameters
+from edgeray.nn.physics import probe_weights, supervised_losses
 from edgeray.nn.trainset import DATASETS
 
 
@@ -79,11 +81,21 @@ class TrainOptions:
 
 
 def _loss(model: nn.Module, batch, device, amp: bool) -> tuple[torch.Tensor, float, float]:
+    """Training loss of a batch and its amplitude and phase parts. The edge model is scored as on the corpus
+    (probe-weighted, phase up to a constant: :func:`edgeray.nn.physics.supervised_losses`); the others by plain
+    L1 over the frame."""
     x, amplitude, phase = (t.to(device, non_blocking=True) for t in batch)
     with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
         predicted_amplitude, predicted_phase = model(x)
-    loss_amplitude = (predicted_amplitude.float() - amplitude).abs().mean()
-    loss_phase = (predicted_phase.float() - phase).abs().mean()
+    if isinstance(model, EdgeNet):
+        weights = probe_weights(model.complex_probe())
+        target = torch.polar(amplitude[:, 0], phase[:, 0])
+        loss_amplitude, loss_phase = supervised_losses(predicted_amplitude[:, 0].float(), predicted_phase[:, 0].float(),
+                                                       target, weights)  # fmt: skip
+        loss_amplitude, loss_phase = loss_amplitude.mean(), loss_phase.mean()
+    else:
+        loss_amplitude = (predicted_amplitude.float() - amplitude).abs().mean()
+        loss_phase = (predicted_phase.float() - phase).abs().mean()
     return loss_amplitude + loss_phase, float(loss_amplitude.detach()), float(loss_phase.detach())
 
 
@@ -194,15 +206,28 @@ def train(
     return card
 
 
+def file_names_only(value):
+    """``value`` with every file path in its strings cut to the file's name: a model card must not carry the
+    folders of the machine it was made on."""
+    if isinstance(value, str):
+        return re.sub(r"(?:[\w.~-]*/)+([\w.-]+)", r"\1", value)
+    if isinstance(value, dict):
+        return {k: file_names_only(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [file_names_only(v) for v in value]
+    return value
+
+
 def _card(config, options, dataset, model, history, trainset) -> dict:
     attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in dataset.attrs.items()}
+    attrs = file_names_only(attrs)
     valid_for = attrs.get("valid_for")
     return {
         "config": config.to_dict(),
         "parameters": count_parameters(model),
         "input": "sqrt(counts / scale), scale = the scan's mean count per pixel; shape (N, 1, H, W) float32",
-        "outputs": "amplitude (sigmoid, 0..1) and phase (pi tanh, rad) on the frame's object window",
-        "training": asdict(options) | {"trainset": str(trainset), "samples": len(dataset)},
+        "outputs": "amplitude and phase (rad) on the frame's probe-centred grid",
+        "training": file_names_only(asdict(options)) | {"trainset": Path(trainset).name, "samples": len(dataset)},
         "data": {k: v for k, v in attrs.items() if k != "valid_for"},
         "valid_for": json.loads(valid_for) if isinstance(valid_for, str) else valid_for,
         "history": history,

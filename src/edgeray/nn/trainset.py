@@ -18,14 +18,32 @@ import numpy as np
 from edgeray.io import Product, PtychoScan
 from edgeray.io._h5util import atomic_h5, frames_per_chunk
 from edgeray.sim import BUNDLED_IMAGES, PtychoSimConfig, simulate_ptycho
-from edgeray.sim.ptycho import frame_windows, make_probe
+from edgeray.sim.ptycho import make_probe
 
 DATASETS = ("frames", "amplitude", "phase", "scale")
 
 
 def object_patches(obj: np.ndarray, positions_px: np.ndarray, frame_shape: tuple[int, int]) -> np.ndarray:
-    """The object window of every frame, ``(N, H, W)``: pixels from ``floor(p - (H/2, W/2))`` on."""
-    return obj[frame_windows(positions_px, frame_shape)]
+    """The object on each frame's probe-centred grid, ``(N, H, W)``: pixel ``(i, j)`` is the object at
+    ``p - (H/2, W/2) + (i, j)`` (bilinear between pixels), the networks' convention (:mod:`edgeray.nn.physics`)."""
+    corner = np.asarray(positions_px, dtype=np.float64) - np.array(frame_shape) / 2
+    first = np.floor(corner).astype(np.int64)
+    rows = np.clip(first[:, 0, None, None] + np.arange(frame_shape[0] + 1)[None, :, None], 0, obj.shape[0] - 1)
+    cols = np.clip(first[:, 1, None, None] + np.arange(frame_shape[1] + 1)[None, None, :], 0, obj.shape[1] - 1)
+    window = obj[rows, cols]
+    fy, fx = (corner - first)[:, 0, None, None], (corner - first)[:, 1, None, None]
+    mixed = (1 - fy) * window[:, :-1] + fy * window[:, 1:]
+    return ((1 - fx) * mixed[:, :, :-1] + fx * mixed[:, :, 1:]).astype(np.complex64)
+
+
+def relative_to_transmission(patches: np.ndarray, probe: np.ndarray | None) -> np.ndarray:
+    """``patches`` divided by the square root of the scan's mean transmitted fraction under ``probe`` (the edge
+    model's amplitude convention); without a (nonzero) probe, scaled so the 99th-percentile amplitude is 1."""
+    if probe is not None and np.abs(probe).max() > 0:
+        power = np.abs(np.asarray(probe).reshape(-1, *patches.shape[-2:])[0]) ** 2
+        transmitted = float((power / power.sum() * np.abs(patches) ** 2).sum(axis=(1, 2)).mean())
+        return patches / np.sqrt(max(transmitted, 1e-12))
+    return patches / max(np.percentile(np.abs(patches), 99), 1e-12)
 
 
 def remove_phase_offset(obj: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
@@ -69,7 +87,7 @@ def samples_from_scan(scan: PtychoScan) -> dict[str, np.ndarray]:
     """Training samples of a simulated scan: its frames and its ground-truth patches (phase offset removed)."""
     truth = scan.ground_truth
     obj = remove_phase_offset(truth.object)
-    patches = object_patches(obj, truth.positions_px, scan.frames.shape[1:])
+    patches = relative_to_transmission(object_patches(obj, truth.positions_px, scan.frames.shape[1:]), truth.probe)
     frames = scan.frames.astype(np.float32)
     scale = np.full(len(frames), frames.mean(), dtype=np.float32)
     return {"frames": frames, "amplitude": np.abs(patches), "phase": np.angle(patches), "scale": scale}
@@ -78,9 +96,9 @@ def samples_from_scan(scan: PtychoScan) -> dict[str, np.ndarray]:
 def samples_from_reconstruction(scan: PtychoScan, product: Product) -> dict[str, np.ndarray]:
     """Training samples from a measured scan and its iterative reconstruction, as the beamline workflow makes them.
 
-    Labels are the reconstructed object's windows at the product's positions; the object is scaled so its
-    99th-percentile amplitude over the scanned windows is 1 (a reconstruction's amplitude scale is arbitrary) and
-    its mean phase over them is removed.
+    Labels are the reconstructed object on each frame's probe-centred grid at the product's positions, relative to
+    the scan's mean transmission under the product's probe (a reconstruction's amplitude scale is arbitrary; see
+    :func:`relative_to_transmission`), with the mean phase over them removed.
     """
     if len(product.positions_m) != scan.n_frames:
         raise ValueError(f"product has {len(product.positions_m)} positions for {scan.n_frames} frames")
@@ -89,11 +107,10 @@ def samples_from_reconstruction(scan: PtychoScan, product: Product) -> dict[str,
     origin = np.asarray(product.object_center_m) - np.asarray(obj.shape) / 2 * pixel
     positions_px = (product.positions_m - origin) / pixel
     patches = object_patches(obj, positions_px, scan.frames.shape[1:])
-    patches = remove_phase_offset(patches)
-    patches = patches / max(np.percentile(np.abs(patches), 99), 1e-12)
+    patches = relative_to_transmission(remove_phase_offset(patches), product.probe)
     frames = scan.frames.astype(np.float32)
     scale = np.full(len(frames), frames.mean(), dtype=np.float32)
-    return {"frames": frames, "amplitude": np.clip(np.abs(patches), 0, 1), "phase": np.angle(patches), "scale": scale}
+    return {"frames": frames, "amplitude": np.abs(patches), "phase": np.angle(patches), "scale": scale}
 
 
 def write_trainset(path: str | Path, samples: list[dict[str, np.ndarray]], attrs: dict) -> Path:

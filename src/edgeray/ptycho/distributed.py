@@ -132,6 +132,8 @@ class DistributedEngine:
     the mini-batch engines the one-process engine's batches, each rank taking its own frames of every batch.
     Construct with ``(problem, state, options, tiles, rank, exchange)``; ``problem`` holds this rank's frames."""
 
+    dense_sums = True  # sums completed across ranks on whole-object arrays (halo exchange)
+
     def __init__(self, problem: Problem, state: State, options, tiles: list[Tile], rank: int,
                  exchange: str = "halo"):  # fmt: skip
         if exchange not in ("halo", "allreduce"):
@@ -143,7 +145,7 @@ class DistributedEngine:
         self.neighbours = [(t, o) for t in tiles if t.rank != rank and (o := _overlap(tiles[rank], t)) is not None]
         super().__init__(problem, state, options)
         self.owned = ownership(tiles, rank).to(problem.device)
-        self.data_norm = self.combine_costs([self.data_norm])[0]
+        self._data_norm = self.combine_costs([self.data_norm])[0]
         n_frames = sum(len(t.frames) for t in tiles)
         local = torch.full((n_frames,), -1, dtype=torch.long)
         local[torch.from_numpy(tiles[rank].frames)] = torch.arange(len(tiles[rank].frames))

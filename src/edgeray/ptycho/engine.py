@@ -10,7 +10,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from edgeray.ptycho.ops import abs2, extract_patches, patch_indices, shift_ramps, shifted_probes, split_positions
+from edgeray.ptycho.ops import (
+    abs2,
+    extract_patches,
+    patch_indices,
+    scatter_patches,
+    shift_ramps,
+    shifted_probes,
+    split_positions,
+)
 from edgeray.ptycho.problem import Problem
 
 NOISE_MODELS = ("gaussian", "poisson")
@@ -151,6 +159,15 @@ def orthogonalize_modes(probe: torch.Tensor) -> torch.Tensor:
     return (vectors.conj().T.flip(0) @ flat).reshape(probe.shape)
 
 
+@dataclass
+class PixelSum:
+    """A per-pixel sum over a batch's frames: at the frames' pixels ``entries`` ``(B, H, W)``, and for a
+    distributed run the whole-object array ``full`` ``(Y, X)``."""
+
+    entries: torch.Tensor
+    full: torch.Tensor | None = None
+
+
 class ReconstructionDiverged(RuntimeError):
     """Raised inside the loop when the cost becomes NaN or explodes; the engine restores the last good state."""
 
@@ -160,7 +177,7 @@ class Engine:
 
     name = "engine"
 
-    def __init__(self, problem: Problem, state: State, options: EngineOptions):
+    def __init__(self, problem: Problem, state: State, options: EngineOptions, check_positions: bool = True):
         self.problem = problem
         self.options = options
         self.real, self.complex = real_dtype(options.dtype)
@@ -170,11 +187,19 @@ class Engine:
             state.positions_px.to(problem.device, torch.float64),
         )
         self.valid = problem.valid.to(self.real)
-        self.data_norm = float((self.valid * problem.amplitudes.to(self.real) ** 2).sum())
+        self._data_norm: float | None = None
         self.rng = np.random.default_rng(options.seed)
         self.history = History()
         self.epochs_done = 0
-        self._check_positions(self.state.positions_px)
+        if check_positions:
+            self._check_positions(self.state.positions_px)
+
+    @property
+    def data_norm(self) -> float:
+        """Sum of the measured intensities over valid pixels (the cost's denominator), computed once."""
+        if self._data_norm is None:
+            self._data_norm = float((self.valid * self.problem.amplitudes.to(self.real) ** 2).sum())
+        return self._data_norm
 
     def _check_positions(self, positions_px: torch.Tensor) -> None:
         corners, _ = split_positions(positions_px, self.problem.frame_shape)
@@ -251,6 +276,43 @@ class Engine:
                 observer(self.state)
         return self.history
 
+    # Sums over a batch's frames at each object pixel. In one process the sums go to persistent object-sized
+    # buffers that are cleared again at the touched pixels only, and are read back at the batch's own pixels: a
+    # batch then costs in proportion to its frames, not to the object (large objects, live refinement). A
+    # distributed run completes the sums across ranks on whole-object arrays (the sum_object hook), and updates
+    # the whole object, since other ranks' frames reach pixels that this rank's do not.
+    dense_sums = False
+
+    def pixel_sum(self, values: torch.Tensor, patch_index: torch.Tensor) -> PixelSum:
+        """The sum of ``values`` ``(B, H, W)`` over the batch's frames at each object pixel (over every rank's
+        frames in a distributed run), read back at every frame's pixels (``entries``, ``(B, H, W)``)."""
+        flat = patch_index.reshape(-1)
+        if self.dense_sums:
+            total = self.sum_object(scatter_patches(values, patch_index, self.problem.object_shape))
+            return PixelSum(total.reshape(-1).index_select(0, flat).reshape(values.shape), total)
+        size = self.problem.object_shape[0] * self.problem.object_shape[1]
+        key = (values.dtype, values.device)
+        buffers = self.__dict__.setdefault("_sum_buffers", {})
+        if key not in buffers or buffers[key].numel() != size:
+            buffers[key] = torch.zeros(size, dtype=values.dtype, device=values.device)
+        buffer = buffers[key]
+        buffer.index_add_(0, flat, values.reshape(-1))
+        entries = buffer.index_select(0, flat).reshape(values.shape)
+        buffer.index_fill_(0, flat, 0)
+        return PixelSum(entries)
+
+    def add_to_object(self, patch_index: torch.Tensor, change: Callable[..., torch.Tensor], *sums: PixelSum) -> None:
+        """``object += change(*sums)`` where the batch's frames reach; ``change`` is elementwise in its arguments
+        (applied to the sums at the frames' pixels, or to whole-object sums in a distributed run)."""
+        if self.dense_sums:
+            self.state.object = self.state.object + change(*(s.full for s in sums))
+            return
+        flat = patch_index.reshape(-1)
+        obj = self.state.object.reshape(-1)
+        # one value per object pixel, the same wherever several frames reach it: plain assignment is exact
+        changed = obj.index_select(0, flat) + change(*(s.entries for s in sums)).reshape(-1).to(obj.dtype)
+        obj.index_copy_(0, flat, changed)
+
     # What a distributed run reduces across ranks (see edgeray.ptycho.distributed): the engines call these
     # hooks wherever they sum over frames; in one process there is nothing to do.
     def combine_costs(self, values: list[float]) -> list[float]:
@@ -284,8 +346,8 @@ class Engine:
         d_y = -torch.fft.ifft2(shifted * (2j * math.pi * ky)) * batch.patches[:, None]
         d_x = -torch.fft.ifft2(shifted * (2j * math.pi * kx)) * batch.patches[:, None]
         dims = (1, 2, 3)
-        a_yy = (d_y.abs() ** 2).sum(dim=dims).double()
-        a_xx = (d_x.abs() ** 2).sum(dim=dims).double()
+        a_yy = abs2(d_y).sum(dim=dims).double()
+        a_xx = abs2(d_x).sum(dim=dims).double()
         a_yx = (d_y.conj() * d_x).real.sum(dim=dims).double()
         b_y = (d_y.conj() * chi).real.sum(dim=dims).double()
         b_x = (d_x.conj() * chi).real.sum(dim=dims).double()

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from edgeray.ptycho.engine import Engine, EngineOptions
-from edgeray.ptycho.ops import abs2, extract_patches, scatter_patches, shifted_probes, unshift_sum
+from edgeray.ptycho.ops import abs2, shifted_probes, unshift_sum
 
 
 @dataclass
@@ -33,48 +33,48 @@ class LSQMLEngine(Engine):
     name = "lsqml"
 
     def epoch(self) -> float:
-        options: LSQMLOptions = self.options
-        misfit = 0.0
         refine_probe = self.refine_probe_now()
-        shape = self.problem.object_shape
+        return sum(self.update(index, refine_probe) for index in self.batches())
+
+    def update(self, index: torch.Tensor, refine_probe: bool = True) -> float:
+        """One mini-batch step on frames ``index`` ``(B,)``; returns their amplitude misfit before it."""
+        options: LSQMLOptions = self.options
         dims = (1, 2, 3)
-        for index in self.batches():
-            spectrum = torch.fft.fft2(self.state.probe)
-            batch = self.forward(index, spectrum)
-            misfit += batch.misfit(self.valid)
-            chi = batch.exit_wave_update(self.problem, options.noise)
-            if self.correct_positions_now():
-                self.position_step(batch, chi, spectrum)
-            probe_power = abs2(batch.probes).sum(dim=1)
-            illumination = self.sum_object(scatter_patches(probe_power, batch.patch_index, shape))
-            regularizer = options.delta_object * self.global_max(illumination)
-            direction = self.sum_object(scatter_patches((batch.probes.conj() * chi).sum(dim=1), batch.patch_index,
-                                                        shape))  # fmt: skip
-            direction = direction / (illumination + regularizer)
-            u = batch.probes * extract_patches(direction, batch.patch_index)[:, None]
-            # The 2 x 2 normal equations are solved in float64: in float32 their determinant cancels badly.
-            a11 = abs2(u).sum(dim=dims).double()
-            b1 = (u.conj() * chi).real.sum(dim=dims).double()
-            if refine_probe:
-                weight = self.sum_probe(abs2(batch.patches).sum(dim=0))
-                probe_direction = self.sum_probe(unshift_sum(batch.patches.conj()[:, None] * chi, batch.ramps))
-                probe_direction = probe_direction / (weight + options.delta_probe * weight.max())
-                v = shifted_probes(torch.fft.fft2(probe_direction), batch.ramps) * batch.patches[:, None]
-                a22 = abs2(v).sum(dim=dims).double()
-                a12 = (u.conj() * v).real.sum(dim=dims).double()
-                b2 = (v.conj() * chi).real.sum(dim=dims).double()
-                ridge = 1e-6 * (a11 + a22) + 1e-30
-                det = (a11 + ridge) * (a22 + ridge) - a12**2
-                step_object = ((a22 + ridge) * b1 - a12 * b2) / det
-                step_probe = ((a11 + ridge) * b2 - a12 * b1) / det
-                step_probe = step_probe.clamp(0, options.max_step)
-                total, count = self.combine_costs([float(step_probe.sum()), float(len(step_probe))])
-                self.state.probe = self.state.probe + total / count * probe_direction
-            else:
-                step_object = b1 / (a11 + 1e-6 * self.global_max(a11) + 1e-30)
-            step_object = step_object.clamp(0, options.max_step).to(probe_power.dtype)
-            # Per-pixel average of the frames' object steps, weighted by their illumination.
-            weighted = self.sum_object(scatter_patches(step_object[:, None, None] * probe_power, batch.patch_index,
-                                                       shape))  # fmt: skip
-            self.state.object = self.state.object + weighted / (illumination + regularizer) * direction
+        spectrum = torch.fft.fft2(self.state.probe)
+        batch = self.forward(index, spectrum)
+        misfit = batch.misfit(self.valid)
+        chi = batch.exit_wave_update(self.problem, options.noise)
+        if self.correct_positions_now():
+            self.position_step(batch, chi, spectrum)
+        probe_power = abs2(batch.probes).sum(dim=1)
+        illumination = self.pixel_sum(probe_power, batch.patch_index)
+        regularizer = options.delta_object * self.global_max(illumination.entries)
+        gradient = self.pixel_sum((batch.probes.conj() * chi).sum(dim=1), batch.patch_index)
+        direction = gradient.entries / (illumination.entries + regularizer)
+        u = batch.probes * direction[:, None]
+        # The 2 x 2 normal equations are solved in float64: in float32 their determinant cancels badly.
+        a11 = abs2(u).sum(dim=dims).double()
+        b1 = (u.conj() * chi).real.sum(dim=dims).double()
+        if refine_probe:
+            weight = self.sum_probe(abs2(batch.patches).sum(dim=0))
+            probe_direction = self.sum_probe(unshift_sum(batch.patches.conj()[:, None] * chi, batch.ramps))
+            probe_direction = probe_direction / (weight + options.delta_probe * weight.max())
+            v = shifted_probes(torch.fft.fft2(probe_direction), batch.ramps) * batch.patches[:, None]
+            a22 = abs2(v).sum(dim=dims).double()
+            a12 = (u.conj() * v).real.sum(dim=dims).double()
+            b2 = (v.conj() * chi).real.sum(dim=dims).double()
+            ridge = 1e-6 * (a11 + a22) + 1e-30
+            det = (a11 + ridge) * (a22 + ridge) - a12**2
+            step_object = ((a22 + ridge) * b1 - a12 * b2) / det
+            step_probe = ((a11 + ridge) * b2 - a12 * b1) / det
+            step_probe = step_probe.clamp(0, options.max_step)
+            total, count = self.combine_costs([float(step_probe.sum()), float(len(step_probe))])
+            self.state.probe = self.state.probe + total / count * probe_direction
+        else:
+            step_object = b1 / (a11 + 1e-6 * self.global_max(a11) + 1e-30)
+        step_object = step_object.clamp(0, options.max_step).to(probe_power.dtype)
+        # Per-pixel average of the frames' object steps, weighted by their illumination, along the direction.
+        weighted = self.pixel_sum(step_object[:, None, None] * probe_power, batch.patch_index)
+        self.add_to_object(batch.patch_index, lambda w, i, g: w / (i + regularizer) * g / (i + regularizer),
+                           weighted, illumination, gradient)  # fmt: skip
         return misfit

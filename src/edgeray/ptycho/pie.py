@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from edgeray.ptycho.engine import Engine, EngineOptions
-from edgeray.ptycho.ops import abs2, scatter_patches, unshift_sum
+from edgeray.ptycho.ops import abs2, unshift_sum
 
 
 @dataclass
@@ -41,33 +41,36 @@ class PIEEngine(Engine):
     name = "rpie"
 
     def epoch(self) -> float:
-        options: PIEOptions = self.options
-        misfit = 0.0
         refine_probe = self.refine_probe_now()
-        shape = self.problem.object_shape
-        for index in self.batches():
-            spectrum = torch.fft.fft2(self.state.probe)
-            batch = self.forward(index, spectrum)
-            misfit += batch.misfit(self.valid)
-            chi = batch.exit_wave_update(self.problem)
-            if self.correct_positions_now():
-                self.position_step(batch, chi, spectrum)
-            numerator = self.sum_object(scatter_patches((batch.probes.conj() * chi).sum(dim=1), batch.patch_index,
-                                                        shape))  # fmt: skip
-            illumination = self.sum_object(scatter_patches(abs2(batch.probes).sum(dim=1), batch.patch_index, shape))
-            # alpha weighs the brightest pixel of ONE frame's probe, as in sequential (r)PIE: the batch's summed
-            # illumination would shrink the steps of every frame that does not overlap another in the batch.
-            a = options.alpha_object
-            single = float(self.global_max(abs2(batch.probes).sum(dim=1)))
-            denominator = (1 - a) * illumination + a * single
-            object_step = options.step_object * numerator / (denominator + 1e-12 * self.global_max(illumination))
-            if refine_probe:
-                probe_numerator = self.sum_probe(unshift_sum(batch.patches.conj()[:, None] * chi, batch.ramps))
-                weight = self.sum_probe(abs2(batch.patches).sum(dim=0))
-                b = options.alpha_probe
-                probe_denominator = (1 - b) * weight + b * weight.max()
-                self.state.probe = self.state.probe + options.step_probe * probe_numerator / (
-                    probe_denominator + 1e-12 * weight.max()
-                )
-            self.state.object = self.state.object + object_step
+        return sum(self.update(index, refine_probe) for index in self.batches())
+
+    def update(self, index: torch.Tensor, refine_probe: bool = True) -> float:
+        """One mini-batch step on frames ``index`` ``(B,)``; returns their amplitude misfit before it."""
+        options: PIEOptions = self.options
+        spectrum = torch.fft.fft2(self.state.probe)
+        batch = self.forward(index, spectrum)
+        misfit = batch.misfit(self.valid)
+        chi = batch.exit_wave_update(self.problem)
+        if self.correct_positions_now():
+            self.position_step(batch, chi, spectrum)
+        numerator = self.pixel_sum((batch.probes.conj() * chi).sum(dim=1), batch.patch_index)
+        illumination = self.pixel_sum(abs2(batch.probes).sum(dim=1), batch.patch_index)
+        # alpha weighs the brightest pixel of ONE frame's probe, as in sequential (r)PIE: the batch's summed
+        # illumination would shrink the steps of every frame that does not overlap another in the batch.
+        a = options.alpha_object
+        single = float(self.global_max(abs2(batch.probes).sum(dim=1)))
+        floor = 1e-12 * float(self.global_max(illumination.entries))
+
+        def object_step(n: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+            return options.step_object * n / ((1 - a) * i + a * single + floor)
+
+        if refine_probe:
+            probe_numerator = self.sum_probe(unshift_sum(batch.patches.conj()[:, None] * chi, batch.ramps))
+            weight = self.sum_probe(abs2(batch.patches).sum(dim=0))
+            b = options.alpha_probe
+            probe_denominator = (1 - b) * weight + b * weight.max()
+            self.state.probe = self.state.probe + options.step_probe * probe_numerator / (
+                probe_denominator + 1e-12 * weight.max()
+            )
+        self.add_to_object(batch.patch_index, object_step, numerator, illumination)
         return misfit

@@ -47,6 +47,7 @@ PAGE = """<!doctype html>
  <tr><td>queues: inference / writer</td><td class="v" id="queues">-</td></tr>
  <tr><td>invalid messages</td><td class="v" id="invalid">0</td></tr>
  <tr><td>model</td><td class="v" id="model">-</td></tr>
+ <tr><td>live refinement: epochs, misfit</td><td class="v" id="refine">off</td></tr>
  <tr><td>view updates</td><td class="v" id="updates">0</td></tr>
 </table>
 <script>
@@ -65,12 +66,16 @@ async function tick() {
     $("queues").textContent = `${s.infer_queue} / ${s.write_queue}`;
     $("invalid").textContent = s.frames_invalid_total;
     $("model").textContent = s.model_version;
-    if (s.mosaic_patches !== shown && s.mosaic_patches > 0) {
-      shown = s.mosaic_patches; updates += 1;
+    if (s.refine_epochs !== null) {
+      const misfit = s.refine_misfit === null ? "-" : s.refine_misfit.toFixed(4);
+      $("refine").textContent = `${s.refine_epochs.toFixed(2)}, ${misfit}`;
+    }
+    if (s.view_version !== shown && s.mosaic_patches > 0) {
+      shown = s.view_version; updates += 1;
       $("phase").src = `phase.png?v=${shown}`;
       $("amplitude").src = `amplitude.png?v=${shown}`;
       $("updates").textContent = updates;
-      document.body.dataset.patches = shown;
+      document.body.dataset.patches = s.mosaic_patches;
     }
   } catch (e) { $("state").textContent = "(edge not reachable)"; }
   busy = false;
@@ -181,7 +186,7 @@ class Dashboard:
         """The PNG of the mosaic's ``kind``; both kinds are re-rendered from one snapshot when the mosaic grew and
         the last render is older than ``1 / max_fps``."""
         with self._render_lock:
-            patches = self.service.snapshot()["mosaic_patches"]
+            patches = self.service.snapshot().get("view_version", 0)
             cached = self._cache.get(kind)
             fresh_enough = time.perf_counter() - self._last_render < self.min_interval_s
             if cached is not None and (cached[0] == patches or fresh_enough):

@@ -33,11 +33,12 @@ import zmq
 
 from edgeray.io import CXIFile, Product, write_product
 from edgeray.nn.checkpoint import SHIPPED, load_model
-from edgeray.nn.infer import cpu_runtime
+from edgeray.nn.infer import cpu_runtime, stitch_weights
 from edgeray.nn.models import normalize_frames
 from edgeray.nn.stitch import to_complex
 from edgeray.stream.mosaic import Mosaic
 from edgeray.stream.protocol import End, Frame, ProtocolError, Start, decode, geometry_of, object_pixel_size_m
+from edgeray.stream.refine import LiveRefiner, RefineOptions
 from edgeray.stream.runfile import RunFile
 from edgeray.stream.security import server_socket_options
 
@@ -78,6 +79,9 @@ class EdgeOptions:
             ``CURRENT`` version and swaps to a new one between batches once it has passed validation
             (``model`` is published as the first version if the registry is empty).
         registry_poll_s: how often ``CURRENT`` is checked, s.
+        refine: live refinement of each scan's image in the spare CPU time (:mod:`edgeray.stream.refine`), or
+            None; it needs the model's probe (an edge model) or ``refine_probe``.
+        refine_probe: a probe file (product, CXI, .npy) for refinement instead of the model's.
     """
 
     listen: str = "tcp://127.0.0.1:5555"
@@ -93,6 +97,8 @@ class EdgeOptions:
     infer_threads: int = 1
     registry: Path | None = None
     registry_poll_s: float = 0.5
+    refine: RefineOptions | None = None
+    refine_probe: Path | None = None
 
 
 @dataclass
@@ -119,6 +125,7 @@ class ScanRun:
     count_pixels: int = 0
     version_counts: dict = field(default_factory=dict)  # model version -> frames it inverted
     version_segments: list = field(default_factory=list)  # [first index, last index, model version]
+    refiner: LiveRefiner | None = None
 
 
 @dataclass
@@ -158,7 +165,7 @@ class EdgeService:
                 self.registry.publish(options.model or SHIPPED, {"source": "initial model of the edge service"})
             self.registry_version = self.registry.current()
             model_dir = self.registry.path(self.registry_version)
-        self.model, self.card = self._load(model_dir)
+        self.model, self.card, self.weights = self._load(model_dir)
         self.model_version = model_version(model_dir)
         self._validation_inputs: torch.Tensor | None = None
         self.socket = self.context.socket(zmq.PULL)
@@ -184,6 +191,7 @@ class EdgeService:
         self.invalid_total = 0
         self.received_total = 0
         self.rate_window: deque = deque(maxlen=64)  # (perf_counter_ns, received_total)
+        self.finishers: list[threading.Thread] = []  # scans whose refinement is still running
         self.recent_latency_ms: deque = deque(maxlen=4000)
         self.threads = [
             threading.Thread(target=self._receive, name="edge-receive", daemon=True),
@@ -196,12 +204,16 @@ class EdgeService:
             self.threads.append(threading.Thread(target=self._watch_registry, name="edge-registry", daemon=True))
 
     def _load(self, model_dir: Path | None):
-        """A model ready for inference (ONNX Runtime on ``infer_threads`` threads) and its card."""
+        """A model ready for inference (ONNX Runtime on ``infer_threads`` threads), its card and its patches'
+        stitching weights."""
         model, card = load_model(model_dir, "cpu")
+        size = card["config"]["frame_size"]
+        weights = stitch_weights(model, (size, size))
+        self.model_probe = model.complex_probe() if hasattr(model, "complex_probe") else None
         threads = torch.get_num_threads()
         torch.set_num_threads(self.options.infer_threads)
         try:
-            return cpu_runtime(model, card, model_dir, "auto"), card
+            return cpu_runtime(model, card, model_dir, "auto"), card, weights
         finally:
             torch.set_num_threads(threads)
 
@@ -218,7 +230,9 @@ class EdgeService:
             raise ValueError(f"outputs {tuple(amplitude.shape)} for inputs {tuple(inputs.shape)}")
         if not (torch.isfinite(amplitude).all() and torch.isfinite(phase).all()):
             raise ValueError("non-finite outputs on the validation batch")
-        if amplitude.min() < 0 or amplitude.max() > 1 or phase.abs().max() > np.pi + 1e-4:
+        if amplitude.min() < 0:
+            raise ValueError("negative amplitudes on the validation batch")
+        if card["config"]["kind"] != "edge" and (amplitude.max() > 1 or phase.abs().max() > np.pi + 1e-4):
             raise ValueError("outputs outside the amplitude [0, 1] / phase [-pi, pi] ranges")
 
     def _watch_registry(self) -> None:
@@ -232,7 +246,7 @@ class EdgeService:
                 model_dir = self.registry.path(version)
                 if model_dir.resolve() == Path(self.registry.root / self.registry_version).resolve():
                     continue
-                model, card = self._load(model_dir)
+                model, card, weights = self._load(model_dir)
                 if card["config"]["frame_size"] != self.card["config"]["frame_size"]:
                     raise ValueError(f"frame size {card['config']['frame_size']}, the stream's model takes "
                                      f"{self.card['config']['frame_size']}")  # fmt: skip
@@ -244,6 +258,7 @@ class EdgeService:
             previous = self.model_version
             with self.lock:  # the inference thread picks up model and version together, between batches
                 self.model, self.card, self.model_version = model, card, model_version(model_dir)
+                self.weights = weights
             self.registry_version = version
             self.swaps.append({"from": previous, "to": self.model_version, "registry_version": version,
                                "unix_s": time.time(), "load_s": time.perf_counter() - started})  # fmt: skip
@@ -433,6 +448,8 @@ class EdgeService:
         positions = np.array([e.frame.position_m for e in batch])
         with self.lock:
             run.mosaic.add(patches, positions)
+        if run.refiner is not None:
+            run.refiner.add(counts.numpy(), positions)
         now = time.perf_counter_ns()
         latencies = (now - np.array([e.arrival_ns for e in batch])) / 1e6
         if run.inferred + len(batch) > len(run.latencies_ms):
@@ -467,14 +484,50 @@ class EdgeService:
                 self._infer_batch(pending)
                 pending = []
             if kind == "start":
-                item.mosaic = Mosaic(item.start.shape, object_pixel_size_m(item.start))
+                item.mosaic = Mosaic(item.start.shape, object_pixel_size_m(item.start), self.weights)
+                item.refiner = self._make_refiner(item)
             elif kind == "end":
                 self._finish(item)
-                if self.options.scans is not None and len(self.summaries) >= self.options.scans:
-                    self.stopping.set()
             elif kind == "stop":
+                for finisher in self.finishers:
+                    finisher.join()
                 self.finished.set()
                 return
+
+    def _make_refiner(self, run: ScanRun) -> LiveRefiner | None:
+        """The scan's live refiner, when refinement is on and a probe is known (else a warning, and none)."""
+        if self.options.refine is None:
+            return None
+        probe = self.model_probe
+        if self.options.refine_probe is not None:
+            from edgeray.sim.probes import probe_from_file
+
+            probe = torch.from_numpy(probe_from_file(self.options.refine_probe, run.start.shape)[0])
+        if probe is None or tuple(probe.shape) != tuple(run.start.shape):
+            log.warning("scan %s: no refinement (the model carries no probe of %s; give --refine-probe)",
+                        run.start.scan_id, run.start.shape)  # fmt: skip
+            return None
+        probe = probe / torch.linalg.vector_norm(probe)
+
+        def mosaic():
+            with self.lock:
+                m = run.mosaic
+                if m.origin_m is None:
+                    return None, None, None, None
+                return m.numerator.clone(), m.coverage.clone(), m.origin_m.copy(), m.pixel_size_m.copy()
+
+        def backlog() -> int:
+            return self.infer_queue.qsize() + self.write_queue.qsize()
+
+        return LiveRefiner(run.start.shape, probe, self.options.refine, mosaic, backlog).start()
+
+    def _record(self, summary: dict, path: Path) -> None:
+        """Write a scan's summary and count it (the service stops after ``options.scans`` of them)."""
+        path.write_text(json.dumps(summary, indent=2))
+        with self.lock:
+            self.summaries.append(summary)
+        if self.options.scans is not None and len(self.summaries) >= self.options.scans:
+            self.stopping.set()
 
     def _finish(self, run: ScanRun) -> None:
         """Write the product, preview and summary of an ended scan."""
@@ -508,17 +561,40 @@ class EdgeService:
             "files": files,
         }
         path = self.out / f"{(run.run_path.stem if run.run_path else scan_id)}.json"
-        path.write_text(json.dumps(summary, indent=2))
-        with self.lock:
-            self.summaries.append(summary)
         log.info("scan %s: %d received, %d written, %d inferred, p99 latency %s ms -> %s", scan_id, run.received,
                  run.written, run.inferred, summary["latency_ms_p99"], path)  # fmt: skip
+        if run.refiner is None:
+            self._record(summary, path)
+            return
+        run.refiner.end()  # refinement goes on for its tail in its own thread; the next scan need not wait
 
-    def _write_product(self, run: ScanRun) -> dict:
+        def finish_refinement() -> None:
+            run.refiner.done.wait()
+            summary["refinement"] = run.refiner.summary()
+            if run.refiner.object is not None and run.mosaic.n_patches:
+                files.update(self._write_product(run, refined=True))
+            log.info("scan %s refined: %.1f epochs, misfit %s", scan_id, run.refiner.epochs, run.refiner.misfit)
+            self._record(summary, path)
+
+        finisher = threading.Thread(target=finish_refinement, name="edge-refine-finish", daemon=True)
+        self.finishers.append(finisher)
+        finisher.start()
+
+    def _write_product(self, run: ScanRun, refined: bool = False) -> dict:
+        """The network's mosaic (or, ``refined``, the live refinement's image and probe) as a product, with its
+        preview; returns the files written."""
         stem = run.run_path.stem if run.run_path else run.start.scan_id
         with self.lock:
             obj, _ = run.mosaic.image()
             center = run.mosaic.center_m()
+            numerator, coverage = run.mosaic.numerator.numpy().copy(), run.mosaic.coverage.numpy().copy()
+        probe = np.zeros((1, *run.start.shape), dtype=np.complex64)
+        engine, suffix = "nn-stream", "_product"
+        if refined:
+            image = run.refiner.image(numerator, coverage)
+            obj = np.where(np.isfinite(image), image, 1.0).astype(np.complex64)
+            probe = run.refiner.probe.numpy().astype(np.complex64)
+            engine, suffix = f"nn-stream + live {run.refiner.options.engine}", "_refined"
         pixel = tuple(float(v) for v in run.mosaic.pixel_size_m)
         geometry = geometry_of(run.start)
         positions = np.array([], dtype=np.float64).reshape(0, 2)
@@ -527,7 +603,7 @@ class EdgeService:
                 positions = cxi.positions_m
         product = Product(
             object=obj[None],
-            probe=np.zeros((1, *run.start.shape), dtype=np.complex64),
+            probe=probe,
             positions_m=positions,
             object_pixel_size_m=pixel,
             probe_pixel_size_m=pixel,
@@ -535,14 +611,16 @@ class EdgeService:
             distance_m=geometry.distance_m,
             object_center_m=center,
             name=f"edgeray edge {self.model_version}",
-            attrs={"engine": "nn-stream", "model": self.model_version, "scan_id": run.start.scan_id},
+            attrs={"engine": engine, "model": self.model_version, "scan_id": run.start.scan_id},
         )
-        product_path = write_product(self.out / f"{stem}_product.h5", product)
-        files = {"product": str(product_path)}
+        product_path = write_product(self.out / f"{stem}{suffix}.h5", product)
+        key = "refined" if refined else "product"
+        files = {key: str(product_path)}
         if self.options.preview:
             from edgeray.viz import save_preview
 
-            files["preview"] = str(save_preview(product_path, self.out / f"{stem}.png"))
+            png = self.out / (f"{stem}_refined.png" if refined else f"{stem}.png")
+            files[f"{key}_preview" if refined else "preview"] = str(save_preview(product_path, png))
         return files
 
     # -- live state ------------------------------------------------------------------------------------------
@@ -571,6 +649,10 @@ class EdgeService:
             "write_queue": self.write_queue.qsize(),
             "model_version": self.model_version,
             "mosaic_patches": run.mosaic.n_patches if run and run.mosaic else 0,
+            "view_version": (run.mosaic.n_patches if run and run.mosaic else 0)
+            + (run.refiner.updates if run and run.refiner else 0),
+            "refine_epochs": run.refiner.epochs if run and run.refiner else None,
+            "refine_misfit": run.refiner.misfit if run and run.refiner else None,
             "scans_done": len(self.summaries),
         }
 
@@ -579,12 +661,12 @@ class EdgeService:
         last_patches = -1
         while not self.finished.wait(period_s):
             stats = self.snapshot()
-            image = self.mosaic_image(1024) if stats["mosaic_patches"] != last_patches else None
+            image = self.mosaic_image(1024) if stats["view_version"] != last_patches else None
             header = {"v": 1, "type": "mosaic" if image is not None else "stats", **stats}
             if image is None:
                 self.publisher.send_multipart([json.dumps(header).encode()])
                 continue
-            last_patches = stats["mosaic_patches"]
+            last_patches = stats["view_version"]
             header.update(dtype="complex64", shape=list(image.shape))
             self.publisher.send_multipart([json.dumps(header).encode(), image.tobytes()])
 
@@ -598,5 +680,11 @@ class EdgeService:
         with self.lock:  # copy only the pixels shown, so inference waits as little as possible
             numerator = run.mosaic.numerator[::step, ::step].numpy().copy()
             coverage = run.mosaic.coverage[::step, ::step].numpy().copy()
+        if run.refiner is not None and step == 1:
+            return run.refiner.image(numerator, coverage)
+        if run.refiner is not None:  # the refined image, sampled like the mosaic
+            with self.lock:
+                full_numerator, full_coverage = run.mosaic.numerator.numpy().copy(), run.mosaic.coverage.numpy().copy()
+            return run.refiner.image(full_numerator, full_coverage)[::step, ::step]
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(coverage > 0, numerator / coverage, np.nan + 0j).astype(np.complex64)

@@ -1,5 +1,8 @@
 """The live mosaic: predicted patches added at their scan positions into a running weighted mean that grows.
 
+Each patch is placed at its sub-pixel position and turned by the constant phase that best matches the mosaic
+where they overlap (:func:`edgeray.nn.stitch.accumulate`); pixels are weighted by where the probe lit them.
+
 The scan's extent is not known when it starts, so the grid starts around the first position (on the pixel grid
 through position 0) and grows (by whole
 blocks, the content moved, never resampled) when a patch falls outside. Pixel ``[0, 0]`` of the grid is at
@@ -12,8 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from edgeray.nn.stitch import centre_weights
-from edgeray.ptycho.ops import patch_indices
+from edgeray.nn.stitch import accumulate, centre_weights, mean_image
 
 GROW_PX = 128
 
@@ -24,12 +26,27 @@ class Mosaic:
     Args:
         frame_shape: ``(H, W)`` of a patch.
         pixel_size_m: object pixel size ``(dy, dx)`` in m.
+        weights: ``(H, W)`` weights of a patch's pixels (default: a centred Hann window); the edge passes the
+            model's probe intensity (:func:`edgeray.nn.physics.probe_weights`).
+        align: how each patch is turned to agree with the mosaic (:func:`edgeray.nn.stitch.accumulate`).
+        fraction: share of the weights' sum a patch's stitched window holds (speed against the far tails).
+        subpixel: place patches at their sub-pixel positions (else at the nearest pixel: half the work).
     """
 
-    def __init__(self, frame_shape: tuple[int, int], pixel_size_m: tuple[float, float]):
+    def __init__(
+        self,
+        frame_shape: tuple[int, int],
+        pixel_size_m: tuple[float, float],
+        weights: torch.Tensor | None = None,
+        align: str = "phase",
+        fraction: float = 0.99,
+        subpixel: bool = False,
+    ):
         self.frame_shape = tuple(frame_shape)
         self.pixel_size_m = np.asarray(pixel_size_m, dtype=np.float64)
-        self.weights = centre_weights(self.frame_shape)
+        self.weights = centre_weights(self.frame_shape) if weights is None else weights.to(torch.float32)
+        self.align = align
+        self.fraction, self.subpixel = fraction, subpixel
         self.origin_m: np.ndarray | None = None
         self.numerator = torch.zeros((0, 0), dtype=torch.complex64)
         self.coverage = torch.zeros((0, 0), dtype=torch.float32)
@@ -68,20 +85,22 @@ class Mosaic:
             corners = corners + before
         return corners
 
+    def positions_px(self, positions_m: np.ndarray) -> np.ndarray:
+        """Probe positions ``(N, 2)`` in m -> probe centres on the current grid, pixels ``[y, x]``."""
+        return (np.asarray(positions_m, dtype=np.float64) - self.origin_m) / self.pixel_size_m
+
+    @torch.inference_mode()
     def add(self, patches: torch.Tensor, positions_m: np.ndarray) -> None:
         """Add complex ``patches (N, H, W)`` at probe positions ``positions_m (N, 2)`` ``[y, x]`` m."""
-        corners = torch.from_numpy(self._fit(np.asarray(positions_m, dtype=np.float64)))
-        index = patch_indices(corners, self.frame_shape, self.shape[1]).reshape(-1)
-        weights = self.weights.expand(len(patches), -1, -1)
-        self.numerator.view(-1).index_add_(0, index, (patches.to(torch.complex64) * weights).reshape(-1))
-        self.coverage.view(-1).index_add_(0, index, weights.reshape(-1))
+        self._fit(np.asarray(positions_m, dtype=np.float64))
+        positions_px = torch.from_numpy(self.positions_px(positions_m))
+        accumulate(self.numerator, self.coverage, patches, positions_px, self.weights, self.align,
+                   fraction=self.fraction, subpixel=self.subpixel)  # fmt: skip
         self.n_patches += len(patches)
 
     def image(self) -> tuple[np.ndarray, np.ndarray]:
         """``(object (Y, X) complex64, coverage (Y, X) float32)``; 1 where nothing was added."""
-        coverage = self.coverage.clone()
-        obj = torch.where(coverage > 0, self.numerator / coverage.clamp_min(1e-30), torch.ones_like(self.numerator))
-        return obj.numpy(), coverage.numpy()
+        return mean_image(self.numerator, self.coverage).numpy(), self.coverage.clone().numpy()
 
     def center_m(self) -> tuple[float, float]:
         """Position (m) of the grid's centre, for a product's ``object_center_m``."""

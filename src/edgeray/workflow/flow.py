@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 
 RECONSTRUCT, TRAIN = "reconstruct", "train"
 # labels go with the training: a short task on its input, never queued behind the next reconstruction
-STAGE_EXECUTOR = {"reconstruct": RECONSTRUCT, "make_labels": TRAIN, "finetune": TRAIN, "deploy": TRAIN}
+STAGE_EXECUTOR = {"reconstruct": RECONSTRUCT, "make_labels": TRAIN, "finetune": TRAIN, "finetune_physics": TRAIN,
+                  "deploy": TRAIN}  # fmt: skip
+LABELS = ("lsqml", "physics")
 
 
 def local_config(run_dir: str | Path, retries: int = 2, background: bool = True, heartbeat_s: float = 2.0):
@@ -88,14 +90,16 @@ def load_config(spec: str, run_dir: str | Path):
 
 @dataclass
 class FlowOptions:
-    """Flow settings: LSQML ``epochs`` per scan, fine-tuning ``finetune_epochs``, ``overlap`` the stages, and
+    """Flow settings: LSQML ``epochs`` per scan, fine-tuning ``finetune_epochs``, ``overlap`` the stages,
     ``replay``: frames from earlier scans mixed into each fine-tuning (None: all of them, so each run takes longer
-    than the last)."""
+    than the last), and ``labels``: what the network learns from, ``lsqml`` (the reconstruction's patches) or
+    ``physics`` (the scan's own frames with the reconstruction's probe, no labels: edge models only)."""
 
     epochs: int = 30
     finetune_epochs: int = 5
     overlap: bool = True
     replay: int | None = None
+    labels: str = "lsqml"
 
 
 class FollowRun:
@@ -154,6 +158,8 @@ def run_flow(scans: Iterable[str | Path], registry: str | Path, work_dir: str | 
 
     from edgeray.nn.registry import Registry
 
+    if options.labels not in LABELS:
+        raise ValueError(f"labels must be one of {LABELS}, not {options.labels!r}")
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     registry = Registry(registry)
@@ -198,14 +204,19 @@ def run_flow(scans: Iterable[str | Path], registry: str | Path, work_dir: str | 
             product = str(work / f"scan{k}_product.h5")
             trainset = str(work / f"scan{k}_labels.h5")
             recon = submit(f"reconstruct {k}", "reconstruct", scan, product, options.epochs, priority=10 + k)
-            labelled = submit(f"labels {k}", "make_labels", scan, product, trainset, inputs=[recon])
-            label_sets.append((trainset, labelled))
             new_dir = str(work / f"model{k}")
-            tuned = submit(f"finetune {k}", "finetune", [path for path, _ in label_sets], model_dir, new_dir,
-                           options.finetune_epochs, replay=options.replay,
-                           inputs=[f for _, f in label_sets] + previous)  # fmt: skip
+            if options.labels == "physics":
+                tuned = submit(f"finetune {k}", "finetune_physics", scan, product, model_dir, new_dir,
+                               options.finetune_epochs, inputs=[recon, *previous])  # fmt: skip
+            else:
+                labelled = submit(f"labels {k}", "make_labels", scan, product, trainset, inputs=[recon])
+                label_sets.append((trainset, labelled))
+                tuned = submit(f"finetune {k}", "finetune", [path for path, _ in label_sets], model_dir, new_dir,
+                               options.finetune_epochs, replay=options.replay,
+                               inputs=[f for _, f in label_sets] + previous)  # fmt: skip
             provenance = {"source_scans": list(scan_paths), "engine": "lsqml", "epochs": options.epochs,
-                          "finetune_epochs": options.finetune_epochs, "replay": options.replay}  # fmt: skip
+                          "finetune_epochs": options.finetune_epochs, "replay": options.replay,
+                          "labels": options.labels}  # fmt: skip
             submit(f"deploy {k}", "deploy", new_dir, str(registry.root), provenance, inputs=[tuned])
             model_dir, previous = new_dir, [tuned]
         if not scan_paths:

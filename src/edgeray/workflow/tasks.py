@@ -99,11 +99,37 @@ def finetune(
                             for key in DATASETS})  # fmt: skip
     write_trainset(merged, samples, {"sources": json.dumps(set_paths)})
     _, card = load_model(init_model)
-    config = ModelConfig(**{k: card["config"][k] for k in ("kind", "width", "depth", "frame_size")})
+    config = ModelConfig(**card["config"])
     options = TrainOptions(epochs=epochs, batch_size=32, learning_rate=1e-3, seed=seed, init_from=init_model)
     result = train(merged, out_dir, config, options)
     return _record("finetune", start, model=out_dir, init=init_model, sets=set_paths,
                    val_loss=result["history"]["val_loss"][-1])  # fmt: skip
+
+
+def finetune_physics(
+    scan_path: str,
+    product_path: str | None,
+    init_model: str,
+    out_dir: str,
+    epochs: int = 3,
+    seed: int = 0,
+    inputs=(),
+    parsl_resource_specification=None,
+) -> dict:
+    """Fine-tune the edge model ``init_model`` on a scan's own frames, no labels (the physics of each frame and of
+    overlapping neighbours; :mod:`edgeray.nn.finetune`), with the probe of ``product_path`` when given."""
+    start = time.time()
+    import torch
+
+    from edgeray.io import read_cxi
+    from edgeray.nn.finetune import FinetuneOptions, finetune_on_scan
+
+    torch.set_num_threads(1)
+    result = finetune_on_scan(read_cxi(scan_path), init_model, out_dir, product_path,
+                              FinetuneOptions(epochs=epochs, seed=seed))  # fmt: skip
+    return _record("finetune", start, model=out_dir, init=init_model, scan=scan_path,
+                   holdout_deviance_before=result.holdout_before,
+                   holdout_deviance_after=result.holdout_after)  # fmt: skip
 
 
 def deploy(model_dir: str, registry: str, provenance: dict, inputs=(), parsl_resource_specification=None) -> dict:

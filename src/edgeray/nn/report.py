@@ -1,0 +1,59 @@
+"""Model cards of the edge model: ``MODEL_CARD.md`` from ``model.json``, with what the model is worth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _format(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def write_corpus_card(directory: str | Path, card: dict) -> Path:
+    """Write ``MODEL_CARD.md`` for a corpus-trained edge model from its card (``model.json``'s content)."""
+    directory = Path(directory)
+    config, training = card["config"], card["training"]
+    options, corpus = training["options"], training["corpus"]
+    validation = card.get("validation") or {}
+    lines = [
+        f"# EdgeRay edge model (width {config['width']}, depth {config['depth']}, dense {config.get('dense', 0)})",
+        "",
+        f"- Parameters: {card['parameters']:,}",
+        f"- Input: {card['input']}",
+        f"- Outputs: {card['outputs']}",
+        f"- Trained on the procedural corpus: {training['samples']:,} samples, never repeated "
+        f"({options['steps']:,} steps of {options['objects_per_step']} objects x {corpus['frames_per_object']} "
+        f"frames), {training['hours']:.1f} h; dose {corpus['photons'][0]:g}-{corpus['photons'][1]:g} photons per "
+        f"frame, phase range {corpus['phase_range_rad'][0]:g}-{corpus['phase_range_rad'][1]:g} rad, families "
+        f"{', '.join(f'{k} {v:g}' for k, v in corpus['families'].items())}, seed {corpus['seed']}",
+        f"- Loss: L1 amplitude + L1 phase (after the best constant) + {options['slope_weight']:g} x slope + "
+        f"{options['physics_weight']:g} x Poisson deviance",
+        "- Held-out corpus batch (another seed): "
+        + ", ".join(f"{k} {_format(v)}" for k, v in validation.items() if k != "total"),
+        "",
+        "## Valid for",
+        "",
+        "A network inverts diffraction only for the probe it was trained with (the probe is in its weights):",
+        "",
+        *[f"- {k}: {v}" for k, v in (card.get("valid_for") or {}).items()],
+        "",
+    ]
+    evaluation = card.get("evaluation")
+    if evaluation:
+        lines += ["## Measured on scans it never saw", "", *evaluation_table(evaluation), ""]
+    recipe = card.get("recipe")
+    if recipe:
+        lines += ["## Reproduce", "", "```bash", recipe, "```", ""]
+    path = directory / "MODEL_CARD.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def evaluation_table(evaluation: dict) -> list[str]:
+    """Markdown rows of :func:`edgeray.nn.evaluate.evaluate_model`'s result."""
+    rows = ["| case | network phase SSIM | LSQML phase SSIM |", "| --- | --- | --- |"]
+    for case in evaluation.get("cases", []):
+        lsqml = case.get("lsqml_phase_ssim")
+        shown = "-" if lsqml is None else f"{lsqml:.3f}"
+        rows.append(f"| {case['case']} | {case['nn_phase_ssim']:.3f} | {shown} |")
+    return rows

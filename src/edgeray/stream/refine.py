@@ -1,0 +1,346 @@
+"""Live refinement at the edge: iterative mini-batch updates of the network's mosaic in the CPU time left over.
+
+The network's image is quick but only as good as one frame allows; the frames received so far hold more. A
+:class:`LiveRefiner` keeps the newest ``capacity`` frames (measured amplitudes, in the engines' layout) and their
+positions on the mosaic's grid, and runs mini-batch updates of an iterative engine (LSQML or rPIE, the engines of
+:mod:`edgeray.ptycho`) over them, newest first: frames no update has seen yet go first, then sweeps over all the
+frames kept in random batches. Where no update has reached yet, the object is the mosaic's; so the refined image
+starts as the network's and only gets better.
+
+It never costs a frame: it runs in its own thread at the lowest CPU priority (``nice 19`` for that thread), holds
+the Python interpreter only between tensor operations, and waits while frames queue up for inference or writing.
+At the scan's end it keeps refining for ``tail_s`` seconds (on every core), then hands its product over.
+
+Scale: the network's patch amplitude is relative to the scan's mean transmission, with a unit-power probe ``p``
+(:mod:`edgeray.nn.physics`); detector counts are then ``|FFT(sqrt(scale) p x patch)|^2``, ``scale`` the mean
+count per pixel, so the engines start from the probe ``sqrt(scale) p`` and the mosaic's object as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from edgeray.ptycho.engine import State
+from edgeray.ptycho.ops import Propagator, patch_indices, split_positions
+from edgeray.ptycho.problem import Geometry, Problem
+from edgeray.ptycho.reconstruct import _engine_class, default_options
+
+log = logging.getLogger("edgeray.refine")
+
+REFINE_ENGINES = ("lsqml", "rpie")
+
+
+@dataclass
+class RefineOptions:
+    """Live refinement settings.
+
+    Attributes:
+        engine: ``lsqml`` (default) or ``rpie``.
+        batch_size: frames per update.
+        capacity: newest frames kept for refinement (memory: ``capacity * H * W * 4`` bytes).
+        tail_s: seconds of refinement after a scan's last frame.
+        refine_probe_after: frame updates before the probe is refined too (the model's probe is the start).
+        max_backlog: frames waiting for inference or writing above which refinement pauses.
+    """
+
+    engine: str = "lsqml"
+    batch_size: int = 96
+    capacity: int = 16384
+    tail_s: float = 10.0
+    refine_probe_after: int = 20000
+    max_backlog: int = 256
+
+
+def _lower_thread_priority() -> None:
+    """Run the calling thread at the lowest CPU priority (Linux: ``setpriority`` on a thread id affects that
+    thread alone); a no-op where that is not possible."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):
+        pass
+
+
+class LiveRefiner:
+    """Refines one scan's object while it streams in (see the module docstring).
+
+    Args:
+        frame_shape: ``(H, W)``; probe: ``(H, W)`` complex unit-power probe (the network's);
+        valid: ``(H, W)`` bool of good detector pixels or None; options: :class:`RefineOptions`;
+        mosaic: ``() -> (numerator, coverage, origin_m, pixel_size_m)``, the network's mosaic (taken under the
+            caller's lock); backlog: ``() -> int`` frames waiting for inference or writing.
+    """
+
+    def __init__(
+        self,
+        frame_shape: tuple[int, int],
+        probe: torch.Tensor,
+        options: RefineOptions,
+        mosaic: Callable[[], tuple],
+        backlog: Callable[[], int] = lambda: 0,
+        valid: np.ndarray | None = None,
+    ):
+        if options.engine not in REFINE_ENGINES:
+            raise ValueError(f"refinement engine must be one of {REFINE_ENGINES}, not {options.engine!r}")
+        self.options = options
+        self.frame_shape = tuple(frame_shape)
+        self.unit_probe = probe.to(torch.complex64)
+        self.mosaic = mosaic
+        self.backlog = backlog
+        height, width = self.frame_shape
+        good = np.ones(self.frame_shape, np.float32) if valid is None else (~np.asarray(valid, bool)).astype(np.float32)
+        self.valid = torch.from_numpy(np.fft.ifftshift(good))
+        capacity = options.capacity
+        self.amplitudes = torch.zeros(capacity, height, width)
+        self.positions_m = np.zeros((capacity, 2))
+        self.positions_px = torch.zeros(capacity, 2, dtype=torch.float64)  # on the grid, set as frames are updated
+        self.stored = 0  # frames ever stored (the slot of frame k is k % capacity)
+        self.pending: deque = deque()  # (counts (n, H, W), positions_m (n, 2), scale) from the inference thread
+        self.count_sum, self.count_pixels = 0.0, 0
+        self.unseen: list[list[int]] = []  # [first, stop) runs of stored frames no update has seen, oldest first
+        self.sweep: np.ndarray | None = None  # this sweep's order of the frames kept (stored numbers)
+        self.sweep_next = 0
+        self.rng = np.random.default_rng(0)
+        self.frame_updates = 0
+        self.misfits: deque = deque(maxlen=64)  # (misfit, data norm) of recent batches
+        self.object: torch.Tensor | None = None
+        self.seeded: torch.Tensor | None = None
+        self.origin_m: np.ndarray | None = None
+        self.pixel_size_m: np.ndarray | None = None
+        self.engine = None
+        self.probe: torch.Tensor | None = None
+        self.lock = threading.Lock()  # guards object/seeded for readers (live view, product)
+        self.ended = threading.Event()
+        self.stop = threading.Event()
+        self.done = threading.Event()
+        self.updates = 0
+        self.last_frame_at: float | None = None
+        self.seconds_after_last_frame = 0.0
+        self.seconds_busy = 0.0
+        self.thread = threading.Thread(target=self._run, name="edge-refine", daemon=True)
+
+    # -- feeding -----------------------------------------------------------------------------------------
+    def add(self, counts: np.ndarray, positions_m: np.ndarray) -> None:
+        """Hand over a batch of frames (``(n, H, W)`` counts, ``(n, 2)`` positions in m); returns at once."""
+        self.pending.append((np.asarray(counts), np.asarray(positions_m, dtype=np.float64)))
+
+    def end(self) -> None:
+        """The scan's last frame has been handed over: refine for ``tail_s`` more seconds, then finish."""
+        self.last_frame_at = time.perf_counter()
+        self.ended.set()
+
+    def start(self) -> LiveRefiner:
+        self.thread.start()
+        return self
+
+    # -- state for readers -------------------------------------------------------------------------------
+    @property
+    def epochs(self) -> float:
+        """Frame updates so far, in passes over the frames kept."""
+        return self.frame_updates / max(min(self.stored, self.options.capacity), 1)
+
+    @property
+    def misfit(self) -> float | None:
+        """Normalized amplitude misfit of the recent batches (the engines' cost), or None before the first."""
+        if not self.misfits:
+            return None
+        values = np.array(self.misfits)
+        return float(values[:, 0].sum() / max(values[:, 1].sum(), 1e-30))
+
+    def image(self, numerator: torch.Tensor, coverage: torch.Tensor) -> np.ndarray:
+        """The live image on the mosaic's current grid: refined where updates reached, the network's elsewhere;
+        NaN where neither did. ``numerator``, ``coverage``: the mosaic's sums (already copied)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mosaic = np.where(coverage > 0, numerator / coverage, np.nan + 0j)
+        with self.lock:
+            if self.object is None or tuple(self.object.shape) != tuple(mosaic.shape):
+                return mosaic.astype(np.complex64)
+            refined = self.object.numpy().copy()
+            seeded = self.seeded.numpy().copy()
+        # the network's mosaic has its own constant phase: turn it to the refined object's
+        both = seeded & np.isfinite(mosaic)
+        turn = np.exp(1j * np.angle(np.vdot(mosaic[both], refined[both]))) if both.any() else 1.0
+        return np.where(seeded, refined, mosaic * turn).astype(np.complex64)
+
+    # -- the work ----------------------------------------------------------------------------------------
+    def _take_pending(self) -> None:
+        """Store the frames handed over: amplitudes in the engines' layout, in the ring of ``capacity`` slots."""
+        height, width = self.frame_shape
+        while self.pending:
+            counts, positions = self.pending.popleft()
+            self.count_sum += float(counts.sum(dtype=np.float64))
+            self.count_pixels += counts.size
+            amplitudes = np.sqrt(np.fft.ifftshift(counts.astype(np.float32), axes=(-2, -1)) / (height * width))
+            first = self.stored
+            for start in range(0, len(counts), self.options.capacity):
+                chunk = slice(start, min(start + self.options.capacity, len(counts)))
+                slots = (self.stored + np.arange(chunk.stop - chunk.start)) % self.options.capacity
+                self.amplitudes[torch.from_numpy(slots)] = torch.from_numpy(amplitudes[chunk])
+                self.positions_m[slots] = positions[chunk]
+                self.stored += chunk.stop - chunk.start
+            if self.unseen and self.unseen[-1][1] == first:
+                self.unseen[-1][1] = self.stored
+            else:
+                self.unseen.append([first, self.stored])
+
+    def _follow_grid(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Match the object to the mosaic's grid (grown by whole pixels); returns the mosaic's sums."""
+        numerator, coverage, origin_m, pixel_size_m = self.mosaic()
+        if origin_m is None:
+            return None
+        shape = tuple(coverage.shape)
+        with self.lock:
+            if self.object is None:
+                self.object = torch.ones(shape, dtype=torch.complex64)
+                self.seeded = torch.zeros(shape, dtype=torch.bool)
+            elif tuple(self.object.shape) != shape or not np.allclose(origin_m, self.origin_m):
+                before = np.round((self.origin_m - origin_m) / pixel_size_m).astype(int)
+                grown = torch.ones(shape, dtype=torch.complex64)
+                grown_seeded = torch.zeros(shape, dtype=torch.bool)
+                old = self.object.shape
+                rows = slice(int(before[0]), int(before[0]) + old[0])
+                cols = slice(int(before[1]), int(before[1]) + old[1])
+                grown[rows, cols], grown_seeded[rows, cols] = self.object, self.seeded
+                self.object, self.seeded = grown, grown_seeded
+            self.origin_m, self.pixel_size_m = np.asarray(origin_m), np.asarray(pixel_size_m)
+        return numerator, coverage
+
+    def _seed(self, corners: torch.Tensor, numerator: torch.Tensor, coverage: torch.Tensor) -> None:
+        """Where a batch's windows reach pixels no update has touched, start from the network's mosaic."""
+        index = patch_indices(corners, self.frame_shape, self.object.shape[1]).reshape(-1)
+        fresh = index[~self.seeded.view(-1)[index]]  # repeats write the same value: no need to make them unique
+        if not len(fresh):
+            return
+        covered = coverage.view(-1)[fresh] > 0
+        values = torch.where(covered, numerator.view(-1)[fresh] / coverage.view(-1)[fresh].clamp_min(1e-30),
+                             torch.ones_like(numerator.view(-1)[fresh]))  # fmt: skip
+        with self.lock:
+            self.object.view(-1)[fresh] = values.to(torch.complex64)
+            self.seeded.view(-1)[fresh] = True
+
+    def _next_batch(self) -> np.ndarray | None:
+        """Stored frame numbers of the next update: frames no update has seen yet, newest first; else the next
+        batch of a sweep over every frame kept, in a new random order each sweep (as the engines draw batches)."""
+        newest = self.stored - 1
+        oldest = max(0, self.stored - self.options.capacity)
+        if newest < 0:
+            return None
+        size = self.options.batch_size
+        self.unseen = [[max(a, oldest), b] for a, b in self.unseen if b > oldest]  # overwritten frames are gone
+        if self.unseen:
+            run = self.unseen[-1]
+            first = max(run[0], run[1] - size)
+            chosen = np.arange(run[1] - 1, first - 1, -1)
+            run[1] = first
+            if run[1] <= run[0]:
+                self.unseen.pop()
+            return chosen
+        if self.sweep is None or self.sweep_next >= len(self.sweep):
+            self.sweep = oldest + self.rng.permutation(newest + 1 - oldest)
+            self.sweep_next = 0
+        chosen = self.sweep[self.sweep_next : self.sweep_next + size]
+        self.sweep_next += size
+        return chosen[chosen >= oldest]
+
+    def _engine_for(self, scale: float):
+        """The engine over the refiner's buffers (views, no copies), made again only when the grid changed; its
+        state is the refiner's object and probe."""
+        shape = tuple(self.object.shape)
+        if self.probe is None:
+            self.probe = (np.sqrt(scale) * self.unit_probe)[None]
+        if self.engine is None or self.engine.problem.object_shape != shape:
+            problem = Problem(
+                amplitudes=self.amplitudes,
+                valid=self.valid,
+                positions_px=self.positions_px,
+                object_shape=shape,
+                pixel_size_m=tuple(float(v) for v in self.pixel_size_m),
+                propagator=Propagator(),
+                origin_m=tuple(float(v) for v in self.origin_m),
+                geometry=Geometry(),
+                energy_eV=0.0,
+                distance_m=0.0,
+            )
+            options = default_options(self.options.engine, batch_size=self.options.batch_size)
+            state = State(self.object, self.probe, self.positions_px)
+            self.engine = _engine_class(self.options.engine)(problem, state, options, check_positions=False)
+        self.engine.state.object, self.engine.state.probe = self.object, self.probe
+        self.engine.state.positions_px = self.positions_px
+        return self.engine
+
+    def step(self) -> bool:
+        """One update (if there is anything to update); returns whether it did one."""
+        self._take_pending()
+        sums = self._follow_grid()
+        chosen = self._next_batch()
+        if sums is None or chosen is None:
+            return False
+        numerator, coverage = sums
+        slots = torch.from_numpy(chosen % self.options.capacity)
+        positions_px = self.positions_px
+        positions_px[slots] = torch.from_numpy((self.positions_m[slots.numpy()] - self.origin_m) / self.pixel_size_m)
+        corners, _ = split_positions(positions_px[slots], self.frame_shape)
+        limit = torch.tensor(self.object.shape) - torch.tensor(self.frame_shape)
+        inside = ((corners >= 0) & (corners <= limit)).all(dim=1)
+        if not bool(inside.all()):  # the mosaic has not grown over these frames yet: later
+            slots, corners = slots[inside], corners[inside]
+            if not len(slots):
+                return False
+        self._seed(corners, numerator, coverage)
+        scale = self.count_sum / max(self.count_pixels, 1)
+        engine = self._engine_for(scale)
+        refine_probe = self.frame_updates >= self.options.refine_probe_after
+        with self.lock:
+            data = float((self.valid * self.amplitudes[slots] ** 2).sum())
+            misfit = engine.update(slots, refine_probe)
+            self.object = engine.state.object
+            self.probe = engine.state.probe
+        self.misfits.append((misfit, data))
+        self.frame_updates += len(slots)
+        self.updates += 1
+        return True
+
+    def _run(self) -> None:
+        _lower_thread_priority()
+        while not self.stop.is_set():
+            if self.ended.is_set() and time.perf_counter() - self.last_frame_at >= self.options.tail_s:
+                break
+            if not self.ended.is_set() and self.backlog() > self.options.max_backlog:
+                time.sleep(0.005)  # reception, writing and inference come first
+                continue
+            started = time.perf_counter()
+            try:
+                did = self.step()
+            except Exception as error:  # refinement must never take the edge down
+                log.exception("live refinement stopped: %s", error)
+                break
+            if did:
+                self.seconds_busy += time.perf_counter() - started
+                if self.ended.is_set():
+                    self.seconds_after_last_frame += time.perf_counter() - started
+            else:
+                time.sleep(0.01)
+        self._take_pending()
+        self.done.set()
+
+    def summary(self) -> dict:
+        """What the refinement did, for the scan's JSON summary."""
+        return {
+            "engine": self.options.engine,
+            "frames_kept": min(self.stored, self.options.capacity),
+            "frame_updates": self.frame_updates,
+            "epochs": self.epochs,
+            "batches": self.updates,
+            "misfit": self.misfit,
+            "seconds_busy": self.seconds_busy,
+            "seconds_after_last_frame": self.seconds_after_last_frame,
+            "tail_s": self.options.tail_s,
+        }
