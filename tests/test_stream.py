@@ -238,6 +238,65 @@ def test_live_refiner_improves_the_image_newest_frames_first(scan):
     assert compare(refined[rows, cols], truth)["ssim_phase"] > compare(start[rows, cols], truth)["ssim_phase"] + 0.2
 
 
+def test_a_killed_writer_loses_no_frame(tmp_path, scan):
+    """SIGKILL the run-file writer mid-scan: the run file stays valid with every frame up to the kill, the service
+    says so, and a new writer puts the rest in a part file; together they hold every frame sent."""
+    service = start_service(tmp_path, scans=1)
+    socket = connect(service.endpoint)
+    socket.send_multipart(encode_start("kill", "uint16", (64, 64), scan_geometry(scan), len(scan.frames)))
+    for i in range(300):
+        socket.send_multipart(encode_frame("kill", i, scan.frames[i], scan.positions_m[i]))
+    wait_for(lambda: service.current is not None and service.current.ring.written >= 200)
+    victim = service.writer.process
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.join(10)
+    for i in range(300, len(scan.frames)):
+        socket.send_multipart(encode_frame("kill", i, scan.frames[i], scan.positions_m[i]))
+    socket.send_multipart(encode_end("kill", len(scan.frames)))
+    assert service.wait(60)
+    service.join(10)
+    socket.close()
+    summary = service.summaries[0]
+    assert summary["writer_errors"] and "writer died" in summary["writer_errors"][0]
+    parts = summary["files"]["raw_parts"]
+    assert len(parts) == 2 and parts[1].endswith("kill_part2.cxi")
+    indices = []
+    for part in parts:
+        with CXIFile(part) as cxi:  # each part is a valid CXI file
+            frames = cxi.read_frames()
+            with h5py.File(part) as h5:
+                part_indices = h5["entry_1/data_1/frame_index"][:]
+            np.testing.assert_array_equal(frames, scan.frames[part_indices])
+            indices.append(part_indices)
+    assert len(indices[0]) >= 200  # every frame flushed before the kill
+    assert set(np.concatenate(indices)) == set(range(len(scan.frames)))  # nothing lost (a few may be in both)
+    assert summary["frames_written"] >= len(scan.frames) and summary["frames_inferred"] == len(scan.frames)
+
+
+def test_a_stalled_writer_fills_a_bounded_spill_that_is_reported(tmp_path, scan):
+    """With the writer stopped, frames wait in the ring, then in a spill bounded in bytes; what overflows is
+    counted, and everything else is written once the writer runs again."""
+    spill_frames = 100
+    service = start_service(tmp_path, scans=1, ring_frames=64, spill_bytes=spill_frames * 64 * 64 * 2)
+    os.kill(service.writer.process.pid, signal.SIGSTOP)
+    try:
+        socket = connect(service.endpoint)
+        socket.send_multipart(encode_start("stall", "uint16", (64, 64), scan_geometry(scan), 400))
+        for i in range(400):
+            socket.send_multipart(encode_frame("stall", i, scan.frames[i], scan.positions_m[i]))
+        wait_for(lambda: service.current is not None and service.current.received == 400)
+        wait_for(lambda: service.current.dropped == 400 - 64 - spill_frames)
+    finally:
+        os.kill(service.writer.process.pid, signal.SIGCONT)
+    socket.send_multipart(encode_end("stall", 400))
+    assert service.wait(60)
+    service.join(10)
+    socket.close()
+    summary = service.summaries[0]
+    assert summary["frames_dropped"] == 400 - 64 - spill_frames and summary["spill_peak_frames"] == spill_frames
+    assert summary["frames_written"] == summary["frames_inferred"] == 64 + spill_frames
+
+
 def test_edge_counts_and_skips_bad_messages_and_survives(tmp_path, scan):
     service = start_service(tmp_path, scans=1)
     socket = connect(service.endpoint)

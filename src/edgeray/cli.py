@@ -533,6 +533,12 @@ def cmd_nn_evaluate(args: argparse.Namespace) -> int:
     if args.output is not None:
         args.output.write_text(json.dumps(result, indent=2) + "\n")
         console.print(f"[green]wrote[/] {args.output}")
+    if args.write_card:
+        from edgeray.nn.checkpoint import SHIPPED
+        from edgeray.nn.report import record_evaluation
+
+        card_path = record_evaluation(args.model or SHIPPED, result)
+        console.print(f"[green]wrote[/] the figures into {card_path} and its model.json")
     return 0
 
 
@@ -1161,6 +1167,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--lsqml-epochs", type=int, default=30, help="LSQML epochs beside the network (0: none)")
     e.add_argument("--quick", action="store_true", help="only the unseen-object cases")
     e.add_argument("-o", "--output", type=Path, default=None, help="JSON file for the table")
+    e.add_argument("--write-card", action="store_true", help="record the figures in the model's card")
     _add_cxi_flags(e)
     e.set_defaults(func=cmd_nn_evaluate)
 

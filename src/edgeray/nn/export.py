@@ -51,3 +51,75 @@ class OnnxModel:
 
     def eval(self) -> OnnxModel:
         return self
+
+
+class _FromCounts(nn.Module):
+    """A model fed detector counts: ``counts (N, H, W)`` (any integer or float dtype) and the scan's mean count per
+    pixel ``scale (1,)`` -> the model's outputs, the normalization ``sqrt(counts / scale)`` inside the graph."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, counts: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs = torch.sqrt(counts.to(torch.float32).clamp_min(0) / scale)[:, None]
+        return self.model(inputs)
+
+
+def export_counts_onnx(model: nn.Module, path: str | Path, frame_size: int, dtype: str = "uint16") -> Path:
+    """Write ``model`` as ONNX taking raw counts: inputs ``counts`` (N, H, W) of ``dtype`` and ``scale`` (1,)
+    float32, outputs ``amplitude``, ``phase``; the frames go to ONNX Runtime as the detector sent them."""
+    import onnx
+
+    path = Path(path)
+    # The TorchScript exporter knows no unsigned 16/32-bit inputs: trace with int32 (the graph starts with a Cast
+    # to float32 either way), then declare the input as the detector's dtype.
+    traced_dtype = torch.float32 if dtype == "float32" else torch.int32
+    example = (torch.zeros(2, frame_size, frame_size, dtype=traced_dtype), torch.ones(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            _FromCounts(model.eval().cpu()),
+            example,
+            str(path),
+            input_names=["counts", "scale"],
+            output_names=["amplitude", "phase"],
+            dynamic_axes={"counts": {0: "batch"}, "amplitude": {0: "batch"}, "phase": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+    graph = onnx.load(str(path))
+    elem = {"uint8": onnx.TensorProto.UINT8, "uint16": onnx.TensorProto.UINT16, "uint32": onnx.TensorProto.UINT32,
+            "float32": onnx.TensorProto.FLOAT}[dtype]  # fmt: skip
+    graph.graph.input[0].type.tensor_type.elem_type = elem
+    onnx.checker.check_model(graph)
+    onnx.save(graph, str(path))
+    return path
+
+
+class CountsRuntime:
+    """A model on raw counts: ``runtime(counts (N, H, W) ndarray, scale) -> (amplitude, phase)`` tensors
+    ``(N, 1, H, W)``. ONNX Runtime on the CPU (the normalization inside the graph, the counts passed as they lie in
+    memory), torch elsewhere."""
+
+    def __init__(self, model: nn.Module, path: str | Path | None, frame_size: int, dtype: str, threads: int = 1):
+        self.model, self.session = model, None
+        device = next(iter(model.buffers()), torch.zeros(1)).device
+        if path is not None and device.type == "cpu" and dtype in ("uint8", "uint16", "uint32", "float32"):
+            import onnxruntime as ort
+
+            export_counts_onnx(model, path, frame_size, dtype)
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.device = device
+
+    def __call__(self, counts: np.ndarray, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.session is not None:
+            amplitude, phase = self.session.run(
+                None, {"counts": np.ascontiguousarray(counts), "scale": np.array([scale], dtype=np.float32)}
+            )
+            return torch.from_numpy(amplitude), torch.from_numpy(phase)
+        with torch.inference_mode():
+            tensor = torch.from_numpy(np.asarray(counts, dtype=np.float32)).to(self.device)
+            return self.model(torch.sqrt(tensor.clamp_min(0) / scale)[:, None])

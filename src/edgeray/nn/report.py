@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 
@@ -38,15 +39,49 @@ def write_corpus_card(directory: str | Path, card: dict) -> Path:
         *[f"- {k}: {v}" for k, v in (card.get("valid_for") or {}).items()],
         "",
     ]
+    tuned = card.get("finetuned")
+    if tuned:
+        lines += ["## Fine-tuned on a scan's own frames (no labels)", "",
+                  f"- From: {tuned['from']}; {tuned['scan_frames']:,} frames, {tuned['options']['epochs']} epochs, "
+                  f"{tuned['seconds']:.0f} s; probe: {tuned['probe']}",
+                  f"- Poisson deviance of {tuned['holdout_frames']} held-out frames: "
+                  f"{tuned['holdout_deviance_before']:.4g} before, {tuned['holdout_deviance_after']:.4g} after",
+                  ""]  # fmt: skip
     evaluation = card.get("evaluation")
     if evaluation:
-        lines += ["## Measured on scans it never saw", "", *evaluation_table(evaluation), ""]
+        lines += [
+            "## Measured on scans it never saw",
+            "",
+            f"Phase SSIM against the ground truth on the scanned region, 64 x 64 frames, LSQML from the true probe "
+            f"({evaluation.get('date', '')}, `edgeray nn evaluate`):",
+            "",
+            *evaluation_table(evaluation),
+            "",
+        ]
+        if evaluation.get("median_unseen_nn") is not None:
+            lines += [
+                f"Median over the unseen object pairs: network {evaluation['median_unseen_nn']:.3f}, LSQML "
+                f"{evaluation.get('median_unseen_lsqml') or float('nan'):.3f}. ONNX Runtime: "
+                f"{evaluation['frames_per_s']:,.0f} frames/s on {evaluation['threads']} CPU threads.",
+                "",
+            ]
     recipe = card.get("recipe")
     if recipe:
         lines += ["## Reproduce", "", "```bash", recipe, "```", ""]
     path = directory / "MODEL_CARD.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def record_evaluation(directory: str | Path, evaluation: dict) -> Path:
+    """Put an evaluation (:func:`edgeray.nn.evaluate.evaluate_model`) into a model's ``model.json`` and rewrite its
+    ``MODEL_CARD.md``; returns the card's path."""
+    directory = Path(directory)
+    card_path = directory / "model.json"
+    card = json.loads(card_path.read_text())
+    card["evaluation"] = evaluation
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    return write_corpus_card(directory, card)
 
 
 def evaluation_table(evaluation: dict) -> list[str]:

@@ -102,8 +102,8 @@ class Batch:
         self.patches = extract_patches(state.object, self.patch_index)
         self.waves = self.probes * self.patches[:, None]
         self.far = problem.propagator.forward(self.waves)
-        self.intensity = abs2(self.far).sum(dim=1)
-        self.amplitudes = problem.amplitudes[index].to(self.intensity.dtype)
+        self.intensity = abs2(self.far[:, 0]) if self.far.shape[1] == 1 else abs2(self.far).sum(dim=1)
+        self.amplitudes = problem.amplitudes.index_select(0, index).to(self.intensity.dtype)
 
     def misfit(self, valid: torch.Tensor) -> float:
         """Sum of squared amplitude differences over valid pixels."""

@@ -49,19 +49,21 @@ class LSQMLEngine(Engine):
         probe_power = abs2(batch.probes).sum(dim=1)
         illumination = self.pixel_sum(probe_power, batch.patch_index)
         regularizer = options.delta_object * self.global_max(illumination.entries)
-        gradient = self.pixel_sum((batch.probes.conj() * chi).sum(dim=1), batch.patch_index)
+        probe_chi = (batch.probes.conj() * chi).sum(dim=1)  # sum over modes of conj(P) chi: (B, H, W)
+        gradient = self.pixel_sum(probe_chi, batch.patch_index)
         direction = gradient.entries / (illumination.entries + regularizer)
-        u = batch.probes * direction[:, None]
+        # u = P * direction is the exit-wave change along the object direction; its inner products need no u:
+        # |u|^2 summed over modes is |P|^2 |direction|^2, and <u, chi> is <direction, sum conj(P) chi>.
         # The 2 x 2 normal equations are solved in float64: in float32 their determinant cancels badly.
-        a11 = abs2(u).sum(dim=dims).double()
-        b1 = (u.conj() * chi).real.sum(dim=dims).double()
+        a11 = (probe_power * abs2(direction)).sum(dim=(1, 2)).double()
+        b1 = (direction.conj() * probe_chi).real.sum(dim=(1, 2)).double()
         if refine_probe:
             weight = self.sum_probe(abs2(batch.patches).sum(dim=0))
             probe_direction = self.sum_probe(unshift_sum(batch.patches.conj()[:, None] * chi, batch.ramps))
             probe_direction = probe_direction / (weight + options.delta_probe * weight.max())
             v = shifted_probes(torch.fft.fft2(probe_direction), batch.ramps) * batch.patches[:, None]
             a22 = abs2(v).sum(dim=dims).double()
-            a12 = (u.conj() * v).real.sum(dim=dims).double()
+            a12 = (direction.conj() * (batch.probes.conj() * v).sum(dim=1)).real.sum(dim=(1, 2)).double()
             b2 = (v.conj() * chi).real.sum(dim=dims).double()
             ridge = 1e-6 * (a11 + a22) + 1e-30
             det = (a11 + ridge) * (a22 + ridge) - a12**2

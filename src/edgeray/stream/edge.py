@@ -1,23 +1,27 @@
-"""The edge service: receive -> (write every frame) + (batch -> infer -> stitch) -> publish.
+"""The edge service: receive -> (write every frame) + (batch -> infer -> stitch -> refine) -> publish.
 
-Three threads share the work so that receiving never waits for anything else:
+The stages share no interpreter lock where it matters:
 
-- **receiver**: the ZeroMQ PULL socket; decodes and checks each message (bad ones are counted, logged, skipped)
-  and hands frames to the writer and the inference queues (unbounded: memory, not frames, is what a stall costs);
-- **writer**: appends every received frame to the scan's run file (:mod:`edgeray.stream.runfile`), flushing at
-  least every ``flush_s``;
-- **inference**: batches frames (up to ``max_batch``, or whatever arrived within ``max_wait_ms`` of the first),
-  inverts them with the surrogate (ONNX Runtime on the CPU) and adds the patches to the scan's :class:`Mosaic`.
+- **receiver** (a thread): the ZeroMQ PULL socket, drained in bursts; each message is checked (bad ones are
+  counted, logged, skipped) and each frame copied once, into the scan's :class:`~edgeray.stream.ring.FrameRing` in
+  shared memory (with its position, index and arrival time). When the ring is full (a stage has stalled), frames
+  wait in a spill bounded by ``spill_bytes``, reported in the summary; nothing is dropped unless it overflows.
+- **writer** (a process, :mod:`edgeray.stream.writer`): reads the ring and appends to the scan's run file (one
+  SWMR CXI file, valid at every moment), so HDF5 never holds the receiver or the network. If it dies, the service
+  says so and a new writer continues in ``<scan>_part2.cxi`` from the first unflushed frame, which the ring holds.
+- **inference** (a thread): takes batches straight from the ring (up to ``max_batch``, or what arrived within
+  ``max_wait_ms``) as raw counts into ONNX Runtime (normalization inside the graph), stitches the patches into the
+  scan's :class:`Mosaic` and hands the frames to the live refinement (:mod:`edgeray.stream.refine`) when on.
 
 At the end of a scan the service writes, in ``out/``: ``<scan>.cxi`` (the raw frames), ``<scan>_product.h5`` (the
 mosaic as a product), ``<scan>.png`` and ``<scan>.json`` (the summary: counts, rates, latency from arrival to
-in-mosaic). The live view (:mod:`edgeray.stream.dashboard`) and the PUB socket read :meth:`EdgeService.snapshot`.
+in-mosaic, each stage's busy fraction and the highest rate the edge could have kept). The live view
+(:mod:`edgeray.stream.dashboard`) and the PUB socket read :meth:`EdgeService.snapshot`.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import json
 import logging
 import queue
@@ -32,17 +36,18 @@ import torch
 import zmq
 
 from edgeray.io import CXIFile, Product, write_product
-from edgeray.nn.checkpoint import SHIPPED, load_model
-from edgeray.nn.infer import cpu_runtime, stitch_weights
-from edgeray.nn.models import normalize_frames
 from edgeray.nn.stitch import to_complex
+from edgeray.stream.models import ModelHolder
 from edgeray.stream.mosaic import Mosaic
 from edgeray.stream.protocol import End, Frame, ProtocolError, Start, decode, geometry_of, object_pixel_size_m
 from edgeray.stream.refine import LiveRefiner, RefineOptions
-from edgeray.stream.runfile import RunFile
+from edgeray.stream.ring import FrameRing
 from edgeray.stream.security import server_socket_options
+from edgeray.stream.writer import WriterProcess, part_path
 
 log = logging.getLogger("edgeray.edge")
+
+STAGES = ("receive", "infer", "stitch", "write")
 
 
 def fixed_mmap_threshold(size_bytes: int = 128 * 1024) -> bool:
@@ -66,7 +71,7 @@ class EdgeOptions:
     Attributes:
         listen: ZeroMQ endpoint the PULL socket binds (detectors connect to it).
         out: folder for run files, products, previews and summaries.
-        model: surrogate folder (``None``: the shipped compact model).
+        model: surrogate folder (``None``: the shipped edge model).
         max_batch: largest inference batch, frames.
         max_wait_ms: longest a frame waits for its batch to fill, ms.
         flush_s: longest a received frame waits to be flushed to the run file, s.
@@ -82,6 +87,9 @@ class EdgeOptions:
         refine: live refinement of each scan's image in the spare CPU time (:mod:`edgeray.stream.refine`), or
             None; it needs the model's probe (an edge model) or ``refine_probe``.
         refine_probe: a probe file (product, CXI, .npy) for refinement instead of the model's.
+        ring_frames: frames the shared-memory ring of a scan holds (a stall of writer or network up to that long
+            costs nothing).
+        spill_bytes: memory for frames beyond a full ring, bytes; past it frames are dropped and counted.
     """
 
     listen: str = "tcp://127.0.0.1:5555"
@@ -99,26 +107,43 @@ class EdgeOptions:
     registry_poll_s: float = 0.5
     refine: RefineOptions | None = None
     refine_probe: Path | None = None
+    ring_frames: int = 8192
+    spill_bytes: int = 256 << 20
 
 
 @dataclass
 class ScanRun:
-    """What the service knows of one scan; each field is written by one thread only."""
+    """What the service knows of one scan.
+
+    Frames are numbered in arrival order (``k``-th frame stored: slot ``k % ring.capacity``); ``stored`` of them
+    are in the ring, ``published`` of those announced to the writer and the inference, ``inferred_upto`` handled
+    by the inference (inverted, or skipped as a repeat). Each field is written by one thread only.
+    """
 
     start: Start
     started_wall: float
     started_perf_ns: int
+    ring: FrameRing
     received: int = 0
     duplicates: int = 0
     invalid: int = 0
     expected: int | None = None
     ended: bool = False
+    end_sent: bool = False
     last_arrival_ns: int = 0
     seen: np.ndarray = field(default_factory=lambda: np.zeros(4096, dtype=bool))  # by sender index
-    written: int = 0
+    stored: int = 0
+    published: int = 0
+    inferred_upto: int = 0
     inferred: int = 0
-    run_path: Path | None = None
-    writer_done: threading.Event = field(default_factory=threading.Event)
+    spill: deque = field(default_factory=deque)
+    spill_bytes: int = 0
+    spill_peak_frames: int = 0
+    dropped: int = 0
+    base_path: Path | None = None
+    parts: list = field(default_factory=list)  # run files, in order, with the frames each holds
+    writer_errors: list = field(default_factory=list)
+    closed: threading.Event = field(default_factory=threading.Event)
     latencies_ms: np.ndarray = field(default_factory=lambda: np.zeros(4096, dtype=np.float32))  # first `inferred`
     mosaic: Mosaic | None = None
     count_sum: float = 0.0
@@ -126,22 +151,13 @@ class ScanRun:
     version_counts: dict = field(default_factory=dict)  # model version -> frames it inverted
     version_segments: list = field(default_factory=list)  # [first index, last index, model version]
     refiner: LiveRefiner | None = None
+    busy_s: dict = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
 
-
-@dataclass
-class FrameEvent:
-    run: ScanRun
-    frame: Frame
-    arrival_ns: int  # perf_counter_ns at receipt
-    wall_ns: int  # time_ns at receipt
-    infer: bool
-
-
-def model_version(model_dir: Path | None) -> str:
-    """``<folder name>@<first 8 hex digits of the weights' SHA-256>``: which network inverted a frame."""
-    directory = Path(model_dir) if model_dir is not None else SHIPPED
-    digest = hashlib.sha256((directory / "model.safetensors").read_bytes()).hexdigest()[:8]
-    return f"{directory.name}@{digest}"
+    @property
+    def written(self) -> int:
+        """Frames safely in the run file(s): the closed parts' counts, or the ring's flushed counter."""
+        closed = sum(part.get("written", 0) for part in self.parts if part.get("closed"))
+        return closed if self.closed.is_set() else max(closed, self.ring.written if self.ring else 0)
 
 
 class EdgeService:
@@ -153,21 +169,8 @@ class EdgeService:
         self.out = Path(options.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.context = context or zmq.Context.instance()
-        self.registry = None
-        self.rejected_versions: dict[str, str] = {}  # registry version -> why it was not swapped in
-        self.swaps: list[dict] = []
-        model_dir = options.model
-        if options.registry is not None:
-            from edgeray.nn.registry import Registry
-
-            self.registry = Registry(options.registry)
-            if self.registry.current() is None:
-                self.registry.publish(options.model or SHIPPED, {"source": "initial model of the edge service"})
-            self.registry_version = self.registry.current()
-            model_dir = self.registry.path(self.registry_version)
-        self.model, self.card, self.weights = self._load(model_dir)
-        self.model_version = model_version(model_dir)
-        self._validation_inputs: torch.Tensor | None = None
+        self.models = ModelHolder(options.model, options.registry, "uint16", options.infer_threads,
+                                  options.registry_poll_s)  # fmt: skip
         self.socket = self.context.socket(zmq.PULL)
         self.socket.setsockopt(zmq.RCVHWM, 0)  # never drop: the queue in front of us is memory
         self.socket.setsockopt(zmq.LINGER, 0)
@@ -181,8 +184,11 @@ class EdgeService:
             self.publisher.setsockopt(zmq.LINGER, 0)
             server_socket_options(self.publisher, options.publish, options.curve_keys)
             self.publisher.bind(options.publish)
-        self.write_queue: queue.Queue = queue.Queue()
-        self.infer_queue: queue.Queue = queue.Queue()
+        self.writer = WriterProcess(options.flush_s)
+        self.writer_lock = threading.Lock()  # the receiver sends, the monitor restarts
+        self.runs_in_writer: deque = deque()  # scans sent to the writer and not yet closed, oldest first
+        self.control: queue.Queue = queue.Queue()  # start / end / stop, in order, for the inference
+        self.frames_ready = threading.Condition()
         self.stopping = threading.Event()
         self.finished = threading.Event()
         self.lock = threading.Lock()  # guards the current mosaic and the summaries list
@@ -195,75 +201,27 @@ class EdgeService:
         self.recent_latency_ms: deque = deque(maxlen=4000)
         self.threads = [
             threading.Thread(target=self._receive, name="edge-receive", daemon=True),
-            threading.Thread(target=self._write, name="edge-write", daemon=True),
             threading.Thread(target=self._infer, name="edge-infer", daemon=True),
+            threading.Thread(target=self._watch_writer, name="edge-writer-monitor", daemon=True),
         ]
         if self.publisher is not None:
             self.threads.append(threading.Thread(target=self._publish, name="edge-publish", daemon=True))
-        if self.registry is not None:
-            self.threads.append(threading.Thread(target=self._watch_registry, name="edge-registry", daemon=True))
+        if self.models.registry is not None:
+            self.threads.append(threading.Thread(target=self.models.watch, args=(self.finished,),
+                                                 name="edge-registry", daemon=True))  # fmt: skip
 
-    def _load(self, model_dir: Path | None):
-        """A model ready for inference (ONNX Runtime on ``infer_threads`` threads), its card and its patches'
-        stitching weights."""
-        model, card = load_model(model_dir, "cpu")
-        size = card["config"]["frame_size"]
-        weights = stitch_weights(model, (size, size))
-        self.model_probe = model.complex_probe() if hasattr(model, "complex_probe") else None
-        threads = torch.get_num_threads()
-        torch.set_num_threads(self.options.infer_threads)
-        try:
-            return cpu_runtime(model, card, model_dir, "auto"), card, weights
-        finally:
-            torch.set_num_threads(threads)
+    # -- the model, for callers that knew it as attributes -----------------------------------------------------
+    @property
+    def model_version(self) -> str:
+        return self.models.get().version
 
-    def _validate(self, model, card: dict) -> None:
-        """Raise ValueError unless ``model`` inverts a held-out batch (the last frames seen, or a synthetic one)
-        into finite patches of the right shape and range."""
-        size = card["config"]["frame_size"]
-        inputs = self._validation_inputs
-        if inputs is None or inputs.shape[-1] != size:
-            inputs = torch.rand((8, 1, size, size), generator=torch.Generator().manual_seed(0)) * 2
-        with torch.inference_mode():
-            amplitude, phase = model(inputs)
-        if tuple(amplitude.shape) != tuple(inputs.shape) or tuple(phase.shape) != tuple(inputs.shape):
-            raise ValueError(f"outputs {tuple(amplitude.shape)} for inputs {tuple(inputs.shape)}")
-        if not (torch.isfinite(amplitude).all() and torch.isfinite(phase).all()):
-            raise ValueError("non-finite outputs on the validation batch")
-        if amplitude.min() < 0:
-            raise ValueError("negative amplitudes on the validation batch")
-        if card["config"]["kind"] != "edge" and (amplitude.max() > 1 or phase.abs().max() > np.pi + 1e-4):
-            raise ValueError("outputs outside the amplitude [0, 1] / phase [-pi, pi] ranges")
+    @property
+    def swaps(self) -> list[dict]:
+        return self.models.swaps
 
-    def _watch_registry(self) -> None:
-        """Swap to the registry's ``CURRENT`` version when it changes and passes validation; else keep the old."""
-        while not self.finished.wait(self.options.registry_poll_s):
-            version = self.registry.current()
-            if version is None or version == self.registry_version or version in self.rejected_versions:
-                continue
-            started = time.perf_counter()
-            try:
-                model_dir = self.registry.path(version)
-                if model_dir.resolve() == Path(self.registry.root / self.registry_version).resolve():
-                    continue
-                model, card, weights = self._load(model_dir)
-                if card["config"]["frame_size"] != self.card["config"]["frame_size"]:
-                    raise ValueError(f"frame size {card['config']['frame_size']}, the stream's model takes "
-                                     f"{self.card['config']['frame_size']}")  # fmt: skip
-                self._validate(model, card)
-            except (ValueError, OSError, RuntimeError) as error:
-                self.rejected_versions[version] = str(error)
-                log.error("model %s rejected, %s stays: %s", version, self.model_version, error)
-                continue
-            previous = self.model_version
-            with self.lock:  # the inference thread picks up model and version together, between batches
-                self.model, self.card, self.model_version = model, card, model_version(model_dir)
-                self.weights = weights
-            self.registry_version = version
-            self.swaps.append({"from": previous, "to": self.model_version, "registry_version": version,
-                               "unix_s": time.time(), "load_s": time.perf_counter() - started})  # fmt: skip
-            log.info("model swapped: %s -> %s (%.2f s to load and validate)", previous, self.model_version,
-                     time.perf_counter() - started)  # fmt: skip
+    @property
+    def rejected_versions(self) -> dict[str, str]:
+        return self.models.rejected
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def start(self) -> EdgeService:
@@ -279,6 +237,7 @@ class EdgeService:
     def join(self, timeout: float | None = None) -> None:
         for thread in self.threads:
             thread.join(timeout)
+        self.writer.stop()
         self.socket.close(0)
         if self.publisher is not None:
             self.publisher.close(0)
@@ -301,24 +260,32 @@ class EdgeService:
             return
         run.ended, run.expected = True, expected
         log.info("scan %s: %s", run.start.scan_id, reason)
-        self.write_queue.put(("end", run))
-        self.infer_queue.put(("end", run))
+        self._publish_frames(run)
 
     def _receive(self) -> None:
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         while not self.stopping.is_set():
-            if not poller.poll(50):
-                continue
-            while True:  # drain what is there before polling again
+            ready = poller.poll(20)
+            began = time.perf_counter()
+            while ready:  # drain what is there (in bursts) before polling again
                 try:
                     parts = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
                 except zmq.Again:
                     break
                 self._handle(parts, time.perf_counter_ns(), time.time_ns())
+            run = self.current
+            if run is not None:
+                self._publish_frames(run)
+                run.busy_s["receive"] += time.perf_counter() - began
         self._close_current(None, "stopped before its end message")
-        self.write_queue.put(("stop", None))
-        self.infer_queue.put(("stop", None))
+        run = self.current
+        while run is not None and not run.end_sent:  # frames still waiting for ring slots go in first
+            time.sleep(0.005)
+            self._publish_frames(run)
+        self.control.put(("stop", None))
+        with self.frames_ready:
+            self.frames_ready.notify_all()
 
     def _handle(self, parts: list, arrival_ns: int, wall_ns: int) -> None:
         self.received_total += 1
@@ -338,12 +305,7 @@ class EdgeService:
                     log.info("scan %s: sender restarted; continuing the same run", message.scan_id)
                     return
             self._close_current(None, "a new scan started before its end message")
-            run = ScanRun(message, time.time(), arrival_ns)
-            self.current = run
-            log.info("scan %s started (%s frames of %s %s)", message.scan_id, message.n_frames, message.shape,
-                     message.dtype)  # fmt: skip
-            self.write_queue.put(("start", run))
-            self.infer_queue.put(("start", run))
+            self._open(message, arrival_ns)
         elif isinstance(message, Frame):
             if run is None or run.start.scan_id != message.scan_id:
                 self._reject(f"frame {message.index} of scan {message.scan_id} arrived before its start message")
@@ -352,153 +314,243 @@ class EdgeService:
             elif message.data.shape != run.start.shape or str(message.data.dtype) != run.start.dtype:
                 self._reject(f"frame {message.index} is {message.data.dtype} {message.data.shape}, the scan's "
                              f"start said {run.start.dtype} {run.start.shape}")  # fmt: skip
+            elif message.index > 16 * (run.received + 65536):
+                self._reject(f"frame index {message.index} is implausibly far ahead ({run.received} received)")
             else:
-                if message.index > 16 * (run.received + 65536):
-                    self._reject(f"frame index {message.index} is implausibly far ahead ({run.received} received)")
-                    return
-                if message.index >= len(run.seen):  # grow by doubling: one byte per index, not a set entry
-                    grown = np.zeros(max(2 * len(run.seen), message.index + 1), dtype=bool)
-                    grown[: len(run.seen)] = run.seen
-                    run.seen = grown
-                first = not run.seen[message.index]
-                run.seen[message.index] = True
-                if not first:
-                    run.duplicates += 1
-                run.received += 1
-                run.last_arrival_ns = arrival_ns
-                event = FrameEvent(run, message, arrival_ns, wall_ns, first)
-                self.write_queue.put(("frame", event))
-                if first:
-                    self.infer_queue.put(("frame", event))
+                self._accept(run, message, arrival_ns, wall_ns)
         elif isinstance(message, End):
             if run is None or run.start.scan_id != message.scan_id or run.ended:
                 self._reject(f"end of scan {message.scan_id}, which is not open")
             else:
                 self._close_current(message.n_frames, f"ended, {run.received} frames received")
 
+    def _open(self, start: Start, arrival_ns: int) -> None:
+        """A new scan: its ring, its run file (through the writer), its mosaic and refiner (through the inference)."""
+        ring = FrameRing(self.options.ring_frames, start.shape, start.dtype)
+        run = ScanRun(start, time.time(), arrival_ns, ring)
+        run.base_path = self.out / f"{start.scan_id}.cxi"
+        self.current = run
+        log.info("scan %s started (%s frames of %s %s)", start.scan_id, start.n_frames, start.shape, start.dtype)
+        with self.writer_lock:
+            self.runs_in_writer.append(run)
+            self._send_start(run, run.base_path, 0)
+        self.control.put(("start", run))
+
+    def _send_start(self, run: ScanRun, path: Path, first: int) -> None:
+        start = run.start
+        self.writer.send({"op": "start", "ring": run.ring.config(), "path": str(path), "first": first,
+                          "start": {"scan_id": start.scan_id, "dtype": start.dtype, "shape": list(start.shape),
+                                    "geometry": start.geometry},
+                          "attrs": {"scan_id": start.scan_id, "edge_model": self.model_version}})  # fmt: skip
+        run.parts.append({"requested": str(path), "first": first})
+
+    def _accept(self, run: ScanRun, message: Frame, arrival_ns: int, wall_ns: int) -> None:
+        """A valid frame: mark it seen, then into the ring (or the spill while the ring is full)."""
+        if message.index >= len(run.seen):  # grow by doubling: one byte per index, not a set entry
+            grown = np.zeros(max(2 * len(run.seen), message.index + 1), dtype=bool)
+            grown[: len(run.seen)] = run.seen
+            run.seen = grown
+        first = not run.seen[message.index]
+        run.seen[message.index] = True
+        run.duplicates += not first
+        run.received += 1
+        run.last_arrival_ns = arrival_ns
+        item = (message.data, message.position_m, message.index, wall_ns, arrival_ns, first)
+        if not run.spill and self._slot_free(run):
+            self._store(run, item)
+            return
+        if run.spill_bytes + message.data.nbytes > self.options.spill_bytes:
+            run.dropped += 1
+            if run.dropped == 1 or run.dropped % 1000 == 0:
+                log.error("scan %s: %d frames dropped: the ring (%d frames) and the spill (%d MB) are full",
+                          run.start.scan_id, run.dropped, run.ring.capacity,
+                          self.options.spill_bytes >> 20)  # fmt: skip
+            return
+        run.spill.append(item)  # the message's own buffer: no copy until a slot is free
+        run.spill_bytes += message.data.nbytes
+        run.spill_peak_frames = max(run.spill_peak_frames, len(run.spill))
+
+    def _slot_free(self, run: ScanRun) -> bool:
+        """The next slot's frame is written and handled by the inference (or never held one)."""
+        return run.stored - min(run.ring.written, run.inferred_upto) < run.ring.capacity
+
+    @staticmethod
+    def _store(run: ScanRun, item: tuple) -> None:
+        data, position, index, wall_ns, arrival_ns, infer = item
+        ring, slot = run.ring, run.stored % run.ring.capacity
+        ring.frames[slot] = data
+        ring.positions_m[slot] = position
+        ring.index[slot], ring.wall_ns[slot], ring.arrival_ns[slot], ring.infer[slot] = (
+            index,
+            wall_ns,
+            arrival_ns,
+            infer,
+        )
+        run.stored += 1
+
+    def _publish_frames(self, run: ScanRun) -> None:
+        """Move spilled frames into freed slots, then tell the writer and the inference how far the ring is filled
+        (once per burst, not per frame); after the scan's end, tell them it ended once every frame is in."""
+        while run.spill and self._slot_free(run):
+            item = run.spill.popleft()
+            run.spill_bytes -= item[0].nbytes
+            self._store(run, item)
+        if run.stored > run.published:
+            run.ring.received = run.stored
+            run.published = run.stored
+            with self.writer_lock:
+                self.writer.send({"op": "frames", "stop": run.stored})
+            with self.frames_ready:
+                self.frames_ready.notify_all()
+        if run.ended and not run.spill and not run.end_sent:
+            run.end_sent = True
+            with self.writer_lock:
+                self.writer.send({"op": "end", "stop": run.stored, "attrs": {"complete": run.expected is not None}})
+            self.control.put(("end", run))
+            with self.frames_ready:
+                self.frames_ready.notify_all()
+
     # -- writer ----------------------------------------------------------------------------------------------
-    def _write(self) -> None:
-        run_file: RunFile | None = None
-        pending: list[FrameEvent] = []
-        last_flush = time.perf_counter()
-
-        def commit() -> None:
-            nonlocal last_flush
-            if pending and run_file is not None:
-                run_file.append(
-                    np.stack([e.frame.data for e in pending]),
-                    np.array([e.frame.position_m for e in pending]),
-                    np.array([e.frame.index for e in pending]),
-                    np.array([e.wall_ns for e in pending]),
-                )
-                pending.clear()
-            if run_file is not None:
-                run_file.flush()
-                pending_run.written = run_file.n_written
-            last_flush = time.perf_counter()
-
-        pending_run: ScanRun | None = None
+    def _watch_writer(self) -> None:
+        """Read the writer's replies (files closed, with their frame counts); when the writer process dies, say
+        so, and start another that continues the open scans in new part files from their first unflushed frame
+        (still in the ring)."""
         while True:
-            try:
-                kind, item = self.write_queue.get(timeout=self.options.flush_s / 2)
-            except queue.Empty:
-                if pending:
-                    commit()
-                continue
-            if kind == "frame":
-                pending.append(item)
-                if len(pending) >= 1024 or time.perf_counter() - last_flush >= self.options.flush_s:
-                    commit()
-            elif kind == "start":
-                pending_run = item
-                start = item.start
-                run_file = RunFile(self.out / f"{start.scan_id}.cxi", geometry_of(start), start.dtype,
-                                   {"scan_id": start.scan_id, "edge_model": self.model_version})  # fmt: skip
-                item.run_path = run_file.path
-            elif kind == "end":
-                commit()
-                if run_file is not None:
-                    run_file.close({"frames_written": run_file.n_written, "complete": item.expected is not None})
-                    item.written = run_file.n_written
-                run_file, pending_run = None, None
-                item.writer_done.set()
-            elif kind == "stop":
+            if self.runs_in_writer:
+                reply = self.writer.wait_for("closed", 0.2)
+                if reply is not None:
+                    with self.writer_lock:
+                        run = self.runs_in_writer.popleft()
+                    run.parts[-1].update(path=reply["path"], written=reply["written"], closed=True)
+                    run.busy_s["write"] += reply.get("busy_s", 0.0)
+                    run.closed.set()
+                    continue
+            else:
+                time.sleep(0.1)
+            self.writer.replies = [r for r in self.writer.replies if r["op"] != "started"]
+            done = self.finished.is_set() or (self.stopping.is_set() and not self.runs_in_writer)
+            if not self.writer.alive() and not done:
+                self._restart_writer()
+            elif self.finished.is_set() and not self.runs_in_writer:
                 return
 
-    # -- inference -------------------------------------------------------------------------------------------
-    def _infer_batch(self, batch: list[FrameEvent]) -> None:
-        run = batch[0].run
-        counts = torch.from_numpy(np.stack([e.frame.data for e in batch]).astype(np.float32))
-        run.count_sum += float(counts.sum())
-        run.count_pixels += counts.numel()
-        scale = run.count_sum / max(run.count_pixels, 1)  # running mean count per pixel of the scan
-        with self.lock:
-            model, version = self.model, self.model_version
-        inputs = normalize_frames(counts, scale)
-        with torch.inference_mode():
-            amplitude, phase = model(inputs)
-        self._validation_inputs = inputs[-8:]
-        indices = [e.frame.index for e in batch]
-        if run.version_segments and run.version_segments[-1][2] == version:
-            run.version_segments[-1][1] = max(run.version_segments[-1][1], max(indices))
-        else:
-            run.version_segments.append([min(indices), max(indices), version])
-        run.version_counts[version] = run.version_counts.get(version, 0) + len(batch)
-        patches = to_complex(amplitude, phase)
-        positions = np.array([e.frame.position_m for e in batch])
-        with self.lock:
-            run.mosaic.add(patches, positions)
-        if run.refiner is not None:
-            run.refiner.add(counts.numpy(), positions)
-        now = time.perf_counter_ns()
-        latencies = (now - np.array([e.arrival_ns for e in batch])) / 1e6
-        if run.inferred + len(batch) > len(run.latencies_ms):
-            run.latencies_ms = np.concatenate([run.latencies_ms, np.zeros_like(run.latencies_ms)])
-        run.latencies_ms[run.inferred : run.inferred + len(batch)] = latencies
-        self.recent_latency_ms.extend(latencies.tolist())
-        run.inferred += len(batch)
+    def _restart_writer(self) -> None:
+        code = self.writer.process.exitcode
+        with self.writer_lock:
+            self.writer = WriterProcess(self.options.flush_s)
+            for run in self.runs_in_writer:
+                first = run.ring.written
+                part = run.parts[-1]
+                part.update(written=first - part["first"], closed=True, died=True)
+                error = (
+                    f"the run-file writer died (exit code {code}) after {first} frames of scan "
+                    f"{run.start.scan_id}; they are in {part['requested']}, the rest goes to a new part file"
+                )
+                log.error(error)
+                run.writer_errors.append(error)
+                self._send_start(run, part_path(run.base_path, len(run.parts) + 1), first)
+                if run.published > first:
+                    self.writer.send({"op": "frames", "stop": run.published})
+                if run.end_sent:
+                    self.writer.send({"op": "end", "stop": run.stored,
+                                      "attrs": {"complete": run.expected is not None}})  # fmt: skip
 
+    # -- inference -------------------------------------------------------------------------------------------
     def _infer(self) -> None:
-        pending: list[FrameEvent] = []
-        max_wait_ns = int(self.options.max_wait_ms * 1e6)
+        run: ScanRun | None = None
         while True:
-            if pending:
-                left = (pending[0].arrival_ns + max_wait_ns - time.perf_counter_ns()) / 1e9
-                timeout = max(left, 0.0)
-            else:
-                timeout = 0.1
             try:
-                kind, item = self.infer_queue.get(timeout=timeout) if timeout > 0 else self.infer_queue.get_nowait()
+                kind, item = self.control.get_nowait()
             except queue.Empty:
-                if pending:
-                    self._infer_batch(pending)
-                    pending = []
-                continue
-            if kind == "frame":
-                pending.append(item)
-                if len(pending) >= self.options.max_batch:
-                    self._infer_batch(pending)
-                    pending = []
-                continue
-            if pending:
-                self._infer_batch(pending)
-                pending = []
+                kind, item = None, None
             if kind == "start":
-                item.mosaic = Mosaic(item.start.shape, object_pixel_size_m(item.start), self.weights)
-                item.refiner = self._make_refiner(item)
+                run = item
+                model = self.models.get()
+                run.mosaic = Mosaic(run.start.shape, object_pixel_size_m(run.start), model.weights)
+                run.refiner = self._make_refiner(run, model.probe)
             elif kind == "end":
+                while self._next_batch(item, drain=True):
+                    pass
                 self._finish(item)
+                continue
             elif kind == "stop":
                 for finisher in self.finishers:
                     finisher.join()
                 self.finished.set()
                 return
+            if run is None or not self._next_batch(run):
+                with self.frames_ready:
+                    self.frames_ready.wait(self._wait_s(run))
 
-    def _make_refiner(self, run: ScanRun) -> LiveRefiner | None:
+    def _wait_s(self, run: ScanRun | None) -> float:
+        """How long the inference may sleep: until the oldest waiting frame's batch is due, at most 50 ms."""
+        if run is None or run.published <= run.inferred_upto:
+            return 0.05
+        oldest = int(run.ring.arrival_ns[run.inferred_upto % run.ring.capacity])
+        due = oldest + self.options.max_wait_ms * 1e6 - time.perf_counter_ns()
+        return min(max(due / 1e9, 0.0), 0.05)
+
+    def _next_batch(self, run: ScanRun, drain: bool = False) -> bool:
+        """Invert the next batch of ``run`` if one is due (full, or its oldest frame waited ``max_wait_ms``;
+        ``drain``: whatever is there); returns whether it did."""
+        available = run.published - run.inferred_upto
+        if available <= 0:
+            return False
+        ring = run.ring
+        slot = run.inferred_upto % ring.capacity
+        due = ring.arrival_ns[slot] + self.options.max_wait_ms * 1e6 <= time.perf_counter_ns()
+        if not (drain or due or available >= self.options.max_batch):
+            return False
+        count = min(available, self.options.max_batch, ring.capacity - slot)  # contiguous in the ring
+        self._infer_batch(run, slot, count)
+        run.inferred_upto += count  # the slots may now be reused (once written)
+        return True
+
+    def _infer_batch(self, run: ScanRun, slot: int, count: int) -> None:
+        ring = run.ring
+        window = slice(slot, slot + count)
+        keep = ring.infer[window]
+        counts = ring.frames[window] if keep.all() else ring.frames[window][keep]
+        if not len(counts):
+            return
+        positions = ring.positions_m[window][keep].copy()
+        arrivals = ring.arrival_ns[window][keep].copy()
+        indices = ring.index[window][keep]
+        began = time.perf_counter()
+        run.count_sum += float(counts.sum(dtype=np.float64))
+        run.count_pixels += counts.size
+        scale = run.count_sum / max(run.count_pixels, 1)  # running mean count per pixel of the scan
+        model = self.models.for_dtype(run.start.dtype)
+        amplitude, phase = model.runtime(counts, scale)
+        self.models.validation = (counts[-8:].copy(), scale)
+        stitched = time.perf_counter()
+        run.busy_s["infer"] += stitched - began
+        version = model.version
+        first, last = int(indices.min()), int(indices.max())
+        if run.version_segments and run.version_segments[-1][2] == version:
+            run.version_segments[-1][1] = max(run.version_segments[-1][1], last)
+        else:
+            run.version_segments.append([first, last, version])
+        run.version_counts[version] = run.version_counts.get(version, 0) + len(counts)
+        with self.lock:
+            run.mosaic.add(to_complex(amplitude, phase), positions)
+        if run.refiner is not None:
+            run.refiner.add(counts.copy(), positions)  # a copy: the ring slots are reused
+        now = time.perf_counter_ns()
+        run.busy_s["stitch"] += (now / 1e9) - stitched
+        latencies = (now - arrivals) / 1e6
+        if run.inferred + len(latencies) > len(run.latencies_ms):
+            extra = np.zeros(max(len(run.latencies_ms), len(latencies)), np.float32)
+            run.latencies_ms = np.concatenate([run.latencies_ms, extra])
+        run.latencies_ms[run.inferred : run.inferred + len(latencies)] = latencies
+        self.recent_latency_ms.extend(latencies.tolist())
+        run.inferred += len(latencies)
+
+    def _make_refiner(self, run: ScanRun, model_probe: torch.Tensor | None) -> LiveRefiner | None:
         """The scan's live refiner, when refinement is on and a probe is known (else a warning, and none)."""
         if self.options.refine is None:
             return None
-        probe = self.model_probe
+        probe = model_probe
         if self.options.refine_probe is not None:
             from edgeray.sim.probes import probe_from_file
 
@@ -517,10 +569,11 @@ class EdgeService:
                 return m.numerator.clone(), m.coverage.clone(), m.origin_m.copy(), m.pixel_size_m.copy()
 
         def backlog() -> int:
-            return self.infer_queue.qsize() + self.write_queue.qsize()
+            return (run.published - run.inferred_upto) + (run.published - run.ring.written) + len(run.spill)
 
         return LiveRefiner(run.start.shape, probe, self.options.refine, mosaic, backlog).start()
 
+    # -- the end of a scan -----------------------------------------------------------------------------------
     def _record(self, summary: dict, path: Path) -> None:
         """Write a scan's summary and count it (the service stops after ``options.scans`` of them)."""
         path.write_text(json.dumps(summary, indent=2))
@@ -531,13 +584,19 @@ class EdgeService:
 
     def _finish(self, run: ScanRun) -> None:
         """Write the product, preview and summary of an ended scan."""
-        run.writer_done.wait(30)
+        if not run.closed.wait(60):
+            run.writer_errors.append("the run-file writer did not close the file within 60 s")
         scan_id = run.start.scan_id
         seconds = max((run.last_arrival_ns - run.started_perf_ns) / 1e9, 1e-9)
         latencies = run.latencies_ms[: run.inferred].astype(np.float64)
-        files = {"raw": str(run.run_path) if run.run_path else None}
+        paths = [part.get("path", part["requested"]) for part in run.parts]
+        files = {"raw": paths[0] if paths else None}
+        if len(paths) > 1:
+            files["raw_parts"] = paths
         if run.mosaic is not None and run.mosaic.n_patches:
             files.update(self._write_product(run))
+        rate = run.received / seconds if run.received > 1 else 0.0
+        busy = {stage: value / seconds for stage, value in run.busy_s.items()}
         summary = {
             "scan_id": scan_id,
             "complete": run.expected is not None and run.received - run.duplicates >= run.expected,
@@ -547,11 +606,16 @@ class EdgeService:
             "frames_inferred": run.inferred,
             "frames_invalid": run.invalid,
             "frames_duplicate": run.duplicates,
+            "frames_dropped": run.dropped,
+            "spill_peak_frames": run.spill_peak_frames,
+            "writer_errors": run.writer_errors,
             "seconds": seconds,
-            "frames_per_s": run.received / seconds if run.received > 1 else 0.0,
+            "frames_per_s": rate,
             "latency_ms_p50": float(np.percentile(latencies, 50)) if latencies.size else None,
             "latency_ms_p99": float(np.percentile(latencies, 99)) if latencies.size else None,
             "latency_ms_max": float(latencies.max()) if latencies.size else None,
+            "stage_busy_fraction": busy,
+            "max_rate_hz": rate / max(max(busy.values()), 1e-9) if rate else None,
             "model_version": self.model_version,
             "model_versions": run.version_counts,
             "model_version_segments": run.version_segments,
@@ -560,11 +624,13 @@ class EdgeService:
             "max_wait_ms": self.options.max_wait_ms,
             "files": files,
         }
-        path = self.out / f"{(run.run_path.stem if run.run_path else scan_id)}.json"
-        log.info("scan %s: %d received, %d written, %d inferred, p99 latency %s ms -> %s", scan_id, run.received,
-                 run.written, run.inferred, summary["latency_ms_p99"], path)  # fmt: skip
+        path = self.out / f"{Path(paths[0]).stem if paths else scan_id}.json"
+        log.info("scan %s: %d received, %d written, %d inferred, p99 latency %s ms, busiest stage %.0f%% -> could "
+                 "have kept %s frames/s -> %s", scan_id, run.received, run.written, run.inferred,
+                 summary["latency_ms_p99"], 100 * max(busy.values()), summary["max_rate_hz"], path)  # fmt: skip
         if run.refiner is None:
             self._record(summary, path)
+            run.ring.close()
             return
         run.refiner.end()  # refinement goes on for its tail in its own thread; the next scan need not wait
 
@@ -575,6 +641,7 @@ class EdgeService:
                 files.update(self._write_product(run, refined=True))
             log.info("scan %s refined: %.1f epochs, misfit %s", scan_id, run.refiner.epochs, run.refiner.misfit)
             self._record(summary, path)
+            run.ring.close()
 
         finisher = threading.Thread(target=finish_refinement, name="edge-refine-finish", daemon=True)
         self.finishers.append(finisher)
@@ -583,7 +650,8 @@ class EdgeService:
     def _write_product(self, run: ScanRun, refined: bool = False) -> dict:
         """The network's mosaic (or, ``refined``, the live refinement's image and probe) as a product, with its
         preview; returns the files written."""
-        stem = run.run_path.stem if run.run_path else run.start.scan_id
+        paths = [part.get("path", part["requested"]) for part in run.parts]
+        stem = Path(paths[0]).stem if paths else run.start.scan_id
         with self.lock:
             obj, _ = run.mosaic.image()
             center = run.mosaic.center_m()
@@ -597,14 +665,14 @@ class EdgeService:
             engine, suffix = f"nn-stream + live {run.refiner.options.engine}", "_refined"
         pixel = tuple(float(v) for v in run.mosaic.pixel_size_m)
         geometry = geometry_of(run.start)
-        positions = np.array([], dtype=np.float64).reshape(0, 2)
-        if run.run_path is not None:
-            with CXIFile(run.run_path) as cxi:
-                positions = cxi.positions_m
+        positions = [np.zeros((0, 2))]
+        for path in paths:
+            with CXIFile(path) as cxi:
+                positions.append(cxi.positions_m)
         product = Product(
             object=obj[None],
             probe=probe,
-            positions_m=positions,
+            positions_m=np.concatenate(positions),
             object_pixel_size_m=pixel,
             probe_pixel_size_m=pixel,
             energy_eV=geometry.energy_eV,
@@ -645,8 +713,9 @@ class EdgeService:
             "receive_rate_hz": rate,
             "latency_ms_p50": float(np.percentile(recent, 50)) if recent.size else None,
             "latency_ms_p99": float(np.percentile(recent, 99)) if recent.size else None,
-            "infer_queue": self.infer_queue.qsize(),
-            "write_queue": self.write_queue.qsize(),
+            "infer_queue": (run.published - run.inferred_upto) if run else 0,
+            "write_queue": (run.published - run.ring.written) if run and not run.closed.is_set() else 0,
+            "spill": len(run.spill) if run else 0,
             "model_version": self.model_version,
             "mosaic_patches": run.mosaic.n_patches if run and run.mosaic else 0,
             "view_version": (run.mosaic.n_patches if run and run.mosaic else 0)
@@ -658,33 +727,32 @@ class EdgeService:
 
     def _publish(self, period_s: float = 0.2) -> None:
         """Every ``period_s``: stats (JSON) and, when it changed, the mosaic (complex64 bytes) on the PUB socket."""
-        last_patches = -1
+        last_version = -1
         while not self.finished.wait(period_s):
             stats = self.snapshot()
-            image = self.mosaic_image(1024) if stats["view_version"] != last_patches else None
+            image = self.mosaic_image(1024) if stats["view_version"] != last_version else None
             header = {"v": 1, "type": "mosaic" if image is not None else "stats", **stats}
             if image is None:
                 self.publisher.send_multipart([json.dumps(header).encode()])
                 continue
-            last_patches = stats["view_version"]
+            last_version = stats["view_version"]
             header.update(dtype="complex64", shape=list(image.shape))
             self.publisher.send_multipart([json.dumps(header).encode(), image.tobytes()])
 
     def mosaic_image(self, max_side: int | None = None) -> np.ndarray | None:
-        """The open (or last) scan's mosaic, ``(Y, X)`` complex64 with NaN where no patch reached, or None before
-        the first patch; every ``k``-th pixel when ``max_side`` asks for at most that many along each axis."""
+        """The open (or last) scan's image (refined where the live refinement reached), ``(Y, X)`` complex64 with
+        NaN where no patch reached, or None before the first patch; every ``k``-th pixel when ``max_side`` asks
+        for at most that many along each axis."""
         run = self.current
         if run is None or run.mosaic is None or not run.mosaic.n_patches:
             return None
         step = 1 if max_side is None else max(1, -(-max(run.mosaic.shape) // max_side))
+        if run.refiner is not None:
+            with self.lock:
+                numerator, coverage = run.mosaic.numerator.numpy().copy(), run.mosaic.coverage.numpy().copy()
+            return run.refiner.image(numerator, coverage)[::step, ::step]
         with self.lock:  # copy only the pixels shown, so inference waits as little as possible
             numerator = run.mosaic.numerator[::step, ::step].numpy().copy()
             coverage = run.mosaic.coverage[::step, ::step].numpy().copy()
-        if run.refiner is not None and step == 1:
-            return run.refiner.image(numerator, coverage)
-        if run.refiner is not None:  # the refined image, sampled like the mosaic
-            with self.lock:
-                full_numerator, full_coverage = run.mosaic.numerator.numpy().copy(), run.mosaic.coverage.numpy().copy()
-            return run.refiner.image(full_numerator, full_coverage)[::step, ::step]
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(coverage > 0, numerator / coverage, np.nan + 0j).astype(np.complex64)

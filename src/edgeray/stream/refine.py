@@ -19,6 +19,7 @@ count per pixel, so the engines start from the probe ``sqrt(scale) p`` and the m
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -37,6 +38,7 @@ from edgeray.ptycho.reconstruct import _engine_class, default_options
 log = logging.getLogger("edgeray.refine")
 
 REFINE_ENGINES = ("lsqml", "rpie")
+SEEDS = ("network", "network-detail", "flat")
 
 
 @dataclass
@@ -50,6 +52,8 @@ class RefineOptions:
         tail_s: seconds of refinement after a scan's last frame.
         refine_probe_after: frame updates before the probe is refined too (the model's probe is the start).
         max_backlog: frames waiting for inference or writing above which refinement pauses.
+        seed: what the object starts from where no update has been: ``network`` (the mosaic), ``network-detail``
+            (the mosaic without its large-scale phase) or ``flat`` (ones).
     """
 
     engine: str = "lsqml"
@@ -58,6 +62,7 @@ class RefineOptions:
     tail_s: float = 10.0
     refine_probe_after: int = 20000
     max_backlog: int = 256
+    seed: str = "network"
 
 
 def _lower_thread_priority() -> None:
@@ -88,6 +93,8 @@ class LiveRefiner:
         backlog: Callable[[], int] = lambda: 0,
         valid: np.ndarray | None = None,
     ):
+        if options.seed not in SEEDS:
+            raise ValueError(f"refinement seed must be one of {SEEDS}, not {options.seed!r}")
         if options.engine not in REFINE_ENGINES:
             raise ValueError(f"refinement engine must be one of {REFINE_ENGINES}, not {options.engine!r}")
         self.options = options
@@ -126,6 +133,11 @@ class LiveRefiner:
         self.seconds_after_last_frame = 0.0
         self.seconds_busy = 0.0
         self.thread = threading.Thread(target=self._run, name="edge-refine", daemon=True)
+        self._detail_cache: tuple | None = None
+        power = (self.unit_probe.abs() ** 2).numpy()
+        axis = np.arange(height) - height // 2
+        rms = np.sqrt((power * (axis[:, None] ** 2 + axis[None, :] ** 2)).sum() / power.sum())
+        self.beam_px = float(2 * rms)  # about the beam's diameter
 
     # -- feeding -----------------------------------------------------------------------------------------
     def add(self, counts: np.ndarray, positions_m: np.ndarray) -> None:
@@ -219,12 +231,36 @@ class LiveRefiner:
         fresh = index[~self.seeded.view(-1)[index]]  # repeats write the same value: no need to make them unique
         if not len(fresh):
             return
-        covered = coverage.view(-1)[fresh] > 0
-        values = torch.where(covered, numerator.view(-1)[fresh] / coverage.view(-1)[fresh].clamp_min(1e-30),
-                             torch.ones_like(numerator.view(-1)[fresh]))  # fmt: skip
+        if self.options.seed == "flat":
+            values = torch.ones(len(fresh), dtype=torch.complex64)
+        else:
+            if self.options.seed == "network-detail":
+                numerator = self._detail(numerator, coverage)
+            covered = coverage.view(-1)[fresh] > 0
+            values = torch.where(covered, numerator.view(-1)[fresh] / coverage.view(-1)[fresh].clamp_min(1e-30),
+                                 torch.ones_like(numerator.view(-1)[fresh]))  # fmt: skip
         with self.lock:
             self.object.view(-1)[fresh] = values.to(torch.complex64)
             self.seeded.view(-1)[fresh] = True
+
+    def _detail(self, numerator: torch.Tensor, coverage: torch.Tensor) -> torch.Tensor:
+        """The mosaic's sums with their large-scale phase taken out (a Gaussian low-pass of the phase, as wide as
+        the beam), refreshed at most every half second: what a frame fixes well (the detail) without what it fixes
+        poorly (the phase across many beams), which iterative updates fix slowly once it is wrong."""
+        now = time.perf_counter()
+        cached = self._detail_cache
+        if cached is not None and cached[0].shape == numerator.shape and now - cached[1] < 0.5:
+            return cached[0]
+        unit = torch.where(coverage > 0, numerator / numerator.abs().clamp_min(1e-30), torch.zeros_like(numerator))
+        weighted = unit * coverage
+        sigma = self.beam_px
+        ky = torch.fft.fftfreq(numerator.shape[0])[:, None]
+        kx = torch.fft.fftfreq(numerator.shape[1])[None, :]
+        kernel = torch.exp(-2 * math.pi**2 * sigma**2 * (ky**2 + kx**2))
+        low = torch.fft.ifft2(torch.fft.fft2(weighted) * kernel)
+        detail = numerator * torch.polar(torch.ones_like(coverage), -torch.angle(low))
+        self._detail_cache = (detail, now)
+        return detail
 
     def _next_batch(self) -> np.ndarray | None:
         """Stored frame numbers of the next update: frames no update has seen yet, newest first; else the next

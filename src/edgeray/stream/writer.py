@@ -1,0 +1,181 @@
+"""The run-file writer in its own process, so HDF5 work never holds the receiver's or the inference's interpreter.
+
+The receiver puts frames in a :class:`~edgeray.stream.ring.FrameRing` (shared memory) and tells the writer how
+far the ring is filled; the writer appends those frames to the scan's run file (:class:`RunFile`, one SWMR file,
+valid at every moment) and, after each flush, sets the ring's ``written`` counter: frames below it are safe and
+their slots may be reused. Control messages are JSON over a pipe (no pickle):
+
+- ``{"op": "start", "ring": {...}, "path": ..., "start": {scan_id, dtype, shape, geometry}, "attrs": {...}}``
+  -> ``{"op": "started", "path": ...}``
+- ``{"op": "frames", "stop": N}``: frames ``< N`` are in the ring;
+- ``{"op": "end", "stop": N, "attrs": {...}}`` -> ``{"op": "closed", "written": n, "path": ...}``;
+- ``{"op": "stop"}``: the process ends.
+
+Frames are appended in blocks (``block`` frames, or whatever is there every ``flush_s``), as before in a thread.
+If the writer dies, every frame up to its last flush is in the file; the service sees the process gone, reports
+it and starts another writer on a new part file from the first unwritten frame, which the ring still holds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import numpy as np
+
+from edgeray.stream.protocol import Start, geometry_of
+from edgeray.stream.ring import FrameRing
+from edgeray.stream.runfile import RunFile
+
+log = logging.getLogger("edgeray.writer")
+
+
+def _send(connection: Connection, message: dict) -> None:
+    connection.send_bytes(json.dumps(message).encode())
+
+
+def _receive(connection: Connection, timeout: float) -> dict | None:
+    if not connection.poll(timeout):
+        return None
+    return json.loads(connection.recv_bytes())
+
+
+class _Scan:
+    """What the writer holds for the open scan."""
+
+    def __init__(self, message: dict):
+        start = message["start"]
+        self.ring = FrameRing.attach(message["ring"])
+        self.file = RunFile(
+            message["path"],
+            geometry_of(Start(start["scan_id"], start["dtype"], tuple(start["shape"]), start["geometry"])),
+            start["dtype"],
+            message.get("attrs") or {},
+        )
+        self.written = int(message.get("first", 0))  # the ring's frame number of the file's first frame
+        self.target = self.written
+        self.flushed_at = time.perf_counter()
+        self.busy_s = 0.0
+
+    def write(self, upto: int) -> None:
+        """Append the ring's frames ``written .. upto - 1``."""
+        began = time.perf_counter()
+        ring = self.ring
+        for first, start, stop in ring.spans(self.written, upto):
+            self.file.append(ring.frames[start:stop], ring.positions_m[start:stop], ring.index[start:stop],
+                             ring.wall_ns[start:stop])  # fmt: skip
+            self.written = first + stop - start
+        self.busy_s += time.perf_counter() - began
+
+    def flush(self) -> None:
+        began = time.perf_counter()
+        self.file.flush()
+        self.ring.written = self.written  # only now may the slots be reused
+        self.flushed_at = time.perf_counter()
+        self.busy_s += self.flushed_at - began
+
+
+def writer_main(connection: Connection, flush_s: float = 0.2, block: int = 1024) -> None:
+    """The writer process: follow the control messages until ``stop`` (or the pipe closes)."""
+    scan: _Scan | None = None
+    while True:
+        try:
+            message = _receive(connection, flush_s / 2)
+        except (EOFError, OSError):  # the service is gone
+            message = {"op": "stop"}
+        if message is None:
+            if scan is not None and scan.target > scan.written:
+                scan.write(scan.target)
+                scan.flush()
+            continue
+        op = message["op"]
+        if op == "start":
+            scan = _Scan(message)
+            _send(connection, {"op": "started", "path": str(scan.file.path)})
+        elif op == "frames" and scan is not None:
+            scan.target = max(scan.target, int(message["stop"]))
+            due = time.perf_counter() - scan.flushed_at >= flush_s
+            if scan.target - scan.written >= block or due:
+                scan.write(scan.target)
+                scan.flush()
+        elif op == "end" and scan is not None:
+            scan.write(max(scan.target, int(message["stop"])))
+            scan.flush()
+            scan.file.close(message.get("attrs") or {})
+            _send(connection, {"op": "closed", "written": scan.file.n_written, "path": str(scan.file.path),
+                               "busy_s": scan.busy_s})  # fmt: skip
+            scan.ring.close()
+            scan = None
+        elif op == "stop":
+            if scan is not None:  # the service stopped mid-scan: keep what arrived
+                scan.write(scan.target)
+                scan.flush()
+                scan.file.close({"complete": False})
+                scan.ring.close()
+            return
+
+
+class WriterProcess:
+    """The service's handle on a writer process: start it, send it work, read its replies, see it die.
+
+    Args:
+        flush_s: longest a received frame waits before it is flushed to the run file.
+    """
+
+    def __init__(self, flush_s: float = 0.2):
+        context = multiprocessing.get_context("spawn")  # no fork of a process with threads and sockets
+        self.connection, child = context.Pipe()
+        self.process = context.Process(target=writer_main, args=(child, flush_s), name="edgeray-writer", daemon=True)
+        self.process.start()
+        child.close()
+        self.replies: list[dict] = []
+
+    def alive(self) -> bool:
+        return self.process.is_alive()
+
+    def send(self, message: dict) -> bool:
+        """Send a control message; False when the writer is gone."""
+        try:
+            _send(self.connection, message)
+            return True
+        except (BrokenPipeError, OSError):
+            return False
+
+    def wait_for(self, op: str, timeout: float) -> dict | None:
+        """The writer's next reply of kind ``op`` (None after ``timeout`` s or if it died)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for reply in self.replies:
+                if reply["op"] == op:
+                    self.replies.remove(reply)
+                    return reply
+            try:
+                reply = _receive(self.connection, 0.05)
+            except (EOFError, OSError):
+                return None
+            if reply is not None:
+                self.replies.append(reply)
+            elif not self.alive():
+                return None
+        return None
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.send({"op": "stop"})
+        self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.kill()
+        self.connection.close()
+
+
+def part_path(path: Path, part: int) -> Path:
+    """``scan.cxi`` -> ``scan_part2.cxi``: where a new writer continues after one died."""
+    return path.with_name(f"{path.stem}_part{part}{path.suffix}")
+
+
+def spill_frames(count: int, shape: tuple[int, int], dtype: str) -> int:
+    """Bytes a spill of ``count`` frames takes."""
+    return int(count * np.prod(shape) * np.dtype(dtype).itemsize)
