@@ -230,8 +230,13 @@ def test_live_refiner_improves_the_image_newest_frames_first(scan):
     numerator, coverage = mosaic.numerator.numpy(), mosaic.coverage.numpy()
     refined = refiner.image(numerator, coverage)
     start = mosaic.image()[0]
-    shift = np.round((mosaic.origin_m - (-np.asarray(scan.ground_truth.object.shape) / 2
-                                         * np.asarray(scan.geometry.object_pixel_size_m))) / mosaic.pixel_size_m)
+    shift = np.round(
+        (
+            mosaic.origin_m
+            - (-np.asarray(scan.ground_truth.object.shape) / 2 * np.asarray(scan.geometry.object_pixel_size_m))
+        )
+        / mosaic.pixel_size_m
+    )
     rows = slice(int(-shift[0]) + 60, int(-shift[0]) + scan.ground_truth.object.shape[0] - 60)
     cols = slice(int(-shift[1]) + 60, int(-shift[1]) + scan.ground_truth.object.shape[1] - 60)
     truth = scan.ground_truth.object[60:-60, 60:-60]

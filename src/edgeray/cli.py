@@ -742,10 +742,11 @@ def _replay_scan(args: argparse.Namespace):
         from edgeray.io import CXIFile
 
         return _LazyScan(CXIFile(args.scan_file, **_cxi_options(args)))
+    from edgeray.sim import simulate_ptycho_lazy
+
     config = PtychoSimConfig(n_positions=args.n_positions, step_px=args.step_px, photons=args.photons,
                              object=args.object, seed=args.seed)  # fmt: skip
-    with progress_bar("simulating", config.n_positions) as update:
-        return simulate_ptycho(config, progress=update)
+    return simulate_ptycho_lazy(config)  # frames made block by block as they are sent: any length
 
 
 class _LazyFrames:

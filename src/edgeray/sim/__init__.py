@@ -19,6 +19,7 @@ from edgeray.sim.ptycho import (
     positions_m_to_px,
     shifted_probes,
     simulate_ptycho,
+    simulate_ptycho_lazy,
 )
 from edgeray.sim.scan import SCANS, concentric_scan, fermat_spiral, make_scan, place_in_object, raster_scan
 from edgeray.sim.tomo import TomoSimConfig, beam_profile, simulate_tomo
@@ -55,5 +56,6 @@ __all__ = [
     "shepp_logan",
     "shifted_probes",
     "simulate_ptycho",
+    "simulate_ptycho_lazy",
     "simulate_tomo",
 ]

@@ -202,6 +202,63 @@ def simulate_ptycho(config: PtychoSimConfig, progress: Callable[[int], None] | N
     )
 
 
+class SimulatedFrames:
+    """The frames of a simulated scan, made only when a block is sliced out: any length in bounded memory.
+
+    ``frames[a:b]`` returns ``(b - a, H, W)`` counts; the same block gives the same counts (each block of
+    :data:`CHUNK_FRAMES` frames draws its noise from its own seed). The dose is scaled so the mean total of the
+    first block's noise-free frames is ``config.photons`` (the whole scan is never held to average over).
+    """
+
+    def __init__(self, config: PtychoSimConfig, obj: np.ndarray, probe: np.ndarray, positions_px: np.ndarray):
+        self.config, self.obj, self.positions_px = config, obj, positions_px
+        first = far_field_intensity(exit_waves(obj, probe, positions_px[:CHUNK_FRAMES]))
+        self.scale = config.photons / first.sum(axis=(1, 2)).mean()
+        self.probe = (probe * np.sqrt(self.scale)).astype(np.complex64)
+        peak = first.max() * self.scale
+        self.dtype = np.dtype(np.uint16 if peak * 1.5 < np.iinfo(np.uint16).max else np.uint32)
+        self.shape = (len(positions_px), config.frame_size, config.frame_size)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, block: slice) -> np.ndarray:
+        start, stop, _ = block.indices(len(self))
+        out = np.empty((max(stop - start, 0), *self.shape[1:]), dtype=self.dtype)
+        for chunk in range(start // CHUNK_FRAMES, -(-stop // CHUNK_FRAMES)):
+            first, last = chunk * CHUNK_FRAMES, min((chunk + 1) * CHUNK_FRAMES, len(self))
+            rng = np.random.default_rng([self.config.seed, chunk])
+            counts = rng.poisson(far_field_intensity(exit_waves(self.obj, self.probe, self.positions_px[first:last])))
+            if self.config.saturation is not None:
+                counts = np.minimum(counts, self.config.saturation)
+            low, high = max(start, first), min(stop, last)
+            out[low - start : high - start] = np.minimum(counts[low - first : high - first], np.iinfo(self.dtype).max)
+        return out
+
+
+def simulate_ptycho_lazy(config: PtychoSimConfig) -> PtychoScan:
+    """A simulated scan whose frames are made as they are read (:class:`SimulatedFrames`): for streams of any
+    length (``edgeray detector replay --simulate``). Positions, object and probe are made at once; the ground
+    truth is kept. No beamstop (its mask is the simulator's business for stored scans)."""
+    rng = np.random.default_rng(config.seed)
+    frame_shape = (config.frame_size, config.frame_size)
+    offsets = make_scan(config.scan, config.n_positions, config.step_px, config.jitter_px, rng)
+    positions_px, object_shape = place_in_object(offsets, frame_shape)
+    obj = make_object(config.object, object_shape, rng, config.amplitude_min, config.phase_range_rad)
+    frames = SimulatedFrames(config, obj, make_probe(config), positions_px)
+    geometry = PtychoGeometry(
+        config.energy_eV, config.distance_m, (config.detector_pixel_m, config.detector_pixel_m), frame_shape
+    )
+    positions_m = (positions_px - np.asarray(object_shape) / 2) * np.asarray(geometry.object_pixel_size_m)
+    return PtychoScan(
+        frames=frames,
+        positions_m=positions_m,
+        geometry=geometry,
+        ground_truth=GroundTruth(obj, frames.probe, positions_px),
+        attrs={"simulator": "edgeray.sim.simulate_ptycho_lazy", "config": json.dumps(asdict(config))},
+    )
+
+
 def positions_m_to_px(
     positions_m: np.ndarray, pixel_size_m: tuple[float, float], object_shape: tuple[int, int]
 ) -> np.ndarray:
