@@ -104,8 +104,11 @@ def test_failed_simulation_leaves_existing_file(tmp_path):
 
 def test_demo_streams_a_scan_through_the_edge(tmp_path):
     out = tmp_path / "demo"
-    result = edgeray("demo", "--out", str(out), "--frames", "1500", "--hold", "0", "--port", "0")
+    result = edgeray(
+        "demo", "--out", str(out), "--frames", "1500", "--hold", "0", "--port", "0", "--refine-tail-s", "2"
+    )
     assert "live view: http://127.0.0.1:" in result.stderr
+    assert "the edge could have kept" in result.stderr  # the headroom line at the end of the scan
     report = json.loads((out / "demo.json").read_text())
     edge = report["edge"]
     assert report["detector"]["frames_sent"] == 1500

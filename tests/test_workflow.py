@@ -79,7 +79,7 @@ def _cpu_seconds(pid: int) -> float:
 
 def _kill_busy_worker(pool_marker: str, killed: list, timeout: float = 120.0) -> None:
     """SIGKILL the worker process of the pool whose command line holds ``pool_marker`` once it has done a second of
-    work (it is then inside its task); record the time in ``killed``."""
+    work inside its task (torch is loaded); record the time in ``killed``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for proc in Path("/proc").iterdir():
@@ -91,7 +91,11 @@ def _kill_busy_worker(pool_marker: str, killed: list, timeout: float = 120.0) ->
                     continue
                 for child in _children(int(proc.name)):
                     child_command = Path(f"/proc/{child}/cmdline").read_bytes()
-                    if b"spawn_main" in child_command and _cpu_seconds(child) > 1.0:
+                    if b"spawn_main" not in child_command or _cpu_seconds(child) <= 1.0:
+                        continue
+                    # the pool's multiprocessing manager is a spawned child too: the worker is the one running
+                    # the reconstruction, so the one that has torch loaded
+                    if "libtorch" in Path(f"/proc/{child}/maps").read_text():
                         killed.append(time.time())
                         os.kill(child, signal.SIGKILL)
                         return

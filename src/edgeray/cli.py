@@ -856,19 +856,33 @@ def _serve(service, view_class, args: argparse.Namespace, label: str) -> int:
         dashboard.close()
     for summary in service.summaries:
         print(json.dumps({"summary": summary}), flush=True)
+        _print_headroom(summary)
     return 0
 
 
+def _print_headroom(summary: dict) -> None:
+    """One line per scan for people: frames, latency, and the highest rate the edge could have kept (the rate
+    divided by the busiest stage's busy fraction)."""
+    busy = summary.get("stage_busy_fraction") or {}
+    if not busy or not summary.get("max_rate_hz"):
+        return
+    stage = max(busy, key=busy.get)
+    console.print(
+        f"[bold]{summary['scan_id']}[/]: {summary['frames_received']:,} received, {summary['frames_written']:,} "
+        f"written, {summary['frames_inferred']:,} inverted at {summary['frames_per_s']:,.0f} frames/s, p99 latency "
+        f"{summary['latency_ms_p99']:.0f} ms; busiest stage {stage} ({100 * busy[stage]:.0f}% busy): the edge could "
+        f"have kept ~{summary['max_rate_hz']:,.0f} frames/s"
+    )
+
+
 def _edge_tomo(args: argparse.Namespace) -> int:
-    from edgeray.stream.security import is_local
     from edgeray.stream.tomo import TomoEdgeOptions, TomoEdgeService
     from edgeray.stream.tomo_view import TomoDashboard
 
-    if not is_local(args.listen):
-        raise ValueError(f"{args.listen}: the tomography edge binds loopback addresses only (no CurveZMQ yet)")
     enhancer = "off" if args.enhancer == "off" else (None if args.enhancer == "shipped" else Path(args.enhancer))
     options = TomoEdgeOptions(listen=args.listen, out=args.out, update_every=args.update_every,
-                              capacity=args.capacity, enhancer=enhancer, scans=args.scans)  # fmt: skip
+                              capacity=args.capacity, enhancer=enhancer, scans=args.scans,
+                              curve_keys=args.curve_keys)  # fmt: skip
     return _serve(TomoEdgeService(options).start(), TomoDashboard, args, "edge (tomo)")
 
 
@@ -878,7 +892,9 @@ def cmd_edge(args: argparse.Namespace) -> int:
 
     if args.mode == "tomo":
         return _edge_tomo(args)
-    refine = RefineOptions(engine=args.refine_engine, tail_s=args.refine_tail_s) if args.refine else None
+    refine = None
+    if args.refine:
+        refine = RefineOptions(engine=args.refine_engine, tail_s=args.refine_tail_s, seed=args.refine_seed)
     options = EdgeOptions(
         listen=args.listen, out=args.out, model=args.model, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
         publish=None if args.publish == "off" else args.publish, scans=args.scans, curve_keys=args.curve_keys,
@@ -1140,7 +1156,7 @@ def build_parser() -> argparse.ArgumentParser:
     i = nn_cmds.add_parser("infer", help="invert a scan with a model and stitch the patches -> product")
     i.add_argument("scan", type=Path)
     i.add_argument("-o", "--output", type=Path, required=True, help="product HDF5 file")
-    i.add_argument("--model", type=Path, default=None, help="model directory (default: the shipped compact model)")
+    i.add_argument("--model", type=Path, default=None, help="model directory (default: the shipped edge model)")
     i.add_argument("--device", default="cpu")
     i.add_argument("--batch", type=int, default=256)
     i.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto")
@@ -1275,7 +1291,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--hold", type=float, default=5.0, help="seconds the live view stays up after the scan")
     demo.add_argument("--model", type=Path, default=None, help="edge model directory (default: the shipped one)")
     demo.add_argument("--no-refine", action="store_true", help="the network's image only (no live refinement)")
-    demo.add_argument("--refine-tail-s", type=float, default=10.0, help="seconds of refinement after the last frame")
+    demo.add_argument("--refine-tail-s", type=float, default=30.0, help="seconds of refinement after the last frame")
     demo.set_defaults(func=cmd_demo)
 
     detector = groups.add_parser("detector", help="detector stand-in: stream a scan to an edge service")
@@ -1316,7 +1332,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--enhancer", default="shipped", help="tomo: 'shipped' stream TomoGAN, a model directory, or 'off'")
     e.add_argument("--listen", default="tcp://127.0.0.1:5555", help="PULL endpoint detectors connect to")
     e.add_argument("--out", type=Path, default=Path("run"), help="folder for run files, products and summaries")
-    e.add_argument("--model", type=Path, default=None, help="surrogate folder (default: the shipped compact model)")
+    e.add_argument("--model", type=Path, default=None, help="surrogate folder (default: the shipped edge model)")
     e.add_argument("--max-batch", type=int, default=64, help="largest inference batch, frames")
     e.add_argument("--max-wait-ms", type=float, default=5.0, help="longest a frame waits for its batch, ms")
     e.add_argument("--infer-threads", type=int, default=1, help="threads for the network (others need a core)")
@@ -1332,6 +1348,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--refine-engine", choices=("lsqml", "rpie"), default="lsqml", help="engine of the refinement")
     e.add_argument("--refine-tail-s", type=float, default=10.0, help="seconds of refinement after a scan's end")
     e.add_argument("--refine-probe", type=Path, default=None, help="probe for refinement (default: the model's)")
+    e.add_argument("--refine-seed", choices=("network-detail", "network", "flat"), default="network-detail",
+                   help="where the refinement starts: the mosaic without its large-scale phase (default), "
+                   "the mosaic, or a flat object")  # fmt: skip
     e.set_defaults(func=cmd_edge)
 
     k = groups.add_parser("keys", help="make CurveZMQ keys for an edge service and its detectors")

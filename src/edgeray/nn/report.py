@@ -70,7 +70,30 @@ def write_corpus_card(directory: str | Path, card: dict) -> Path:
         lines += ["## Reproduce", "", "```bash", recipe, "```", ""]
     path = directory / "MODEL_CARD.md"
     path.write_text("\n".join(lines))
+    if card.get("history", {}).get("step"):
+        curves_figure(card["history"], directory / "loss.png")
     return path
+
+
+def curves_figure(history: dict, path: str | Path) -> None:
+    """``loss.png``: training and held-out phase L1 (rad) and Poisson deviance against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = history["step"]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for axis, key, label in ((axes[0], "phase_l1", "phase L1 (rad)"), (axes[1], "physics", "Poisson deviance")):
+        for split, style in (("train", "-"), ("validation", "--")):
+            values = [entry.get(key, float("nan")) for entry in history.get(split, [])]
+            if values:
+                axis.plot(steps[: len(values)], values, style, label=split)
+        axis.set(xlabel="step", ylabel=label)
+        axis.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def record_evaluation(directory: str | Path, evaluation: dict) -> Path:

@@ -62,7 +62,7 @@ class RefineOptions:
     tail_s: float = 10.0
     refine_probe_after: int = 20000
     max_backlog: int = 256
-    seed: str = "network"
+    seed: str = "network-detail"
 
 
 def _lower_thread_priority() -> None:

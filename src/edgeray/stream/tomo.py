@@ -29,6 +29,7 @@ import zmq
 from edgeray.io import TomoScan
 from edgeray.stream.detector import ReplayReport
 from edgeray.stream.protocol import End, Frame, ProtocolError, Start, decode, encode_end, encode_frame, encode_start
+from edgeray.stream.security import server_socket_options
 from edgeray.tomo.streaming import StreamingSlices, bit_reversed_order, golden_angles
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,8 @@ def replay_tomo(scan: TomoScan, socket: zmq.Socket, rate_hz: float = 500.0, orde
 class TomoEdgeOptions:
     """The tomography edge: ``listen`` endpoint, ``out`` folder, ``update_every`` projections between updates,
     ``capacity`` projections in the buffer (default: the scan's ``n_projections`` over a half turn), ``enhancer``
-    model directory (None: the shipped stream TomoGAN; ``"off"``: none), ``scans`` to take before stopping."""
+    model directory (None: the shipped stream TomoGAN; ``"off"``: none), ``scans`` to take before stopping,
+    ``curve_keys`` folder of CurveZMQ keys (required to listen on anything but loopback)."""
 
     listen: str = "tcp://127.0.0.1:5555"
     out: Path = Path("run")
@@ -109,14 +111,18 @@ class TomoEdgeOptions:
     center: float | None = None
     enhancer: str | Path | None = None
     scans: int | None = None
+    curve_keys: Path | None = None
 
 
 class _RunFile:
     """A Data Exchange run file written as frames arrive: ``/exchange/data``, ``data_white``, ``data_dark`` and
-    ``theta`` (degrees, in arrival order), resizable and flushed by the caller."""
+    ``theta`` (degrees, in arrival order), flushed by the caller. The datasets grow ``block`` frames at a time (not
+    one resize per frame) and are cut to what arrived at :meth:`close`; ``counts`` says how many rows are valid."""
 
-    def __init__(self, path: Path, shape: tuple[int, int], dtype: str):
+    def __init__(self, path: Path, shape: tuple[int, int], dtype: str, block: int = 256):
         self.path = path
+        self.block = block
+        self.counts = {"data": 0, "data_white": 0, "data_dark": 0}
         self.h5 = h5py.File(path, "w", libver="latest")
         self.h5.attrs["implements"] = "exchange"
         self.sets = {}
@@ -128,17 +134,29 @@ class _RunFile:
         self.theta.attrs["units"] = "degrees"
 
     def append(self, key: str, frame: np.ndarray, theta_deg: float | None) -> None:
-        dataset = self.sets[key]
-        dataset.resize(dataset.shape[0] + 1, axis=0)
-        dataset[-1] = frame
+        dataset, row = self.sets[key], self.counts[key]
+        if row >= dataset.shape[0]:
+            dataset.resize(row + self.block, axis=0)
+            if key == "data":
+                self.theta.resize(row + self.block, axis=0)
+        dataset[row] = frame
         if key == "data":
-            self.theta.resize(self.theta.shape[0] + 1, axis=0)
-            self.theta[-1] = theta_deg
+            self.theta[row] = theta_deg
+        self.counts[key] = row + 1
+
+    def flush(self) -> None:
+        """Write the counts of valid rows (``/exchange`` attributes ``<key>_frames``: rows past them are not frames
+        yet) and flush, so that a reader sees a consistent file."""
+        for key, count in self.counts.items():
+            self.sets[key].parent.attrs[f"{key}_frames"] = count
+        self.h5.flush()
 
     def close(self) -> dict:
-        counts = {key: int(d.shape[0]) for key, d in self.sets.items()}
+        for key, dataset in self.sets.items():
+            dataset.resize(self.counts[key], axis=0)
+        self.theta.resize(self.counts["data"], axis=0)
         self.h5.close()
-        return counts
+        return dict(self.counts)
 
 
 class TomoEdgeService:
@@ -152,6 +170,7 @@ class TomoEdgeService:
         self.context = context or zmq.Context.instance()
         self.socket = self.context.socket(zmq.PULL)
         self.socket.setsockopt(zmq.RCVHWM, 0)
+        server_socket_options(self.socket, options.listen, options.curve_keys)
         if options.listen.endswith(":0"):
             self.socket.bind_to_random_port(options.listen.rsplit(":", 1)[0])
         else:
@@ -249,7 +268,7 @@ class TomoEdgeService:
         key = {0: "data", 1: "data_white", 2: "data_dark"}[frame.image_key]
         run["file"].append(key, frame.data, frame.theta_deg)
         if time.perf_counter() - run["last_flush"] > 0.2:
-            run["file"].h5.flush()
+            run["file"].flush()
             run["last_flush"] = time.perf_counter()
         if frame.image_key == 1:
             run["flats"].append(np.asarray(frame.data, dtype=np.float32))
