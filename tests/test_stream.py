@@ -171,6 +171,25 @@ def test_edge_keeps_and_inverts_every_frame(tmp_path, scan):
     assert (tmp_path / "alpha_product.h5").exists() and (tmp_path / "alpha.png").exists()
 
 
+def test_several_inference_workers_invert_every_frame_as_one_would(tmp_path, scan):
+    service = start_service(tmp_path, scans=1, infer_workers=2)
+    runtime = service.models.for_dtype("uint16").runtime
+    counts = scan.frames[:100]
+    split = service._run_network(runtime, counts, 1e3)  # two parts, at once
+    whole = runtime(counts, 1e3)
+    for a, b in zip(split, whole, strict=True):
+        torch.testing.assert_close(a, b)
+    socket = connect(service.endpoint)
+    replay(scan, socket, 0, scan_id="workers")
+    assert service.wait(60)
+    service.join(10)
+    socket.close()
+    summary = json.loads((tmp_path / "workers.json").read_text())
+    assert summary["frames_received"] == summary["frames_written"] == summary["frames_inferred"] == scan.n_frames
+    with pytest.raises(ValueError, match="infer_workers"):
+        EdgeService(EdgeOptions(listen="tcp://127.0.0.1:0", out=tmp_path, publish=None, infer_workers=0))
+
+
 def test_live_refinement_costs_no_frame_and_writes_a_valid_product(tmp_path, scan):
     """With --refine the edge keeps every frame, its latency stays where it was without, and it writes a refined
     product that explains the frames better as the refinement goes on."""

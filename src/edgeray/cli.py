@@ -898,7 +898,8 @@ def cmd_edge(args: argparse.Namespace) -> int:
     options = EdgeOptions(
         listen=args.listen, out=args.out, model=args.model, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
         publish=None if args.publish == "off" else args.publish, scans=args.scans, curve_keys=args.curve_keys,
-        infer_threads=args.infer_threads, registry=args.registry, refine=refine, refine_probe=args.refine_probe,
+        infer_threads=args.infer_threads, infer_workers=args.infer_workers, registry=args.registry, refine=refine,
+        refine_probe=args.refine_probe,
     )  # fmt: skip
     return _serve(EdgeService(options).start(), Dashboard, args, "edge")
 
@@ -1336,6 +1337,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-batch", type=int, default=64, help="largest inference batch, frames")
     e.add_argument("--max-wait-ms", type=float, default=5.0, help="longest a frame waits for its batch, ms")
     e.add_argument("--infer-threads", type=int, default=1, help="threads for the network (others need a core)")
+    e.add_argument("--infer-workers", type=int, default=1,
+                   help="network calls at once, each on --infer-threads threads (for cores to spare)")  # fmt: skip
     e.add_argument("--registry", type=Path, default=None,
                    help="model registry to follow: run CURRENT, swap to new versions between batches")  # fmt: skip
     e.add_argument("--http", default="127.0.0.1:8765", help="live view HOST:PORT, or 'off'")

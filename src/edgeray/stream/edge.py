@@ -80,6 +80,9 @@ class EdgeOptions:
         curve_keys: folder of CurveZMQ keys (required to listen on anything but loopback).
         preview: write a PNG of each scan's mosaic.
         infer_threads: threads of the network's inference (the other stages need a core of their own).
+        infer_workers: batches of this many parts run through the network at once (concurrent ONNX Runtime
+            calls of ``infer_threads`` threads each), for machines with cores to spare; a batch then holds up to
+            ``infer_workers * max_batch`` frames.
         registry: a model registry (:class:`edgeray.nn.registry.Registry`) to follow: the edge runs its
             ``CURRENT`` version and swaps to a new one between batches once it has passed validation
             (``model`` is published as the first version if the registry is empty).
@@ -103,6 +106,7 @@ class EdgeOptions:
     curve_keys: Path | None = None
     preview: bool = True
     infer_threads: int = 1
+    infer_workers: int = 1
     registry: Path | None = None
     registry_poll_s: float = 0.5
     refine: RefineOptions | None = None
@@ -164,6 +168,8 @@ class EdgeService:
     """The edge service; :meth:`start` its threads, :meth:`stop` (or ``options.scans``) to end, :meth:`join`."""
 
     def __init__(self, options: EdgeOptions, context: zmq.Context | None = None):
+        if options.infer_workers < 1:
+            raise ValueError(f"infer_workers must be >= 1, not {options.infer_workers}")
         self.options = options
         fixed_mmap_threshold()
         self.out = Path(options.out)
@@ -184,6 +190,11 @@ class EdgeService:
             self.publisher.setsockopt(zmq.LINGER, 0)
             server_socket_options(self.publisher, options.publish, options.curve_keys)
             self.publisher.bind(options.publish)
+        self.infer_pool = None
+        if options.infer_workers > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.infer_pool = ThreadPoolExecutor(options.infer_workers, thread_name_prefix="edge-infer-worker")
         self.writer = WriterProcess(options.flush_s)
         self.writer_lock = threading.Lock()  # the receiver sends, the monitor restarts
         self.runs_in_writer: deque = deque()  # scans sent to the writer and not yet closed, oldest first
@@ -237,6 +248,8 @@ class EdgeService:
     def join(self, timeout: float | None = None) -> None:
         for thread in self.threads:
             thread.join(timeout)
+        if self.infer_pool is not None:
+            self.infer_pool.shutdown(wait=True)
         self.writer.stop()
         self.socket.close(0)
         if self.publisher is not None:
@@ -501,7 +514,8 @@ class EdgeService:
         due = ring.arrival_ns[slot] + self.options.max_wait_ms * 1e6 <= time.perf_counter_ns()
         if not (drain or due or available >= self.options.max_batch):
             return False
-        count = min(available, self.options.max_batch, ring.capacity - slot)  # contiguous in the ring
+        batch = self.options.max_batch * self.options.infer_workers
+        count = min(available, batch, ring.capacity - slot)  # contiguous in the ring
         self._infer_batch(run, slot, count)
         run.inferred_upto += count  # the slots may now be reused (once written)
         return True
@@ -521,7 +535,7 @@ class EdgeService:
         run.count_pixels += counts.size
         scale = run.count_sum / max(run.count_pixels, 1)  # running mean count per pixel of the scan
         model = self.models.for_dtype(run.start.dtype)
-        amplitude, phase = model.runtime(counts, scale)
+        amplitude, phase = self._run_network(model.runtime, counts, scale)
         self.models.validation = (counts[-8:].copy(), scale)
         stitched = time.perf_counter()
         run.busy_s["infer"] += stitched - began
@@ -545,6 +559,15 @@ class EdgeService:
         run.latencies_ms[run.inferred : run.inferred + len(latencies)] = latencies
         self.recent_latency_ms.extend(latencies.tolist())
         run.inferred += len(latencies)
+
+    def _run_network(self, runtime, counts: np.ndarray, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """``runtime`` on ``counts`` (N, H, W): in one call, or split into ``infer_workers`` parts run at once
+        (ONNX Runtime releases the GIL while it computes)."""
+        parts = min(self.options.infer_workers, len(counts) // 8)
+        if self.infer_pool is None or parts < 2:
+            return runtime(counts, scale)
+        results = list(self.infer_pool.map(lambda part: runtime(part, scale), np.array_split(counts, parts)))
+        return torch.cat([r[0] for r in results]), torch.cat([r[1] for r in results])
 
     def _make_refiner(self, run: ScanRun, model_probe: torch.Tensor | None) -> LiveRefiner | None:
         """The scan's live refiner, when refinement is on and a probe is known (else a warning, and none)."""
