@@ -899,7 +899,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
         listen=args.listen, out=args.out, model=args.model, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
         publish=None if args.publish == "off" else args.publish, scans=args.scans, curve_keys=args.curve_keys,
         infer_threads=args.infer_threads, infer_workers=args.infer_workers, registry=args.registry, refine=refine,
-        refine_probe=args.refine_probe,
+        refine_probe=args.refine_probe, ring_frames=args.ring_frames,
     )  # fmt: skip
     return _serve(EdgeService(options).start(), Dashboard, args, "edge")
 
@@ -1337,6 +1337,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-batch", type=int, default=64, help="largest inference batch, frames")
     e.add_argument("--max-wait-ms", type=float, default=5.0, help="longest a frame waits for its batch, ms")
     e.add_argument("--infer-threads", type=int, default=1, help="threads for the network (others need a core)")
+    e.add_argument("--ring-frames", type=int, default=8192,
+                   help="frames held in shared memory per scan: how long a stalled stage costs nothing")  # fmt: skip
     e.add_argument("--infer-workers", type=int, default=1,
                    help="network calls at once, each on --infer-threads threads (for cores to spare)")  # fmt: skip
     e.add_argument("--registry", type=Path, default=None,
