@@ -67,6 +67,7 @@ def accumulate(
     anchored: float = 0.5,
     fraction: float = 1.0,
     subpixel: bool = True,
+    window: tuple[slice, slice] | None = None,
 ) -> None:
     """Add complex ``patches`` ``(N, H, W)`` of probes at ``positions_px`` ``(N, 2)`` ``[y, x]`` to a running sum.
 
@@ -80,11 +81,12 @@ def accumulate(
     overlaps only itself) are then refined in sweeps against the sums with the whole batch in, each patch's own
     share left out (a power iteration of phase synchronization), until the largest change is below
     ``tolerance_rad``. ``subpixel`` False places patches at the nearest whole pixel (half the work; the
-    live mosaic's choice, its image off by at most half a pixel locally).
+    live mosaic's choice, its image off by at most half a pixel locally). ``window``: the patch window to touch,
+    when the caller has it (:func:`support` of ``weights`` and ``fraction``, computed once).
     """
     if align not in ALIGNMENTS:
         raise ValueError(f"align must be one of {ALIGNMENTS}, not {align!r}")
-    rows, cols = support(weights, fraction)
+    rows, cols = window if window is not None else support(weights, fraction)
     frame_shape = tuple(patches.shape[-2:])
     n = len(patches)
     positions_px = positions_px.to(torch.float64)
@@ -92,32 +94,32 @@ def accumulate(
         positions_px = torch.floor(positions_px - torch.tensor(frame_shape) / 2 + 0.5) + torch.tensor(frame_shape) / 2
     corners, fractions = split_positions(positions_px, frame_shape)
     corners = corners + torch.tensor([rows.start, cols.start])
-    window = (rows.stop - rows.start, cols.stop - cols.start)
-    index = patch_indices(corners, window, numerator.shape[1])
+    size = (rows.stop - rows.start, cols.stop - cols.start)
+    index = patch_indices(corners, size, numerator.shape[1]).reshape(n, -1)
     weights = weights[rows, cols].to(torch.float32).expand(n, -1, -1)
     values = patches[:, rows, cols].to(torch.complex64)
     if subpixel:
         weights, values = subpixel_shift(weights, fractions), subpixel_shift(values, fractions)
-    weighted = weights * values
+    weighted = (weights * values).reshape(n, -1)
+    weights = weights.reshape(n, -1)
     flat_numerator, flat_coverage = numerator.view(-1), coverage.view(-1)
     loose = torch.ones(n, dtype=torch.bool)
     if align == "phase":
-        overlap = (flat_numerator[index] * weighted.conj()).sum(dim=(1, 2))
-        turn = torch.angle(overlap)
-        weighted = weighted * torch.polar(torch.ones_like(turn), turn)[:, None, None]
-        own = (weighted.real.square() + weighted.imag.square()).sum(dim=(1, 2))
+        overlap = torch.linalg.vecdot(weighted, flat_numerator.index_select(0, index.view(-1)).view(n, -1))
+        weighted = weighted * torch.polar(torch.ones(n), torch.angle(overlap))[:, None]
+        own = torch.linalg.vecdot(weighted, weighted).real
         loose = overlap.abs() < anchored * own  # too little in place to trust the turn alone
-    flat_numerator.index_add_(0, index.reshape(-1), weighted.reshape(-1))
-    flat_coverage.index_add_(0, index.reshape(-1), weights.reshape(-1))
+    flat_numerator.index_add_(0, index.view(-1), weighted.view(-1))
+    flat_coverage.index_add_(0, index.view(-1), weights.reshape(-1))
     if align == "none" or n < 2 or not bool(loose.any()):
         return
     chosen = torch.nonzero(loose)[:, 0]
     index, weighted = index[chosen], weighted[chosen]
     for _ in range(max_sweeps):
-        others = flat_numerator[index] - weighted
-        correction = torch.angle((others * weighted.conj()).sum(dim=(1, 2)))
-        turned = weighted * torch.polar(torch.ones_like(correction), correction)[:, None, None]
-        flat_numerator.index_add_(0, index.reshape(-1), (turned - weighted).reshape(-1))
+        others = flat_numerator.index_select(0, index.view(-1)).view(len(chosen), -1) - weighted
+        correction = torch.angle(torch.linalg.vecdot(weighted, others))
+        turned = weighted * torch.polar(torch.ones_like(correction), correction)[:, None]
+        flat_numerator.index_add_(0, index.view(-1), (turned - weighted).view(-1))
         weighted = turned
         if float(correction.abs().max()) < tolerance_rad:
             break

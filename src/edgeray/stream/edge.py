@@ -48,6 +48,8 @@ from edgeray.stream.writer import WriterProcess, part_path
 log = logging.getLogger("edgeray.edge")
 
 STAGES = ("receive", "infer", "stitch", "write")
+PUBLISH_EVERY_S = 0.002  # the receiver tells the writer and the inference about new frames this often (s)
+PUBLISH_FRAMES = 64  # or once this many frames are new
 
 
 def fixed_mmap_threshold(size_bytes: int = 128 * 1024) -> bool:
@@ -278,8 +280,11 @@ class EdgeService:
     def _receive(self) -> None:
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
+        published_at = 0.0
         while not self.stopping.is_set():
-            ready = poller.poll(20)
+            run = self.current
+            waiting = run is not None and run.stored > run.published
+            ready = poller.poll(PUBLISH_EVERY_S * 1e3 if waiting else 20)
             began = time.perf_counter()
             while ready:  # drain what is there (in bursts) before polling again
                 try:
@@ -289,7 +294,12 @@ class EdgeService:
                 self._handle(parts, time.perf_counter_ns(), time.time_ns())
             run = self.current
             if run is not None:
-                self._publish_frames(run)
+                # announce new frames to the writer and the inference every PUBLISH_EVERY_S (or every
+                # PUBLISH_FRAMES frames), not per burst: at 2 kHz a burst is often one frame
+                if (began - published_at >= PUBLISH_EVERY_S or run.stored - run.published >= PUBLISH_FRAMES
+                        or run.ended or not ready):  # fmt: skip
+                    self._publish_frames(run)
+                    published_at = began
                 run.busy_s["receive"] += time.perf_counter() - began
         self._close_current(None, "stopped before its end message")
         run = self.current

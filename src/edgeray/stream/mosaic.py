@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from edgeray.nn.stitch import accumulate, centre_weights, mean_image
+from edgeray.nn.stitch import accumulate, centre_weights, mean_image, support
 
 GROW_PX = 128
 
@@ -47,6 +47,7 @@ class Mosaic:
         self.weights = centre_weights(self.frame_shape) if weights is None else weights.to(torch.float32)
         self.align = align
         self.fraction, self.subpixel = fraction, subpixel
+        self.window = support(self.weights, fraction)
         self.origin_m: np.ndarray | None = None
         self.numerator = torch.zeros((0, 0), dtype=torch.complex64)
         self.coverage = torch.zeros((0, 0), dtype=torch.float32)
@@ -95,7 +96,7 @@ class Mosaic:
         self._fit(np.asarray(positions_m, dtype=np.float64))
         positions_px = torch.from_numpy(self.positions_px(positions_m))
         accumulate(self.numerator, self.coverage, patches, positions_px, self.weights, self.align,
-                   fraction=self.fraction, subpixel=self.subpixel)  # fmt: skip
+                   subpixel=self.subpixel, window=self.window)  # fmt: skip
         self.n_patches += len(patches)
 
     def image(self) -> tuple[np.ndarray, np.ndarray]:
