@@ -1,5 +1,6 @@
-"""Neural-network surrogates: PtychoNN and a compact edge model, training sets, training, stitched inference,
-ONNX export, and a shipped compact model (``edgeray/nn/shipped/compact``)."""
+"""Neural-network surrogates: the edge model (physics-consistent, trained on a procedural corpus), PtychoNN and a
+compact baseline; training sets, training, label-free fine-tuning, evaluation, stitched inference, ONNX export, and the
+shipped edge model (``edgeray/nn/shipped/edge``)."""
 
 from edgeray.nn.checkpoint import SHIPPED, load_model, save_model
 from edgeray.nn.infer import InferenceResult, infer_scan, predict

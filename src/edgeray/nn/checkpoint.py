@@ -16,7 +16,7 @@ from torch import nn
 
 from edgeray.nn.models import ModelConfig, build_model
 
-SHIPPED = Path(__file__).parent / "shipped" / "compact"
+SHIPPED = Path(__file__).parent / "shipped" / "edge"
 
 
 def save_model(directory: str | Path, model: nn.Module, card: dict) -> Path:
@@ -52,7 +52,7 @@ def read_model_files(directory: Path, kind: str = "model") -> tuple[dict, dict[s
 
 
 def load_model(directory: str | Path | None = None, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Load a model directory (default: the shipped compact model) -> ``(model in eval mode, card)``.
+    """Load a model directory (default: the shipped edge model) -> ``(model in eval mode, card)``.
 
     Raises:
         ValueError: a missing or corrupt file, or weights that do not fit the architecture in the card.
