@@ -1292,7 +1292,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--hold", type=float, default=5.0, help="seconds the live view stays up after the scan")
     demo.add_argument("--model", type=Path, default=None, help="edge model directory (default: the shipped one)")
     demo.add_argument("--no-refine", action="store_true", help="the network's image only (no live refinement)")
-    demo.add_argument("--refine-tail-s", type=float, default=30.0, help="seconds of refinement after the last frame")
+    demo.add_argument("--refine-tail-s", type=float, default=60.0, help="seconds of refinement after the last frame")
     demo.set_defaults(func=cmd_demo)
 
     detector = groups.add_parser("detector", help="detector stand-in: stream a scan to an edge service")

@@ -126,6 +126,7 @@ class LiveRefiner:
         self.probe: torch.Tensor | None = None
         self.lock = threading.Lock()  # guards object/seeded for readers (live view, product)
         self.ended = threading.Event()
+        self.final_sums: tuple[torch.Tensor, torch.Tensor] | None = None  # the mosaic's, once it no longer changes
         self.stop = threading.Event()
         self.done = threading.Event()
         self.updates = 0
@@ -249,8 +250,9 @@ class LiveRefiner:
         poorly (the phase across many beams), which iterative updates fix slowly once it is wrong."""
         now = time.perf_counter()
         cached = self._detail_cache
-        if cached is not None and cached[0].shape == numerator.shape and now - cached[1] < 0.5:
-            return cached[0]
+        if cached is not None and (cached[2] is numerator or (cached[0].shape == numerator.shape
+                                                            and now - cached[1] < 0.5)):  # fmt: skip
+            return cached[0]  # the same sums (the final mosaic), or a recent copy of a growing one
         unit = torch.where(coverage > 0, numerator / numerator.abs().clamp_min(1e-30), torch.zeros_like(numerator))
         weighted = unit * coverage
         sigma = self.beam_px
@@ -259,7 +261,7 @@ class LiveRefiner:
         kernel = torch.exp(-2 * math.pi**2 * sigma**2 * (ky**2 + kx**2))
         low = torch.fft.ifft2(torch.fft.fft2(weighted) * kernel)
         detail = numerator * torch.polar(torch.ones_like(coverage), -torch.angle(low))
-        self._detail_cache = (detail, now)
+        self._detail_cache = (detail, now, numerator)
         return detail
 
     def _next_batch(self) -> np.ndarray | None:
@@ -315,7 +317,13 @@ class LiveRefiner:
     def step(self) -> bool:
         """One update (if there is anything to update); returns whether it did one."""
         self._take_pending()
-        sums = self._follow_grid()
+        if self.final_sums is not None:  # after the scan's end the mosaic is final: no copy of it per update
+            sums = self.final_sums
+        else:
+            ended = self.ended.is_set()  # read before the copy: frames stitched after it are in it
+            sums = self._follow_grid()
+            if ended and sums is not None:
+                self.final_sums = sums
         chosen = self._next_batch()
         if sums is None or chosen is None:
             return False

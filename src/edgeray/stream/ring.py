@@ -13,7 +13,7 @@ written and inverted.
 from __future__ import annotations
 
 import secrets
-from multiprocessing import resource_tracker, shared_memory
+from multiprocessing import shared_memory
 
 import numpy as np
 
@@ -56,13 +56,10 @@ class FrameRing:
             name = name or f"edgeray-{secrets.token_hex(6)}"
             self._shm = shared_memory.SharedMemory(name=name, create=True, size=size)
         else:
+            # Python < 3.13 registers an attached block with the resource tracker too; the writer is spawned by
+            # the creator and shares its tracker, where a name is held once, so that is harmless (taking it off
+            # there would make the creator's unlink fail in the tracker)
             self._shm = shared_memory.SharedMemory(name=name, create=False)
-            # Python < 3.13 registers an attached block with the resource tracker, which would free it when this
-            # process ends: the creator owns it, so take it off this process's list
-            try:
-                resource_tracker.unregister(self._shm._name, "shared_memory")
-            except (AttributeError, KeyError):
-                pass
         self.name = self._shm.name
         self.owner = create
         for field, (offset, field_shape, field_dtype) in offsets.items():
