@@ -190,6 +190,26 @@ def test_several_inference_workers_invert_every_frame_as_one_would(tmp_path, sca
         EdgeService(EdgeOptions(listen="tcp://127.0.0.1:0", out=tmp_path, publish=None, infer_workers=0))
 
 
+def test_a_network_that_falls_a_ring_behind_skips_frames_and_the_run_file_loses_none(tmp_path, scan):
+    """A tiny ring and spill, frames at 10 kHz: the network cannot keep up, so it gives up frames
+    (counted); every frame is still written, and none is dropped."""
+    service = start_service(tmp_path, scans=1, ring_frames=256, spill_bytes=8192 * scan.frames[0].nbytes, flush_s=0.02)
+    socket = connect(service.endpoint)
+    long_scan = type(scan)(np.concatenate([scan.frames] * 24), np.concatenate([scan.positions_m] * 24), scan.geometry,
+                           None, None, None, {})  # fmt: skip
+    replay(long_scan, socket, 10000, scan_id="flood")  # the writer keeps this pace, the network does not
+    assert service.wait(60)
+    service.join(10)
+    socket.close()
+    summary = json.loads((tmp_path / "flood.json").read_text())
+    n = long_scan.n_frames
+    assert summary["frames_received"] == summary["frames_written"] == n and summary["frames_dropped"] == 0
+    assert summary["frames_not_inverted"] > 0  # it did fall behind here
+    assert summary["frames_inferred"] + summary["frames_not_inverted"] == n
+    with CXIFile(tmp_path / "flood.cxi") as cxi:
+        np.testing.assert_array_equal(cxi.read_frames(), long_scan.frames)
+
+
 def test_live_refinement_costs_no_frame_and_writes_a_valid_product(tmp_path, scan):
     """With --refine the edge keeps every frame, its latency stays where it was without, and it writes a refined
     product that explains the frames better as the refinement goes on."""

@@ -50,6 +50,7 @@ log = logging.getLogger("edgeray.edge")
 STAGES = ("receive", "infer", "stitch", "write")
 PUBLISH_EVERY_S = 0.002  # the receiver tells the writer and the inference about new frames this often (s)
 PUBLISH_FRAMES = 64  # or once this many frames are new
+SHED_MARGIN = 1024  # slots between the receiver and a network that has fallen a whole ring behind
 
 
 def fixed_mmap_threshold(size_bytes: int = 128 * 1024) -> bool:
@@ -146,6 +147,8 @@ class ScanRun:
     spill_bytes: int = 0
     spill_peak_frames: int = 0
     dropped: int = 0
+    shedding: bool = False  # the network fell so far behind that it gives up frames (the writer never does)
+    not_inverted: int = 0  # frames the network gave up
     base_path: Path | None = None
     parts: list = field(default_factory=list)  # run files, in order, with the frames each holds
     writer_errors: list = field(default_factory=list)
@@ -292,6 +295,9 @@ class EdgeService:
                 except zmq.Again:
                     break
                 self._handle(parts, time.perf_counter_ns(), time.time_ns())
+                run = self.current
+                if run is not None and (run.stored - run.published >= PUBLISH_FRAMES or run.spill):
+                    break  # a flood: hand these over (and free slots) before taking more
             run = self.current
             if run is not None:
                 # announce new frames to the writer and the inference every PUBLISH_EVERY_S (or every
@@ -394,8 +400,18 @@ class EdgeService:
         run.spill_peak_frames = max(run.spill_peak_frames, len(run.spill))
 
     def _slot_free(self, run: ScanRun) -> bool:
-        """The next slot's frame is written and handled by the inference (or never held one)."""
-        return run.stored - min(run.ring.written, run.inferred_upto) < run.ring.capacity
+        """The next slot's frame is written and handled by the inference (or never held one). Once the spill is
+        half full while the writer keeps up, the network is what holds the ring: from then on it gives up the
+        oldest frames it has not reached (the live image misses them, the run file does not)."""
+        if run.stored - min(run.ring.written, run.inferred_upto) < run.ring.capacity:
+            return True
+        if run.spill_bytes >= self.options.spill_bytes // 2 and run.stored - run.ring.written < run.ring.capacity:
+            if not run.shedding:
+                log.warning("scan %s: the network is %d frames behind; it skips frames so that none is lost",
+                            run.start.scan_id, run.stored - run.inferred_upto)  # fmt: skip
+            run.shedding = True
+            return True
+        return False
 
     @staticmethod
     def _store(run: ScanRun, item: tuple) -> None:
@@ -516,10 +532,15 @@ class EdgeService:
     def _next_batch(self, run: ScanRun, drain: bool = False) -> bool:
         """Invert the next batch of ``run`` if one is due (full, or its oldest frame waited ``max_wait_ms``;
         ``drain``: whatever is there); returns whether it did."""
+        ring = run.ring
+        if run.shedding:  # the receiver may reuse slots the network has not reached: keep clear of them
+            floor = run.stored - ring.capacity + min(SHED_MARGIN, ring.capacity // 2)
+            if run.inferred_upto < floor:
+                run.not_inverted += floor - run.inferred_upto
+                run.inferred_upto = floor
         available = run.published - run.inferred_upto
         if available <= 0:
             return False
-        ring = run.ring
         slot = run.inferred_upto % ring.capacity
         due = ring.arrival_ns[slot] + self.options.max_wait_ms * 1e6 <= time.perf_counter_ns()
         if not (drain or due or available >= self.options.max_batch):
@@ -640,6 +661,7 @@ class EdgeService:
             "frames_invalid": run.invalid,
             "frames_duplicate": run.duplicates,
             "frames_dropped": run.dropped,
+            "frames_not_inverted": run.not_inverted,
             "spill_peak_frames": run.spill_peak_frames,
             "writer_errors": run.writer_errors,
             "seconds": seconds,
