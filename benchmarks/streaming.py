@@ -120,6 +120,8 @@ def run_rate(edge: Edge, scan_file: Path, n_frames: int, rate: float, seconds: f
         "frames_written": summary["frames_written"],
         "frames_inferred": summary["frames_inferred"],
         "frames_lost": report["frames_sent"] - summary["frames_written"],
+        "frames_dropped": summary.get("frames_dropped"),
+        "frames_not_inverted": summary.get("frames_not_inverted"),
         "latency_ms_p50": summary["latency_ms_p50"],
         "latency_ms_p99": summary["latency_ms_p99"],
         "max_rate_hz": summary.get("max_rate_hz"),
