@@ -85,6 +85,10 @@ def test_training_with_all_loss_terms_runs_and_records(tmp_path):
                           DenoiserOptions(steps=5, patch=16, batch_size=2))  # fmt: skip
     assert card["training"]["features"] == "own" and np.isfinite(card["history"]["loss"]).all()
     assert (tmp_path / "model" / "MODEL_CARD.md").read_text().startswith("# TomoGAN denoiser")
+    import hashlib  # the card names its data by file name and checksum, not by this machine's folders
+
+    assert card["training"]["pairs"] == "pairs.h5" and str(tmp_path) not in json.dumps(card)
+    assert card["training"]["pairs_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_bad_pairs_and_models_are_named(tmp_path):

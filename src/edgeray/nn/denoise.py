@@ -8,6 +8,7 @@ normalization, the training record) and ``MODEL_CARD.md``, as the ptychography s
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -299,7 +300,8 @@ def train_denoiser(
     card = {
         "config": config_dict(config),
         "normalization": "percentiles 0.5/99.5 of the input volume -> 0/1; output in the clean scale, mapped back",
-        "training": {**asdict(options), "pairs": str(pairs_path), "pairs_attrs": _plain(pairs["attrs"]),
+        "training": {**asdict(options), "pairs": Path(pairs_path).name, "pairs_sha256": _sha256(pairs_path),
+                     "pairs_attrs": _plain(pairs["attrs"]),
                      "slices_train": n_train, "slices_held_out": len(noisy) - n_train,
                      "seconds": time.perf_counter() - start},
         "history": history,
@@ -318,6 +320,15 @@ def _validation_mse(model: UNet, inputs: torch.Tensor, targets: torch.Tensor) ->
         value = float(F.mse_loss(model(inputs[:8]), targets[:8]))
     model.train()
     return value
+
+
+def _sha256(path: str | Path) -> str:
+    """SHA-256 of a file, read in 16 MiB blocks: a card names its data by name and checksum, never by folder."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(16 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _plain(attrs: dict) -> dict:
