@@ -51,6 +51,16 @@ def start_service(tmp_path: Path, **options) -> EdgeService:
     return EdgeService(EdgeOptions(**{**defaults, **options})).start()
 
 
+def stream_through(service: EdgeService, scan, rate_hz: float, scan_id: str) -> dict:
+    """Replay ``scan`` into a started one-scan ``service``, wait for it to finish, return the scan's summary."""
+    socket = connect(service.endpoint)
+    replay(scan, socket, rate_hz, scan_id=scan_id)
+    assert service.wait(60)
+    service.join(10)
+    socket.close()
+    return json.loads((Path(service.options.out) / f"{scan_id}.json").read_text())
+
+
 def wait_for(condition, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -179,12 +189,7 @@ def test_several_inference_workers_invert_every_frame_as_one_would(tmp_path, sca
     whole = runtime(counts, 1e3)
     for a, b in zip(split, whole, strict=True):
         torch.testing.assert_close(a, b)
-    socket = connect(service.endpoint)
-    replay(scan, socket, 0, scan_id="workers")
-    assert service.wait(60)
-    service.join(10)
-    socket.close()
-    summary = json.loads((tmp_path / "workers.json").read_text())
+    summary = stream_through(service, scan, 0, "workers")
     assert summary["frames_received"] == summary["frames_written"] == summary["frames_inferred"] == scan.n_frames
     with pytest.raises(ValueError, match="infer_workers"):
         EdgeService(EdgeOptions(listen="tcp://127.0.0.1:0", out=tmp_path, publish=None, infer_workers=0))
@@ -194,14 +199,9 @@ def test_a_network_that_falls_a_ring_behind_skips_frames_and_the_run_file_loses_
     """A tiny ring and spill, frames at 10 kHz: the network cannot keep up, so it gives up frames
     (counted); every frame is still written, and none is dropped."""
     service = start_service(tmp_path, scans=1, ring_frames=256, spill_bytes=8192 * scan.frames[0].nbytes, flush_s=0.02)
-    socket = connect(service.endpoint)
     long_scan = type(scan)(np.concatenate([scan.frames] * 24), np.concatenate([scan.positions_m] * 24), scan.geometry,
                            None, None, None, {})  # fmt: skip
-    replay(long_scan, socket, 10000, scan_id="flood")  # the writer keeps this pace, the network does not
-    assert service.wait(60)
-    service.join(10)
-    socket.close()
-    summary = json.loads((tmp_path / "flood.json").read_text())
+    summary = stream_through(service, long_scan, 10000, "flood")  # the writer keeps this pace, the network not
     n = long_scan.n_frames
     assert summary["frames_received"] == summary["frames_written"] == n and summary["frames_dropped"] == 0
     assert summary["frames_not_inverted"] > 0  # it did fall behind here
@@ -221,12 +221,7 @@ def test_live_refinement_costs_no_frame_and_writes_a_valid_product(tmp_path, sca
     for name, refine in (("plain", None), ("refined", RefineOptions(tail_s=2.0, batch_size=64))):
         out = tmp_path / name
         service = start_service(out, scans=1, refine=refine, refine_probe=tmp_path / "probe.npy")
-        socket = connect(service.endpoint)
-        replay(scan, socket, 2000, scan_id="gamma")
-        assert service.wait(60)
-        service.join(10)
-        socket.close()
-        summary = json.loads((out / "gamma.json").read_text())
+        summary = stream_through(service, scan, 2000, "gamma")
         for key in ("frames_received", "frames_written", "frames_inferred"):
             assert summary[key] == scan.n_frames, (name, key)
         latency[name] = summary["latency_ms_p99"]
