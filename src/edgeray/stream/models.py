@@ -43,8 +43,9 @@ class LoadedModel:
         self.probe = model.complex_probe() if hasattr(model, "complex_probe") else None
         self.version = model_version(model_dir)
         self.dtype = dtype
-        folder = Path(tempfile.mkdtemp(prefix="edgeray-model-"))  # the model folder may be read-only
-        self.runtime = CountsRuntime(model, folder / f"model.{dtype}.onnx", size, dtype, threads)
+        # exported beside no model (its folder may be read-only); the session keeps the graph once it is built
+        with tempfile.TemporaryDirectory(prefix="edgeray-model-") as folder:
+            self.runtime = CountsRuntime(model, Path(folder) / f"model.{dtype}.onnx", size, dtype, threads)
         self.kind = self.card["config"]["kind"]
 
     def validate(self, counts: np.ndarray | None, scale: float) -> None:
