@@ -10,8 +10,11 @@ The stages share no interpreter lock where it matters:
   SWMR CXI file, valid at every moment), so HDF5 never holds the receiver or the network. If it dies, the service
   says so and a new writer continues in ``<scan>_part2.cxi`` from the first unflushed frame, which the ring holds.
 - **inference** (a thread): takes batches straight from the ring (up to ``max_batch``, or what arrived within
-  ``max_wait_ms``) as raw counts into ONNX Runtime (normalization inside the graph), stitches the patches into the
-  scan's :class:`Mosaic` and hands the frames to the live refinement (:mod:`edgeray.stream.refine`) when on.
+  ``max_wait_ms``) as raw counts into ONNX Runtime (normalization inside the graph) and hands the patches on.
+- **stitching** (a thread): adds the patches into the scan's :class:`Mosaic` and the frames to the live
+  refinement (:mod:`edgeray.stream.refine`) when on, while the network works on the next batch (each stage of
+  the two then keeps a core half busy at 2 kHz, not one thread nine tenths: measured, the backlog of a stall
+  drained in seconds instead of lasting the scan).
 
 At the end of a scan the service writes, in ``out/``: ``<scan>.cxi`` (the raw frames), ``<scan>_product.h5`` (the
 mosaic as a product), ``<scan>.png`` and ``<scan>.json`` (the summary: counts, rates, latency from arrival to
@@ -21,7 +24,6 @@ in-mosaic, each stage's busy fraction and the highest rate the edge could have k
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import queue
@@ -50,21 +52,10 @@ log = logging.getLogger("edgeray.edge")
 STAGES = ("receive", "infer", "stitch", "write")
 PUBLISH_EVERY_S = 0.002  # the receiver tells the writer and the inference about new frames this often (s)
 PUBLISH_FRAMES = 64  # or once this many frames are new
+WRITER_EVERY_S = 0.02  # the writer, which flushes every flush_s, hears of new frames this often (a pipe message
+# every 2 ms was a seventh of the receiver's time, measured)
 SHED_MARGIN = 1024  # slots between the receiver and a network that has fallen a whole ring behind
-
-
-def fixed_mmap_threshold(size_bytes: int = 128 * 1024) -> bool:
-    """Keep glibc's mmap threshold fixed, so large buffers (frame batches) are mmapped and returned on free.
-
-    By default glibc raises the threshold after each freed large block; the edge's threads then carve batches
-    from their heaps, which fragment: the service's memory grew from 0.4 to 1.4 GB in 80 s at 2 kHz (measured),
-    and stays flat with the threshold fixed. No-op (False) where the C library is not glibc.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(-3, size_bytes))  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        return False
+STITCH_QUEUE_BATCHES = 64  # inverted batches waiting for the mosaic before the network waits too
 
 
 @dataclass
@@ -141,6 +132,8 @@ class ScanRun:
     seen: np.ndarray = field(default_factory=lambda: np.zeros(4096, dtype=bool))  # by sender index
     stored: int = 0
     published: int = 0
+    told_writer: int = 0  # frames announced to the writer
+    told_writer_ns: int = 0
     inferred_upto: int = 0
     inferred: int = 0
     spill: deque = field(default_factory=deque)
@@ -176,7 +169,7 @@ class EdgeService:
         if options.infer_workers < 1:
             raise ValueError(f"infer_workers must be >= 1, not {options.infer_workers}")
         self.options = options
-        fixed_mmap_threshold()
+        self.torch_threads = torch.get_num_threads()  # the process's; the stream's threads each use one
         self.out = Path(options.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.context = context or zmq.Context.instance()
@@ -204,6 +197,7 @@ class EdgeService:
         self.writer_lock = threading.Lock()  # the receiver sends, the monitor restarts
         self.runs_in_writer: deque = deque()  # scans sent to the writer and not yet closed, oldest first
         self.control: queue.Queue = queue.Queue()  # start / end / stop, in order, for the inference
+        self.to_stitch: queue.Queue = queue.Queue(STITCH_QUEUE_BATCHES)  # batches, end, stop: in order
         self.frames_ready = threading.Condition()
         self.stopping = threading.Event()
         self.finished = threading.Event()
@@ -218,6 +212,7 @@ class EdgeService:
         self.threads = [
             threading.Thread(target=self._receive, name="edge-receive", daemon=True),
             threading.Thread(target=self._infer, name="edge-infer", daemon=True),
+            threading.Thread(target=self._stitch, name="edge-stitch", daemon=True),
             threading.Thread(target=self._watch_writer, name="edge-writer-monitor", daemon=True),
         ]
         if self.publisher is not None:
@@ -437,10 +432,13 @@ class EdgeService:
         if run.stored > run.published:
             run.ring.received = run.stored
             run.published = run.stored
-            with self.writer_lock:
-                self.writer.send({"op": "frames", "stop": run.stored})
             with self.frames_ready:
                 self.frames_ready.notify_all()
+        now_ns = time.perf_counter_ns()
+        if run.published > run.told_writer and now_ns - run.told_writer_ns >= WRITER_EVERY_S * 1e9:
+            run.told_writer, run.told_writer_ns = run.published, now_ns
+            with self.writer_lock:
+                self.writer.send({"op": "frames", "stop": run.published})
         if run.ended and not run.spill and not run.end_sent:
             run.end_sent = True
             with self.writer_lock:
@@ -496,6 +494,7 @@ class EdgeService:
 
     # -- inference -------------------------------------------------------------------------------------------
     def _infer(self) -> None:
+        torch.set_num_threads(1)  # for this thread (torch keeps one setting per thread): the other stages need cores
         run: ScanRun | None = None
         while True:
             try:
@@ -510,12 +509,10 @@ class EdgeService:
             elif kind == "end":
                 while self._next_batch(item, drain=True):
                     pass
-                self._finish(item)
+                self.to_stitch.put(("end", item))
                 continue
             elif kind == "stop":
-                for finisher in self.finishers:
-                    finisher.join()
-                self.finished.set()
+                self.to_stitch.put(("stop", None))
                 return
             if run is None or not self._next_batch(run):
                 with self.frames_ready:
@@ -568,8 +565,7 @@ class EdgeService:
         model = self.models.for_dtype(run.start.dtype)
         amplitude, phase = self._run_network(model.runtime, counts, scale)
         self.models.validation = (counts[-8:].copy(), scale)
-        stitched = time.perf_counter()
-        run.busy_s["infer"] += stitched - began
+        run.busy_s["infer"] += time.perf_counter() - began
         version = model.version
         first, last = int(indices.min()), int(indices.max())
         if run.version_segments and run.version_segments[-1][2] == version:
@@ -577,12 +573,34 @@ class EdgeService:
         else:
             run.version_segments.append([first, last, version])
         run.version_counts[version] = run.version_counts.get(version, 0) + len(counts)
+        frames = counts.copy() if run.refiner is not None else None  # a copy: the ring slots are reused
+        self.to_stitch.put(("batch", (run, amplitude, phase, positions, arrivals, frames)))
+
+    def _stitch(self) -> None:
+        """The stitching thread: inverted batches into their scan's mosaic (and refiner), in order; a scan's end
+        once its last batch is in; the service's end once every scan's refinement is done."""
+        torch.set_num_threads(1)  # one core for stitching: two threads cost the receiver more than they gain
+        while True:
+            kind, item = self.to_stitch.get()
+            if kind == "batch":
+                self._stitch_batch(*item)
+            elif kind == "end":
+                self._finish(item)
+            else:
+                for finisher in self.finishers:
+                    finisher.join()
+                self.finished.set()
+                return
+
+    def _stitch_batch(self, run: ScanRun, amplitude: torch.Tensor, phase: torch.Tensor, positions: np.ndarray,
+                      arrivals: np.ndarray, frames: np.ndarray | None) -> None:  # fmt: skip
+        began = time.perf_counter_ns()
         with self.lock:
             run.mosaic.add(to_complex(amplitude, phase), positions)
         if run.refiner is not None:
-            run.refiner.add(counts.copy(), positions)  # a copy: the ring slots are reused
+            run.refiner.add(frames, positions)
         now = time.perf_counter_ns()
-        run.busy_s["stitch"] += (now / 1e9) - stitched
+        run.busy_s["stitch"] += (now - began) / 1e9
         latencies = (now - arrivals) / 1e6
         if run.inferred + len(latencies) > len(run.latencies_ms):
             extra = np.zeros(max(len(run.latencies_ms), len(latencies)), np.float32)
@@ -625,7 +643,8 @@ class EdgeService:
         def backlog() -> int:
             return (run.published - run.inferred_upto) + (run.published - run.ring.written) + len(run.spill)
 
-        return LiveRefiner(run.start.shape, probe, self.options.refine, mosaic, backlog).start()
+        return LiveRefiner(run.start.shape, probe, self.options.refine, mosaic, backlog,
+                           tail_threads=self.torch_threads).start()  # fmt: skip
 
     # -- the end of a scan -----------------------------------------------------------------------------------
     def _record(self, summary: dict, path: Path) -> None:

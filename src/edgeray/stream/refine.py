@@ -7,9 +7,10 @@ positions on the mosaic's grid, and runs mini-batch updates of an iterative engi
 frames kept in random batches. Where no update has reached yet, the object is the mosaic's; so the refined image
 starts as the network's and only gets better.
 
-It never costs a frame: it runs in its own thread at the lowest CPU priority (``nice 19`` for that thread), holds
-the Python interpreter only between tensor operations, and waits while frames queue up for inference or writing.
-At the scan's end it keeps refining for ``tail_s`` seconds (on every core), then hands its product over.
+It never costs a frame: it runs in its own thread at the lowest CPU priority (``nice 19`` for that thread) on one
+core, holds the Python interpreter only between tensor operations, and waits while frames queue up for inference
+or writing. At the scan's end it keeps refining for ``tail_s`` seconds (on ``tail_threads`` cores), then hands
+its product over.
 
 Scale: the network's patch amplitude is relative to the scan's mean transmission, with a unit-power probe ``p``
 (:mod:`edgeray.nn.physics`); detector counts are then ``|FFT(sqrt(scale) p x patch)|^2``, ``scale`` the mean
@@ -81,7 +82,9 @@ class LiveRefiner:
         frame_shape: ``(H, W)``; probe: ``(H, W)`` complex unit-power probe (the network's);
         valid: ``(H, W)`` bool of good detector pixels or None; options: :class:`RefineOptions`;
         mosaic: ``() -> (numerator, coverage, origin_m, pixel_size_m)``, the network's mosaic (taken under the
-            caller's lock); backlog: ``() -> int`` frames waiting for inference or writing.
+            caller's lock); backlog: ``() -> int`` frames waiting for inference or writing;
+        tail_threads: torch threads once the scan has ended (while it streams: one, so that the stages of the
+            stream keep their cores).
     """
 
     def __init__(
@@ -92,12 +95,14 @@ class LiveRefiner:
         mosaic: Callable[[], tuple],
         backlog: Callable[[], int] = lambda: 0,
         valid: np.ndarray | None = None,
+        tail_threads: int = 1,
     ):
         if options.seed not in SEEDS:
             raise ValueError(f"refinement seed must be one of {SEEDS}, not {options.seed!r}")
         if options.engine not in REFINE_ENGINES:
             raise ValueError(f"refinement engine must be one of {REFINE_ENGINES}, not {options.engine!r}")
         self.options = options
+        self.tail_threads = tail_threads
         self.frame_shape = tuple(frame_shape)
         self.unit_probe = probe.to(torch.complex64)
         self.mosaic = mosaic
@@ -106,7 +111,7 @@ class LiveRefiner:
         good = np.ones(self.frame_shape, np.float32) if valid is None else (~np.asarray(valid, bool)).astype(np.float32)
         self.valid = torch.from_numpy(np.fft.ifftshift(good))
         capacity = options.capacity
-        self.amplitudes = torch.zeros(capacity, height, width)
+        self.amplitudes = torch.empty(capacity, height, width)  # pages are touched as frames arrive
         self.positions_m = np.zeros((capacity, 2))
         self.positions_px = torch.zeros(capacity, 2, dtype=torch.float64)  # on the grid, set as frames are updated
         self.stored = 0  # frames ever stored (the slot of frame k is k % capacity)
@@ -354,8 +359,13 @@ class LiveRefiner:
 
     def _run(self) -> None:
         _lower_thread_priority()
+        torch.set_num_threads(1)  # this thread's own setting (torch keeps one per thread)
+        tail = False
         while not self.stop.is_set():
-            if self.ended.is_set() and time.perf_counter() - self.last_frame_at >= self.options.tail_s:
+            if self.ended.is_set() and not tail:
+                torch.set_num_threads(self.tail_threads)
+                tail = True
+            if tail and time.perf_counter() - self.last_frame_at >= self.options.tail_s:
                 break
             if not self.ended.is_set() and self.backlog() > self.options.max_backlog:
                 time.sleep(0.005)  # reception, writing and inference come first
