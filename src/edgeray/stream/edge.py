@@ -640,8 +640,9 @@ class EdgeService:
                     return None, None, None, None
                 return m.numerator.clone(), m.coverage.clone(), m.origin_m.copy(), m.pixel_size_m.copy()
 
-        def backlog() -> int:
-            return (run.published - run.inferred_upto) + (run.published - run.ring.written) + len(run.spill)
+        def backlog() -> int:  # frames not yet in the mosaic; the writer's only once it lags by half the ring
+            unwritten = run.published - run.ring.written
+            return (run.published - run.inferred) + (unwritten if unwritten > run.ring.capacity // 2 else 0)
 
         return LiveRefiner(run.start.shape, probe, self.options.refine, mosaic, backlog,
                            tail_threads=self.torch_threads).start()  # fmt: skip

@@ -52,7 +52,7 @@ class RefineOptions:
         capacity: newest frames kept for refinement (memory: ``capacity * H * W * 4`` bytes).
         tail_s: seconds of refinement after a scan's last frame.
         refine_probe_after: frame updates before the probe is refined too (the model's probe is the start).
-        max_backlog: frames waiting for inference or writing above which refinement pauses.
+        max_backlog: frames received and not yet in the mosaic above which refinement pauses.
         seed: what the object starts from where no update has been: ``network`` (the mosaic), ``network-detail``
             (the mosaic without its large-scale phase) or ``flat`` (ones).
     """
@@ -62,7 +62,7 @@ class RefineOptions:
     capacity: int = 16384
     tail_s: float = 10.0
     refine_probe_after: int = 20000
-    max_backlog: int = 256
+    max_backlog: int = 64
     seed: str = "network-detail"
 
 
