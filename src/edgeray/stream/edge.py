@@ -135,6 +135,7 @@ class ScanRun:
     told_writer: int = 0  # frames announced to the writer
     told_writer_ns: int = 0
     inferred_upto: int = 0
+    stitched_upto: int = 0  # ring frames the stitching has handled (in the mosaic, or skipped as repeats)
     inferred: int = 0
     spill: deque = field(default_factory=deque)
     spill_bytes: int = 0
@@ -544,16 +545,17 @@ class EdgeService:
             return False
         batch = self.options.max_batch * self.options.infer_workers
         count = min(available, batch, ring.capacity - slot)  # contiguous in the ring
-        self._infer_batch(run, slot, count)
+        self._infer_batch(run, slot, count, run.inferred_upto + count)
         run.inferred_upto += count  # the slots may now be reused (once written)
         return True
 
-    def _infer_batch(self, run: ScanRun, slot: int, count: int) -> None:
+    def _infer_batch(self, run: ScanRun, slot: int, count: int, upto: int) -> None:
         ring = run.ring
         window = slice(slot, slot + count)
         keep = ring.infer[window]
         counts = ring.frames[window] if keep.all() else ring.frames[window][keep]
         if not len(counts):
+            self.to_stitch.put(("upto", (run, upto)))
             return
         positions = ring.positions_m[window][keep].copy()
         arrivals = ring.arrival_ns[window][keep].copy()
@@ -574,7 +576,7 @@ class EdgeService:
             run.version_segments.append([first, last, version])
         run.version_counts[version] = run.version_counts.get(version, 0) + len(counts)
         frames = counts.copy() if run.refiner is not None else None  # a copy: the ring slots are reused
-        self.to_stitch.put(("batch", (run, amplitude, phase, positions, arrivals, frames)))
+        self.to_stitch.put(("batch", (run, amplitude, phase, positions, arrivals, frames, upto)))
 
     def _stitch(self) -> None:
         """The stitching thread: inverted batches into their scan's mosaic (and refiner), in order; a scan's end
@@ -584,6 +586,8 @@ class EdgeService:
             kind, item = self.to_stitch.get()
             if kind == "batch":
                 self._stitch_batch(*item)
+            elif kind == "upto":  # a batch of repeats only: nothing to stitch
+                item[0].stitched_upto = item[1]
             elif kind == "end":
                 self._finish(item)
             else:
@@ -593,7 +597,7 @@ class EdgeService:
                 return
 
     def _stitch_batch(self, run: ScanRun, amplitude: torch.Tensor, phase: torch.Tensor, positions: np.ndarray,
-                      arrivals: np.ndarray, frames: np.ndarray | None) -> None:  # fmt: skip
+                      arrivals: np.ndarray, frames: np.ndarray | None, upto: int) -> None:  # fmt: skip
         began = time.perf_counter_ns()
         with self.lock:
             run.mosaic.add(to_complex(amplitude, phase), positions)
@@ -608,6 +612,7 @@ class EdgeService:
         run.latencies_ms[run.inferred : run.inferred + len(latencies)] = latencies
         self.recent_latency_ms.extend(latencies.tolist())
         run.inferred += len(latencies)
+        run.stitched_upto = upto
 
     def _run_network(self, runtime, counts: np.ndarray, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
         """``runtime`` on ``counts`` (N, H, W): in one call, or split into ``infer_workers`` parts run at once
@@ -642,7 +647,7 @@ class EdgeService:
 
         def backlog() -> int:  # frames not yet in the mosaic; the writer's only once it lags by half the ring
             unwritten = run.published - run.ring.written
-            return (run.published - run.inferred) + (unwritten if unwritten > run.ring.capacity // 2 else 0)
+            return (run.published - run.stitched_upto) + (unwritten if unwritten > run.ring.capacity // 2 else 0)
 
         return LiveRefiner(run.start.shape, probe, self.options.refine, mosaic, backlog,
                            tail_threads=self.torch_threads).start()  # fmt: skip
@@ -788,7 +793,7 @@ class EdgeService:
             "receive_rate_hz": rate,
             "latency_ms_p50": float(np.percentile(recent, 50)) if recent.size else None,
             "latency_ms_p99": float(np.percentile(recent, 99)) if recent.size else None,
-            "infer_queue": (run.published - run.inferred_upto) if run else 0,
+            "infer_queue": (run.published - run.stitched_upto) if run else 0,  # not yet in the mosaic
             "write_queue": (run.published - run.ring.written) if run and not run.closed.is_set() else 0,
             "spill": len(run.spill) if run else 0,
             "model_version": self.model_version,
