@@ -366,14 +366,15 @@ def test_edge_handles_restart_late_frames_and_two_scans(tmp_path, scan):
     from edgeray.io import PtychoScan
 
     small = PtychoScan(part, scan.positions_m[:200], scan.geometry, None, None, None, {})
+    replay(small, socket, 0, scan_id="two")
     replay(small, socket, 0, scan_id="one", send_end=False)
     replay(small, socket, 0, scan_id="one", start_index=150)  # the sender restarts and resends from 150
     socket.send_multipart(encode_frame("one", 200, part[0], (0, 0)))  # after the end: counted, skipped
-    replay(small, socket, 0, scan_id="two")
     assert service.wait(60)
     service.join(10)
     socket.close()
-    one, two = service.summaries
+    two, one = service.summaries
+    assert service.snapshot()["infer_queue"] == 0  # the repeats are not waiting for the mosaic (nor the refiner)
     assert one["frames_received"] == one["frames_written"] == 250 and one["frames_duplicate"] == 50
     assert one["frames_inferred"] == 200 and one["complete"]
     assert two["frames_written"] == two["frames_inferred"] == 200
