@@ -261,6 +261,8 @@ def test_live_refiner_improves_the_image_newest_frames_first(scan):
     while refiner.epochs < 4:
         refiner.step()
     assert refiner.misfit < 0.5 * first_batch[0] / first_batch[1]
+    epochs, misfits = zip(*refiner.history, strict=True)  # one record per whole epoch, for the refined product
+    assert epochs == (1, 2, 3, 4) and misfits[-1] < misfits[0]
     numerator, coverage = mosaic.numerator.numpy(), mosaic.coverage.numpy()
     refined = refiner.image(numerator, coverage)
     start = mosaic.image()[0]

@@ -738,11 +738,13 @@ class EdgeService:
             numerator, coverage = run.mosaic.numerator.numpy().copy(), run.mosaic.coverage.numpy().copy()
         probe = np.zeros((1, *run.start.shape), dtype=np.complex64)
         engine, suffix = "nn-stream", "_product"
+        history = np.zeros((0, 2))
         if refined:
             image = run.refiner.image(numerator, coverage)
             obj = np.where(np.isfinite(image), image, 1.0).astype(np.complex64)
             probe = run.refiner.probe.numpy().astype(np.complex64)
             engine, suffix = f"nn-stream + live {run.refiner.options.engine}", "_refined"
+            history = np.asarray(run.refiner.history, dtype=np.float64).reshape(-1, 2)  # (epoch, misfit)
         pixel = tuple(float(v) for v in run.mosaic.pixel_size_m)
         geometry = geometry_of(run.start)
         positions = [np.zeros((0, 2))]
@@ -759,6 +761,8 @@ class EdgeService:
             distance_m=geometry.distance_m,
             object_center_m=center,
             name=f"edgeray edge {self.model_version}",
+            loss_values=history[:, 1],
+            loss_epochs=history[:, 0],
             attrs={"engine": engine, "model": self.model_version, "scan_id": run.start.scan_id},
         )
         product_path = write_product(self.out / f"{stem}{suffix}.h5", product)

@@ -123,6 +123,7 @@ class LiveRefiner:
         self.rng = np.random.default_rng(0)
         self.frame_updates = 0
         self.misfits: deque = deque(maxlen=64)  # (misfit, data norm) of recent batches
+        self.history: list[tuple[int, float]] = []  # (epoch, misfit) as each whole epoch completes, for the product
         self.object: torch.Tensor | None = None
         self.seeded: torch.Tensor | None = None
         self.origin_m: np.ndarray | None = None
@@ -355,6 +356,8 @@ class LiveRefiner:
         self.misfits.append((misfit, data))
         self.frame_updates += len(slots)
         self.updates += 1
+        if int(self.epochs) > (self.history[-1][0] if self.history else 0):
+            self.history.append((int(self.epochs), self.misfit))
         return True
 
     def _run(self) -> None:
