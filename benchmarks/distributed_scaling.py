@@ -107,7 +107,7 @@ def main() -> None:
             records.append(record)
             emit(record)
         for engine in ("lsqml", "epie"):  # mini-batch engines: a halo exchange per batch (96 frames), not per epoch
-            options_mb = default_options(engine)
+            options_mb = default_options(engine, momentum=0.0)  # not distributed (it needs the whole object)
             serial_mb = run(scan, engine, epochs, options=options_mb)
             one_mb = float(np.median(serial_mb.history.seconds[1:]))
             output = folder / f"{engine}-2.h5"

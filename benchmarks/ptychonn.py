@@ -106,8 +106,10 @@ def beamline(model_dir: Path | None, n_positions: int, epochs: int, folder: Path
 
 
 def live(model_dir: Path | None, frames: int, folder: Path, tail_s: float | None) -> None:
-    """LSQML (30 epochs) on the demo's frames from the refiner's start probe, then ``edgeray demo`` with live
-    refinement for ``tail_s`` s after the last frame (default: a fifth of LSQML's CPU seconds, the target's budget)."""
+    """LSQML (30 epochs, its defaults) on the demo's frames from the refiner's start probe, then ``edgeray demo``
+    with live refinement for ``tail_s`` s after the last frame (default: a fifth of LSQML's CPU seconds, the target's
+    budget, over the ~1.5 cores the refinement keeps busy). The budget is checked in CPU seconds on both sides: the edge
+    process's CPU time (all threads) after the last frame against LSQML's process CPU time."""
     from edgeray.io import read_cxi, read_product
     from edgeray.ptycho.evaluate import compare_on_scanned_region
     from edgeray.ptycho.reconstruct import run
@@ -122,7 +124,7 @@ def live(model_dir: Path | None, frames: int, folder: Path, tail_s: float | None
     lsqml_cpu_s = time.process_time() - start
     torch.set_num_threads(threads)
     lsqml_ssim = compare_on_scanned_region(lsqml.product, scan.ground_truth, scan.positions_m)["ssim_phase"]
-    tail_s = lsqml_cpu_s / 5 if tail_s is None else tail_s
+    tail_s = lsqml_cpu_s / 5 / 1.7 if tail_s is None else tail_s  # measured: ~1.5 cores busy in the tail
     out = folder / "demo"
     command = [sys.executable, "-m", "edgeray", "demo", "--out", str(out), "--frames", str(frames), "--hold", "0",
                "--port", "0", "--refine-tail-s", f"{tail_s:.1f}"]  # fmt: skip
@@ -135,15 +137,17 @@ def live(model_dir: Path | None, frames: int, folder: Path, tail_s: float | None
     refined = read_product(summary["files"]["refined"])
     refined_ssim = compare_on_scanned_region(refined, scan.ground_truth, scan.positions_m)["ssim_phase"]
     after = summary["refinement"]["seconds_after_last_frame"]
+    cpu_after = summary["refinement"]["cpu_seconds_after_last_frame"]
     emit({"live": "edgeray demo (2 kHz) + live refinement vs LSQML 30 epochs on the same frames", "frames": frames,
           "frames_received": summary["frames_received"], "frames_inferred": summary["frames_inferred"],
           "latency_ms_p99": summary["latency_ms_p99"], "network_phase_ssim": demo["vs_ground_truth"]["ssim_phase"],
           "refined_phase_ssim": refined_ssim, "refine_epochs": summary["refinement"]["epochs"],
           "refine_seconds_after_last_frame": after, "lsqml30_phase_ssim": lsqml_ssim,
-          "lsqml30_cpu_s": lsqml_cpu_s, "refine_time_fraction_of_lsqml": after / lsqml_cpu_s,
+          "refine_cpu_s_after_last_frame": cpu_after, "lsqml30_cpu_s": lsqml_cpu_s,
+          "refine_cpu_fraction_of_lsqml": cpu_after / lsqml_cpu_s,
           "target_refined_met": refined_ssim >= 0.65,
           "target_network_met": demo["vs_ground_truth"]["ssim_phase"] >= 0.55,
-          "target_vs_lsqml_met": refined_ssim >= lsqml_ssim - 0.03 and after <= lsqml_cpu_s / 5})  # fmt: skip
+          "target_vs_lsqml_met": refined_ssim >= lsqml_ssim - 0.03 and cpu_after <= lsqml_cpu_s / 5})  # fmt: skip
 
 
 def gpu_throughput(name: str, model: torch.nn.Module, batches: list[int], repeats: int) -> None:

@@ -8,6 +8,7 @@ import torch
 
 from edgeray.io import PtychoScan, read_cxi
 from edgeray.ptycho import Geometry, State, initial_probe, prepare
+from edgeray.ptycho.engine import LowPassMomentum
 from edgeray.ptycho.evaluate import compare_on_scanned_region
 from edgeray.ptycho.mlcg import MLCGEngine, MLCGOptions
 from edgeray.ptycho.ops import (
@@ -135,6 +136,41 @@ def test_engine_reaches_stated_error_from_true_probe(scan, engine, epochs, bound
     assert error < bound, f"{engine}: error {error:.3f} after {epochs} epochs"
     assert result.history.cost[-1] < result.history.cost[0]
     assert result.history.stopped is None
+
+
+def test_low_pass_momentum_extrapolates_large_scale_change_and_leaves_detail():
+    """A uniform change (zero frequency) is carried on by beta; a Nyquist-frequency change (detail) is not; a
+    change against the velocity restarts it."""
+    momentum = LowPassMomentum(0.5, scale_px=4.0)
+    start = torch.ones(64, 64, dtype=torch.complex128)
+    assert momentum(start) is start  # the first call only remembers
+    uniform = start * np.exp(0.1j)
+    step = uniform - start
+    moved = momentum(uniform)
+    assert torch.allclose(moved, uniform + 0.5 * step, atol=1e-12)
+    checker = torch.from_numpy(np.indices((64, 64)).sum(axis=0) % 2 * 2.0 - 1.0) * 0.01
+    detail = moved + 0.2 * step + checker
+    again = momentum(detail)  # velocity 0.5 * step + 0.2 * step: the checker is not carried on
+    assert torch.allclose(again, detail + 0.5 * 0.7 * step, atol=1e-9)
+    back = again - 0.1 * step
+    assert torch.allclose(momentum(back), back - 0.5 * 0.1 * step, atol=1e-9)  # restarted from the change
+    with pytest.raises(ValueError, match="momentum must be in"):
+        LowPassMomentum(1.0, 8.0)
+
+
+def test_momentum_lets_lsqml_reach_in_fewer_epochs_what_plain_lsqml_reaches_in_more():
+    """A natural-image phase (large smooth areas) is what plain updates converge slowest on; measured 2026-12-01
+    (phase SSIM, 5 epochs): plain 0.571, with momentum 0.687; 10 plain epochs 0.667."""
+    config = PtychoSimConfig(n_positions=300, step_px=8.0, photons=1e5, seed=4, object="chelsea,immunohistochemistry")
+    wide = simulate_ptycho(config)
+    probe = wide.ground_truth.probe
+
+    def ssim(result):
+        return compare_on_scanned_region(result.product, wide.ground_truth, wide.positions_m)["ssim_phase"]
+
+    plain_10 = ssim(run(wide, "lsqml", 10, probe=probe, batch_size=32, momentum=0.0))
+    accelerated_5 = ssim(run(wide, "lsqml", 5, probe=probe, batch_size=32))
+    assert accelerated_5 > plain_10, (accelerated_5, plain_10)
 
 
 def test_lsqml_from_data_driven_start_probe(scan):

@@ -228,7 +228,10 @@ def cmd_ptycho_reconstruct(args: argparse.Namespace) -> int:
         "n_probe_modes": args.probe_modes,
         "probe_refine": not args.fixed_probe,
         "position_correction": args.position_correction,
+        "momentum": args.momentum,
     }
+    if (args.nproc or args.distributed) and args.momentum is None:
+        overrides["momentum"] = 0.0  # not distributed yet (it needs the whole object): off, as documented
     if args.noise and args.engine in ("lsqml", "mlcg"):
         overrides["noise"] = args.noise
     options = default_options(args.engine, **{k: v for k, v in overrides.items() if v is not None})
@@ -1089,6 +1092,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--fixed-probe", action="store_true", help="do not refine the probe")
     r.add_argument("--position-correction", action="store_true", help="refine scan positions (lsqml, rpie, epie)")
     r.add_argument("--noise", choices=("gaussian", "poisson"), default=None, help="noise model (lsqml, mlcg)")
+    r.add_argument(
+        "--momentum",
+        type=float,
+        default=None,
+        help="low-pass momentum after each epoch, 0 off (lsqml default 0.8; others 0; not with --nproc)",
+    )
     r.add_argument("--near-field", action="store_true", help="Fresnel (near-field) propagation")
     r.add_argument(
         "--focus-to-sample-m", type=float, default=None, help="near field: focus-sample distance (magnified geometry)"

@@ -140,6 +140,8 @@ class DistributedEngine:
             raise ValueError(f"exchange must be 'halo' or 'allreduce', not {exchange!r}")
         if options.position_correction:
             raise ValueError("position correction is not distributed yet: run it in one process")
+        if options.momentum:
+            raise ValueError("momentum is not distributed yet (its low-pass needs the whole object): set momentum=0")
         self.tiles, self.rank, self.exchange = tiles, rank, exchange
         self.log = CommLog()
         self.neighbours = [(t, o) for t in tiles if t.rank != rank and (o := _overlap(tiles[rank], t)) is not None]

@@ -18,12 +18,14 @@ class LSQMLOptions(EngineOptions):
         noise: ``gaussian`` (amplitude misfit, robust default) or ``poisson`` (counting statistics).
         delta_object, delta_probe: regularization of the preconditioners, as a fraction of their maximum.
         max_step: cap of the per-frame step sizes.
+        momentum: on by default here (0.8): see :class:`~edgeray.ptycho.engine.LowPassMomentum`.
     """
 
     noise: str = "gaussian"
     delta_object: float = 1e-2
     delta_probe: float = 1e-2
     max_step: float = 2.0
+    momentum: float = 0.8
 
 
 class LSQMLEngine(Engine):

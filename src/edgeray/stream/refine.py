@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from edgeray.ptycho.engine import State
+from edgeray.ptycho.engine import LowPassMomentum, State
 from edgeray.ptycho.ops import Propagator, patch_indices, split_positions
 from edgeray.ptycho.problem import Geometry, Problem
 from edgeray.ptycho.reconstruct import _engine_class, default_options
@@ -55,6 +55,8 @@ class RefineOptions:
         max_backlog: frames received and not yet in the mosaic above which refinement pauses.
         seed: what the object starts from where no update has been: ``network`` (the mosaic), ``network-detail``
             (the mosaic without its large-scale phase) or ``flat`` (ones).
+        momentum, momentum_scale_px: low-pass momentum at each whole epoch once the scan has ended (the grid no
+            longer grows): see :class:`~edgeray.ptycho.engine.LowPassMomentum`; 0 turns it off.
     """
 
     engine: str = "lsqml"
@@ -64,6 +66,8 @@ class RefineOptions:
     refine_probe_after: int = 20000
     max_backlog: int = 64
     seed: str = "network-detail"
+    momentum: float = 0.8
+    momentum_scale_px: float = 8.0
 
 
 def _lower_thread_priority() -> None:
@@ -124,6 +128,7 @@ class LiveRefiner:
         self.frame_updates = 0
         self.misfits: deque = deque(maxlen=64)  # (misfit, data norm) of recent batches
         self.history: list[tuple[int, float]] = []  # (epoch, misfit) as each whole epoch completes, for the product
+        self.momentum = LowPassMomentum(options.momentum, options.momentum_scale_px)
         self.object: torch.Tensor | None = None
         self.seeded: torch.Tensor | None = None
         self.origin_m: np.ndarray | None = None
@@ -137,7 +142,9 @@ class LiveRefiner:
         self.done = threading.Event()
         self.updates = 0
         self.last_frame_at: float | None = None
+        self.cpu_at_last_frame: float | None = None
         self.seconds_after_last_frame = 0.0
+        self.cpu_seconds_after_last_frame = 0.0  # the whole edge process's CPU time, all its threads
         self.seconds_busy = 0.0
         self.thread = threading.Thread(target=self._run, name="edge-refine", daemon=True)
         self._detail_cache: tuple | None = None
@@ -154,6 +161,7 @@ class LiveRefiner:
     def end(self) -> None:
         """The scan's last frame has been handed over: refine for ``tail_s`` more seconds, then finish."""
         self.last_frame_at = time.perf_counter()
+        self.cpu_at_last_frame = time.process_time()
         self.ended.set()
 
     def start(self) -> LiveRefiner:
@@ -358,6 +366,9 @@ class LiveRefiner:
         self.updates += 1
         if int(self.epochs) > (self.history[-1][0] if self.history else 0):
             self.history.append((int(self.epochs), self.misfit))
+            if self.final_sums is not None:  # the grid is final: the object's history means the same pixels
+                with self.lock:
+                    self.object = self.momentum(self.object)
         return True
 
     def _run(self) -> None:
@@ -385,6 +396,8 @@ class LiveRefiner:
                     self.seconds_after_last_frame += time.perf_counter() - started
             else:
                 time.sleep(0.01)
+        if self.cpu_at_last_frame is not None:
+            self.cpu_seconds_after_last_frame = time.process_time() - self.cpu_at_last_frame
         self._take_pending()
         self.done.set()
 
@@ -399,5 +412,6 @@ class LiveRefiner:
             "misfit": self.misfit,
             "seconds_busy": self.seconds_busy,
             "seconds_after_last_frame": self.seconds_after_last_frame,
+            "cpu_seconds_after_last_frame": self.cpu_seconds_after_last_frame,
             "tail_s": self.options.tail_s,
         }
