@@ -52,8 +52,8 @@ def write_corpus_card(directory: str | Path, card: dict) -> Path:
         lines += [
             "## Measured on scans it never saw",
             "",
-            f"Phase SSIM against the ground truth on the scanned region, 64 x 64 frames, LSQML from the true probe "
-            f"({evaluation.get('date', '')}, `edgeray nn evaluate`):",
+            f"Phase SSIM against the ground truth on the scanned region, 64 x 64 frames, LSQML (its defaults) from "
+            f"the true probe ({evaluation.get('date', '')}, `edgeray nn evaluate`):",
             "",
             *evaluation_table(evaluation),
             "",
@@ -62,7 +62,8 @@ def write_corpus_card(directory: str | Path, card: dict) -> Path:
             lines += [
                 f"Median over the unseen object pairs: network {evaluation['median_unseen_nn']:.3f}, LSQML "
                 f"{evaluation.get('median_unseen_lsqml') or float('nan'):.3f}. ONNX Runtime: "
-                f"{evaluation['frames_per_s']:,.0f} frames/s on {evaluation['threads']} CPU threads.",
+                f"{evaluation['frames_per_s']:,.0f} frames/s on {evaluation['threads']} CPU threads (this machine, "
+                "at that moment: the figure moves with the host).",
                 "",
             ]
     recipe = card.get("recipe")
@@ -107,11 +108,16 @@ def record_evaluation(directory: str | Path, evaluation: dict) -> Path:
     return write_corpus_card(directory, card)
 
 
+def _three_places(value: float) -> str:
+    """``value`` to 3 decimals, without the sign of a value that rounds to zero (no "-0.000")."""
+    return f"{value:.3f}".replace("-0.000", "0.000")
+
+
 def evaluation_table(evaluation: dict) -> list[str]:
     """Markdown rows of :func:`edgeray.nn.evaluate.evaluate_model`'s result."""
     rows = ["| case | network phase SSIM | LSQML phase SSIM |", "| --- | --- | --- |"]
     for case in evaluation.get("cases", []):
         lsqml = case.get("lsqml_phase_ssim")
-        shown = "-" if lsqml is None else f"{lsqml:.3f}"
-        rows.append(f"| {case['case']} | {case['nn_phase_ssim']:.3f} | {shown} |")
+        shown = "-" if lsqml is None else _three_places(lsqml)
+        rows.append(f"| {case['case']} | {_three_places(case['nn_phase_ssim'])} | {shown} |")
     return rows
