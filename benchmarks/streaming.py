@@ -17,8 +17,9 @@ sharing this machine's cores, over real ZeroMQ sockets on loopback, with the shi
 - ``browser`` (where Debian's Chromium is installed): the sustain run with the live view open in a headless
   browser on the same cores.
 
-Each record carries the edge's own estimate of the rate it could have kept (``max_rate_hz``: the rate divided by
-the busiest stage's busy fraction) and the busy fraction of each stage.
+Each record carries the edge's own estimate of the rate it could have kept (``max_rate_hz``, from each stage's CPU
+time: no stage above one core, all of them within the machine's cores), each stage's CPU and busy (wall) fraction
+and the cores the stream used.
 
 Prints one JSON object per line.
 """
@@ -126,6 +127,8 @@ def run_rate(edge: Edge, scan_file: Path, n_frames: int, rate: float, seconds: f
         "latency_ms_p99": summary["latency_ms_p99"],
         "max_rate_hz": summary.get("max_rate_hz"),
         "stage_busy_fraction": summary.get("stage_busy_fraction"),
+        "stage_cpu_fraction": summary.get("stage_cpu_fraction"),
+        "stream_cpu_cores": summary.get("stream_cpu_cores"),
         "sustained": sustained(summary, report),
     }
 

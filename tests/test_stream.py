@@ -174,6 +174,11 @@ def test_edge_keeps_and_inverts_every_frame(tmp_path, scan):
         assert summary[key] == scan.n_frames, key
     assert summary["complete"] and summary["frames_invalid"] == 0
     assert 0 < summary["latency_ms_p50"] <= summary["latency_ms_p99"]
+    cpu, busy = summary["stage_cpu_fraction"], summary["stage_busy_fraction"]
+    for stage in ("receive", "infer", "stitch", "write"):  # one thread (process) each: CPU time within wall time
+        assert 0 < cpu[stage] <= 1.05 * busy[stage] + 2e-3, (stage, cpu, busy)
+    assert summary["stream_cpu_cores"] == pytest.approx(sum(cpu.values()))
+    assert summary["max_rate_hz"] >= summary["frames_per_s"]  # it kept this rate: the estimate cannot be below it
     with CXIFile(tmp_path / "alpha.cxi") as cxi:  # the run file holds exactly what was sent
         np.testing.assert_array_equal(cxi.read_frames(), scan.frames)
         np.testing.assert_allclose(cxi.positions_m, scan.positions_m, atol=1e-15)
@@ -185,10 +190,11 @@ def test_several_inference_workers_invert_every_frame_as_one_would(tmp_path, sca
     service = start_service(tmp_path, scans=1, infer_workers=2)
     runtime = service.models.for_dtype("uint16").runtime
     counts = scan.frames[:100]
-    split = service._run_network(runtime, counts, 1e3)  # two parts, at once
+    *split, workers_cpu_s = service._run_network(runtime, counts, 1e3)  # two parts, at once
     whole = runtime(counts, 1e3)
     for a, b in zip(split, whole, strict=True):
         torch.testing.assert_close(a, b)
+    assert workers_cpu_s > 0  # the workers' CPU time is counted (it is not the calling thread's)
     summary = stream_through(service, scan, 0, "workers")
     assert summary["frames_received"] == summary["frames_written"] == summary["frames_inferred"] == scan.n_frames
     with pytest.raises(ValueError, match="infer_workers"):

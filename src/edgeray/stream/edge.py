@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -154,7 +155,8 @@ class ScanRun:
     version_counts: dict = field(default_factory=dict)  # model version -> frames it inverted
     version_segments: list = field(default_factory=list)  # [first index, last index, model version]
     refiner: LiveRefiner | None = None
-    busy_s: dict = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    busy_s: dict = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))  # wall seconds in each stage
+    cpu_s: dict = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))  # CPU seconds of each stage's threads
 
     @property
     def written(self) -> int:
@@ -284,7 +286,7 @@ class EdgeService:
             run = self.current
             waiting = run is not None and run.stored > run.published
             ready = poller.poll(PUBLISH_EVERY_S * 1e3 if waiting else 20)
-            began = time.perf_counter()
+            began, cpu_began = time.perf_counter(), time.thread_time()
             while ready:  # drain what is there (in bursts) before polling again
                 try:
                     parts = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -303,6 +305,7 @@ class EdgeService:
                     self._publish_frames(run)
                     published_at = began
                 run.busy_s["receive"] += time.perf_counter() - began
+                run.cpu_s["receive"] += time.thread_time() - cpu_began
         self._close_current(None, "stopped before its end message")
         run = self.current
         while run is not None and not run.end_sent:  # frames still waiting for ring slots go in first
@@ -461,6 +464,7 @@ class EdgeService:
                         run = self.runs_in_writer.popleft()
                     run.parts[-1].update(path=reply["path"], written=reply["written"], closed=True)
                     run.busy_s["write"] += reply.get("busy_s", 0.0)
+                    run.cpu_s["write"] += reply.get("cpu_s", 0.0)
                     run.closed.set()
                     continue
             else:
@@ -560,14 +564,15 @@ class EdgeService:
         positions = ring.positions_m[window][keep].copy()
         arrivals = ring.arrival_ns[window][keep].copy()
         indices = ring.index[window][keep]
-        began = time.perf_counter()
+        began, cpu_began = time.perf_counter(), time.thread_time()
         run.count_sum += float(counts.sum(dtype=np.float64))
         run.count_pixels += counts.size
         scale = run.count_sum / max(run.count_pixels, 1)  # running mean count per pixel of the scan
         model = self.models.for_dtype(run.start.dtype)
-        amplitude, phase = self._run_network(model.runtime, counts, scale)
+        amplitude, phase, workers_cpu_s = self._run_network(model.runtime, counts, scale)
         self.models.validation = (counts[-8:].copy(), scale)
         run.busy_s["infer"] += time.perf_counter() - began
+        run.cpu_s["infer"] += time.thread_time() - cpu_began + workers_cpu_s
         version = model.version
         first, last = int(indices.min()), int(indices.max())
         if run.version_segments and run.version_segments[-1][2] == version:
@@ -598,13 +603,14 @@ class EdgeService:
 
     def _stitch_batch(self, run: ScanRun, amplitude: torch.Tensor, phase: torch.Tensor, positions: np.ndarray,
                       arrivals: np.ndarray, frames: np.ndarray | None, upto: int) -> None:  # fmt: skip
-        began = time.perf_counter_ns()
+        began, cpu_began = time.perf_counter_ns(), time.thread_time()
         with self.lock:
             run.mosaic.add(to_complex(amplitude, phase), positions)
         if run.refiner is not None:
             run.refiner.add(frames, positions)
         now = time.perf_counter_ns()
         run.busy_s["stitch"] += (now - began) / 1e9
+        run.cpu_s["stitch"] += time.thread_time() - cpu_began
         latencies = (now - arrivals) / 1e6
         if run.inferred + len(latencies) > len(run.latencies_ms):
             extra = np.zeros(max(len(run.latencies_ms), len(latencies)), np.float32)
@@ -614,14 +620,23 @@ class EdgeService:
         run.inferred += len(latencies)
         run.stitched_upto = upto
 
-    def _run_network(self, runtime, counts: np.ndarray, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def _run_network(self, runtime, counts: np.ndarray, scale: float) -> tuple[torch.Tensor, torch.Tensor, float]:
         """``runtime`` on ``counts`` (N, H, W): in one call, or split into ``infer_workers`` parts run at once
-        (ONNX Runtime releases the GIL while it computes)."""
+        (ONNX Runtime releases the GIL while it computes). Returns amplitude, phase and the CPU seconds the worker
+        threads spent (0 for one call, which runs on the calling thread)."""
         parts = min(self.options.infer_workers, len(counts) // 8)
         if self.infer_pool is None or parts < 2:
-            return runtime(counts, scale)
-        results = list(self.infer_pool.map(lambda part: runtime(part, scale), np.array_split(counts, parts)))
-        return torch.cat([r[0] for r in results]), torch.cat([r[1] for r in results])
+            return (*runtime(counts, scale), 0.0)
+
+        def part_call(part: np.ndarray):
+            cpu_began = time.thread_time()
+            result = runtime(part, scale)
+            return result, time.thread_time() - cpu_began
+
+        results = list(self.infer_pool.map(part_call, np.array_split(counts, parts)))
+        amplitude = torch.cat([r[0][0] for r in results])
+        phase = torch.cat([r[0][1] for r in results])
+        return amplitude, phase, sum(r[1] for r in results)
 
     def _make_refiner(self, run: ScanRun, model_probe: torch.Tensor | None) -> LiveRefiner | None:
         """The scan's live refiner, when refinement is on and a probe is known (else a warning, and none)."""
@@ -676,6 +691,11 @@ class EdgeService:
             files.update(self._write_product(run))
         rate = run.received / seconds if run.received > 1 else 0.0
         busy = {stage: value / seconds for stage, value in run.busy_s.items()}
+        cpu = {stage: value / seconds for stage, value in run.cpu_s.items()}
+        cores = os.cpu_count() or 1
+        # the highest rate the stream's own CPU time allows: no stage above one core, all of them within the
+        # machine's cores (wall busy time would count waiting for a core as work, on a loaded machine)
+        load = max(max(cpu.values()), sum(cpu.values()) / cores)
         summary = {
             "scan_id": scan_id,
             "complete": run.expected is not None and run.received - run.duplicates >= run.expected,
@@ -695,7 +715,9 @@ class EdgeService:
             "latency_ms_p99": float(np.percentile(latencies, 99)) if latencies.size else None,
             "latency_ms_max": float(latencies.max()) if latencies.size else None,
             "stage_busy_fraction": busy,
-            "max_rate_hz": rate / max(max(busy.values()), 1e-9) if rate else None,
+            "stage_cpu_fraction": cpu,
+            "stream_cpu_cores": sum(cpu.values()),
+            "max_rate_hz": rate / max(load, 1e-9) if rate else None,
             "model_version": self.model_version,
             "model_versions": run.version_counts,
             "model_version_segments": run.version_segments,
@@ -705,9 +727,9 @@ class EdgeService:
             "files": files,
         }
         path = self.out / f"{Path(paths[0]).stem if paths else scan_id}.json"
-        log.info("scan %s: %d received, %d written, %d inferred, p99 latency %s ms, busiest stage %.0f%% -> could "
+        log.info("scan %s: %d received, %d written, %d inferred, p99 latency %s ms, stream CPU %.2f cores -> could "
                  "have kept %s frames/s -> %s", scan_id, run.received, run.written, run.inferred,
-                 summary["latency_ms_p99"], 100 * max(busy.values()), summary["max_rate_hz"], path)  # fmt: skip
+                 summary["latency_ms_p99"], sum(cpu.values()), summary["max_rate_hz"], path)  # fmt: skip
         if run.refiner is None:
             self._record(summary, path)
             run.ring.close()

@@ -60,23 +60,26 @@ class _Scan:
         self.target = self.written
         self.flushed_at = time.perf_counter()
         self.busy_s = 0.0
+        self.cpu_s = 0.0  # this process's CPU seconds in writes and flushes
 
     def write(self, upto: int) -> None:
         """Append the ring's frames ``written .. upto - 1``."""
-        began = time.perf_counter()
+        began, cpu_began = time.perf_counter(), time.process_time()
         ring = self.ring
         for first, start, stop in ring.spans(self.written, upto):
             self.file.append(ring.frames[start:stop], ring.positions_m[start:stop], ring.index[start:stop],
                              ring.wall_ns[start:stop])  # fmt: skip
             self.written = first + stop - start
         self.busy_s += time.perf_counter() - began
+        self.cpu_s += time.process_time() - cpu_began
 
     def flush(self) -> None:
-        began = time.perf_counter()
+        began, cpu_began = time.perf_counter(), time.process_time()
         self.file.flush()
         self.ring.written = self.written  # only now may the slots be reused
         self.flushed_at = time.perf_counter()
         self.busy_s += self.flushed_at - began
+        self.cpu_s += time.process_time() - cpu_began
 
 
 def writer_main(connection: Connection, flush_s: float = 0.2, block: int = 1024) -> None:
@@ -107,7 +110,7 @@ def writer_main(connection: Connection, flush_s: float = 0.2, block: int = 1024)
             scan.flush()
             scan.file.close(message.get("attrs") or {})
             _send(connection, {"op": "closed", "written": scan.file.n_written, "path": str(scan.file.path),
-                               "busy_s": scan.busy_s})  # fmt: skip
+                               "busy_s": scan.busy_s, "cpu_s": scan.cpu_s})  # fmt: skip
             scan.ring.close()
             scan = None
         elif op == "stop":
