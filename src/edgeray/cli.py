@@ -874,7 +874,8 @@ def _print_headroom(summary: dict) -> None:
         f"[bold]{summary['scan_id']}[/]: {summary['frames_received']:,} received, {summary['frames_written']:,} "
         f"written, {summary['frames_inferred']:,} inverted at {summary['frames_per_s']:,.0f} frames/s, p99 latency "
         f"{summary['latency_ms_p99']:.0f} ms; the stream used {summary['stream_cpu_cores']:.2f} cores (busiest: "
-        f"{stage}, {cpu[stage]:.2f}): the edge could have kept ~{summary['max_rate_hz']:,.0f} frames/s"
+        f"{stage}, {cpu[stage]:.2f}): the edge could have kept ~{summary['max_rate_hz']:,.0f} frames/s",
+        soft_wrap=True,  # one line, whatever the terminal's width: scripts grep it
     )
 
 
