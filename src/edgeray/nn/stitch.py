@@ -114,12 +114,24 @@ def accumulate(
     if align == "none" or n < 2 or not bool(loose.any()):
         return
     chosen = torch.nonzero(loose)[:, 0]
-    index, weighted = index[chosen], weighted[chosen]
+    synchronize(flat_numerator, index[chosen], weighted[chosen], max_sweeps, tolerance_rad)
+
+
+def synchronize(
+    flat_numerator: torch.Tensor, index: torch.Tensor, weighted: torch.Tensor, max_sweeps: int, tolerance_rad: float
+) -> None:
+    """Turn patches already added to ``flat_numerator`` (the running sum, flattened) to agree with the rest.
+
+    ``index`` ``(n, P)`` are their flat object indices and ``weighted`` ``(n, P)`` complex their weighted values as
+    added. In sweeps, each patch is turned by the phase that best matches the sum without its own share (a power
+    iteration of phase synchronization), until the largest turn is below ``tolerance_rad``.
+    """
+    n = len(weighted)
     for _ in range(max_sweeps):
-        others = flat_numerator.index_select(0, index.view(-1)).view(len(chosen), -1) - weighted
+        others = flat_numerator.index_select(0, index.reshape(-1)).view(n, -1) - weighted
         correction = torch.angle(torch.linalg.vecdot(weighted, others))
         turned = weighted * torch.polar(torch.ones_like(correction), correction)[:, None]
-        flat_numerator.index_add_(0, index.view(-1), (turned - weighted).view(-1))
+        flat_numerator.index_add_(0, index.reshape(-1), (turned - weighted).reshape(-1))
         weighted = turned
         if float(correction.abs().max()) < tolerance_rad:
             break

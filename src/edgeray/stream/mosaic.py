@@ -1,7 +1,9 @@
 """The live mosaic: predicted patches added at their scan positions into a running weighted mean that grows.
 
 Each patch is placed at its sub-pixel position and turned by the constant phase that best matches the mosaic
-where they overlap (:func:`edgeray.nn.stitch.accumulate`); pixels are weighted by where the probe lit them.
+where they overlap (:func:`edgeray.nn.stitch.accumulate`); pixels are weighted by where the probe lit them. At
+whole-pixel positions (the default) the compiled kernel of :mod:`edgeray.stream.mosaic_kernel` does the work, with
+the same result.
 
 The scan's extent is not known when it starts, so the grid starts around the first position (on the pixel grid
 through position 0) and grows (by whole
@@ -15,9 +17,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from edgeray.nn.stitch import accumulate, centre_weights, mean_image, support
+from edgeray.nn.stitch import accumulate, centre_weights, mean_image, support, synchronize, to_complex
+from edgeray.ptycho.ops import patch_indices
+from edgeray.stream.mosaic_kernel import add_patches
 
 GROW_PX = 128
+ANCHORED, SWEEPS, TOLERANCE_RAD = 0.5, 50, 1e-3  # as edgeray.nn.stitch.accumulate's defaults
 
 
 class Mosaic:
@@ -31,6 +36,8 @@ class Mosaic:
         align: how each patch is turned to agree with the mosaic (:func:`edgeray.nn.stitch.accumulate`).
         fraction: share of the weights' sum a patch's stitched window holds (speed against the far tails).
         subpixel: place patches at their sub-pixel positions (else at the nearest pixel: half the work).
+        compiled: at whole pixels, stitch with the compiled kernel (False: the tensor code of
+            :func:`~edgeray.nn.stitch.accumulate`, the reference it is tested against).
     """
 
     def __init__(
@@ -41,12 +48,13 @@ class Mosaic:
         align: str = "phase",
         fraction: float = 0.99,
         subpixel: bool = False,
+        compiled: bool = True,
     ):
         self.frame_shape = tuple(frame_shape)
         self.pixel_size_m = np.asarray(pixel_size_m, dtype=np.float64)
         self.weights = centre_weights(self.frame_shape) if weights is None else weights.to(torch.float32)
         self.align = align
-        self.fraction, self.subpixel = fraction, subpixel
+        self.fraction, self.subpixel, self.compiled = fraction, subpixel, compiled
         self.window = support(self.weights, fraction)
         self.origin_m: np.ndarray | None = None
         self.numerator = torch.zeros((0, 0), dtype=torch.complex64)
@@ -94,10 +102,48 @@ class Mosaic:
     def add(self, patches: torch.Tensor, positions_m: np.ndarray) -> None:
         """Add complex ``patches (N, H, W)`` at probe positions ``positions_m (N, 2)`` ``[y, x]`` m."""
         self._fit(np.asarray(positions_m, dtype=np.float64))
-        positions_px = torch.from_numpy(self.positions_px(positions_m))
-        accumulate(self.numerator, self.coverage, patches, positions_px, self.weights, self.align,
-                   subpixel=self.subpixel, window=self.window)  # fmt: skip
+        if self.subpixel or not self.compiled:
+            positions_px = torch.from_numpy(self.positions_px(positions_m))
+            accumulate(self.numerator, self.coverage, patches, positions_px, self.weights, self.align,
+                       subpixel=self.subpixel, window=self.window)  # fmt: skip
+        else:
+            rows, cols = self.window
+            self._add_windows(patches[:, rows, cols].to(torch.complex64), positions_m)
         self.n_patches += len(patches)
+
+    @torch.inference_mode()
+    def add_polar(self, amplitude: torch.Tensor, phase: torch.Tensor, positions_m: np.ndarray) -> None:
+        """Add the network's patches as ``amplitude`` and ``phase`` ``(N, 1, H, W)`` or ``(N, H, W)``: only the
+        stitched window of each is made complex."""
+        if self.subpixel or not self.compiled:
+            self.add(to_complex(amplitude, phase), positions_m)
+            return
+        self._fit(np.asarray(positions_m, dtype=np.float64))
+        rows, cols = self.window
+        shape = (-1, *self.frame_shape)
+        values = torch.polar(
+            amplitude.reshape(shape)[:, rows, cols].float(), phase.reshape(shape)[:, rows, cols].float()
+        )
+        self._add_windows(values, positions_m)
+        self.n_patches += len(values)
+
+    def _add_windows(self, values: torch.Tensor, positions_m: np.ndarray) -> None:
+        """Patches' stitched windows ``values`` ``(N, h, w)`` complex64 at the nearest whole pixel of their
+        positions, through the compiled kernel (as :func:`~edgeray.nn.stitch.accumulate` places and turns them)."""
+        rows, cols = self.window
+        half = np.asarray(self.frame_shape) / 2
+        offset = np.array([rows.start, cols.start])
+        corners = np.floor(self.positions_px(positions_m) - half + 0.5).astype(np.int64) + offset
+        values = values.contiguous()
+        weights = self.weights[rows, cols].contiguous()
+        turns, loose = add_patches(self.numerator.numpy(), self.coverage.numpy(), values.numpy(), corners,
+                                   weights.numpy(), self.align == "phase", ANCHORED)  # fmt: skip
+        if self.align == "phase" and len(values) > 1 and loose.any():  # too little in place: synchronize them
+            chosen = np.nonzero(loose)[0]
+            size = (rows.stop - rows.start, cols.stop - cols.start)
+            index = patch_indices(torch.from_numpy(corners[chosen]), size, self.shape[1]).reshape(len(chosen), -1)
+            turned = weights * values[chosen] * torch.from_numpy(turns[chosen])[:, None, None]
+            synchronize(self.numerator.view(-1), index, turned.reshape(len(chosen), -1), SWEEPS, TOLERANCE_RAD)
 
     def image(self) -> tuple[np.ndarray, np.ndarray]:
         """``(object (Y, X) complex64, coverage (Y, X) float32)``; 1 where nothing was added."""
