@@ -1345,7 +1345,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", type=Path, default=Path("run"), help="folder for run files, products and summaries")
     e.add_argument("--model", type=Path, default=None, help="surrogate folder (default: the shipped edge model)")
     e.add_argument("--max-batch", type=int, default=64, help="largest inference batch, frames")
-    e.add_argument("--max-wait-ms", type=float, default=20.0, help="longest a frame waits for its batch, ms")
+    e.add_argument("--max-wait-ms", type=float, default=5.0, help="longest a frame waits for its batch, ms")
     e.add_argument("--infer-threads", type=int, default=1, help="threads for the network (others need a core)")
     e.add_argument("--ring-frames", type=int, default=8192,
                    help="frames held in shared memory per scan: how long a stalled stage costs nothing")  # fmt: skip

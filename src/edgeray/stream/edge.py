@@ -94,7 +94,7 @@ class EdgeOptions:
     out: Path = Path("run")
     model: Path | None = None
     max_batch: int = 64
-    max_wait_ms: float = 20.0  # measured at 2 kHz on 2 cores: 0.12 cores less than 5 ms, p99 ~100 vs ~150 ms
+    max_wait_ms: float = 5.0  # 20 saves ~0.1 core at 2 kHz, at +15 ms p50 (docs/benchmarks.md, batch wait)
     flush_s: float = 0.2
     publish: str | None = "tcp://127.0.0.1:5556"
     scans: int | None = None
