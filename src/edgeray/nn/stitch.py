@@ -39,6 +39,7 @@ def subpixel_shift(values: torch.Tensor, fractions: torch.Tensor) -> torch.Tenso
 
 
 ALIGNMENTS = ("none", "phase")
+ANCHORED, MAX_SWEEPS, TOLERANCE_RAD = 0.5, 50, 1e-3  # accumulate's defaults (and the live mosaic's)
 
 
 def support(weights: torch.Tensor, fraction: float = 0.99) -> tuple[slice, slice]:
@@ -62,9 +63,9 @@ def accumulate(
     positions_px: torch.Tensor,
     weights: torch.Tensor,
     align: str = "phase",
-    max_sweeps: int = 50,
-    tolerance_rad: float = 1e-3,
-    anchored: float = 0.5,
+    max_sweeps: int = MAX_SWEEPS,
+    tolerance_rad: float = TOLERANCE_RAD,
+    anchored: float = ANCHORED,
     fraction: float = 1.0,
     subpixel: bool = True,
     window: tuple[slice, slice] | None = None,

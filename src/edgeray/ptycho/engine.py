@@ -13,6 +13,7 @@ import torch
 from edgeray.ptycho.ops import (
     abs2,
     extract_patches,
+    gaussian_lowpass,
     patch_indices,
     scatter_patches,
     shift_ramps,
@@ -76,6 +77,8 @@ class LowPassMomentum:
         beta: momentum factor in ``[0, 1)``; scale_px: low-pass sigma in object pixels.
     """
 
+    restart_cosine = 0.0  # adaptive restart (O'Donoghue & Candes 2015): once progress turns against the velocity
+
     def __init__(self, beta: float, scale_px: float):
         if not 0 <= beta < 1:
             raise ValueError(f"momentum must be in [0, 1), not {beta}")
@@ -84,25 +87,11 @@ class LowPassMomentum:
         self.beta, self.scale_px = beta, scale_px
         self.previous: torch.Tensor | None = None
         self.velocity: torch.Tensor | None = None
-        self._kernel: torch.Tensor | None = None
-
-    restart_cosine = 0.0  # adaptive restart (O'Donoghue & Candes 2015): once progress turns against the velocity
 
     @staticmethod
     def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
         inner = float(torch.vdot(a.reshape(-1), b.reshape(-1)).real)
         return inner / max(float(a.abs().norm() * b.abs().norm()), 1e-30)
-
-    def reset(self) -> None:
-        """Forget the history (the object was replaced or its grid changed)."""
-        self.previous = self.velocity = None
-
-    def _lowpass(self, values: torch.Tensor) -> torch.Tensor:
-        if self._kernel is None or self._kernel.shape != values.shape or self._kernel.device != values.device:
-            ky = torch.fft.fftfreq(values.shape[0], device=values.device)[:, None]
-            kx = torch.fft.fftfreq(values.shape[1], device=values.device)[None, :]
-            self._kernel = torch.exp(-2 * math.pi**2 * self.scale_px**2 * (ky**2 + kx**2)).to(values.real.dtype)
-        return torch.fft.ifft2(torch.fft.fft2(values) * self._kernel)
 
     def __call__(self, obj: torch.Tensor) -> torch.Tensor:
         """The object ``(Y, X)`` complex after this epoch's momentum step (a new tensor; ``obj`` is untouched)."""
@@ -111,7 +100,7 @@ class LowPassMomentum:
         if self.previous is None or self.previous.shape != obj.shape:
             self.previous, self.velocity = obj.clone(), None
             return obj
-        change = self._lowpass(obj - self.previous).to(obj.dtype)
+        change = gaussian_lowpass(obj - self.previous, self.scale_px).to(obj.dtype)
         if self.velocity is None or self._cosine(self.velocity, change) < self.restart_cosine:
             self.velocity = change  # none yet, or the change turned against it (overshot): start again from here
         else:

@@ -113,3 +113,12 @@ class Propagator:
         if self.kernel is None:
             return torch.fft.ifft2(waves, norm="ortho")
         return torch.fft.ifft2(torch.fft.fft2(waves, norm="ortho") * self.kernel.conj(), norm="ortho")
+
+
+def gaussian_lowpass(values: torch.Tensor, sigma_px: float) -> torch.Tensor:
+    """``values`` ``(Y, X)`` (complex or real) convolved with a periodic Gaussian of ``sigma_px`` pixels (in Fourier
+    space; complex result)."""
+    ky = torch.fft.fftfreq(values.shape[0], device=values.device)[:, None]
+    kx = torch.fft.fftfreq(values.shape[1], device=values.device)[None, :]
+    kernel = torch.exp(-2 * math.pi**2 * sigma_px**2 * (ky**2 + kx**2)).to(values.real.dtype)
+    return torch.fft.ifft2(torch.fft.fft2(values) * kernel)

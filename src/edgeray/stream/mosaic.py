@@ -17,12 +17,21 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from edgeray.nn.stitch import accumulate, centre_weights, mean_image, support, synchronize, to_complex
+from edgeray.nn.stitch import (
+    ANCHORED,
+    MAX_SWEEPS,
+    TOLERANCE_RAD,
+    accumulate,
+    centre_weights,
+    mean_image,
+    support,
+    synchronize,
+    to_complex,
+)
 from edgeray.ptycho.ops import patch_indices
 from edgeray.stream.mosaic_kernel import add_patches
 
 GROW_PX = 128
-ANCHORED, SWEEPS, TOLERANCE_RAD = 0.5, 50, 1e-3  # as edgeray.nn.stitch.accumulate's defaults
 
 
 class Mosaic:
@@ -143,7 +152,7 @@ class Mosaic:
             size = (rows.stop - rows.start, cols.stop - cols.start)
             index = patch_indices(torch.from_numpy(corners[chosen]), size, self.shape[1]).reshape(len(chosen), -1)
             turned = weights * values[chosen] * torch.from_numpy(turns[chosen])[:, None, None]
-            synchronize(self.numerator.view(-1), index, turned.reshape(len(chosen), -1), SWEEPS, TOLERANCE_RAD)
+            synchronize(self.numerator.view(-1), index, turned.reshape(len(chosen), -1), MAX_SWEEPS, TOLERANCE_RAD)
 
     def image(self) -> tuple[np.ndarray, np.ndarray]:
         """``(object (Y, X) complex64, coverage (Y, X) float32)``; 1 where nothing was added."""

@@ -20,7 +20,6 @@ count per pixel, so the engines start from the probe ``sqrt(scale) p`` and the m
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 import time
@@ -32,7 +31,7 @@ import numpy as np
 import torch
 
 from edgeray.ptycho.engine import LowPassMomentum, State
-from edgeray.ptycho.ops import Propagator, patch_indices, split_positions
+from edgeray.ptycho.ops import Propagator, gaussian_lowpass, patch_indices, split_positions
 from edgeray.ptycho.problem import Geometry, Problem
 from edgeray.ptycho.reconstruct import _engine_class, default_options
 
@@ -269,11 +268,7 @@ class LiveRefiner:
             return cached[0]  # the same sums (the final mosaic), or a recent copy of a growing one
         unit = torch.where(coverage > 0, numerator / numerator.abs().clamp_min(1e-30), torch.zeros_like(numerator))
         weighted = unit * coverage
-        sigma = self.beam_px
-        ky = torch.fft.fftfreq(numerator.shape[0])[:, None]
-        kx = torch.fft.fftfreq(numerator.shape[1])[None, :]
-        kernel = torch.exp(-2 * math.pi**2 * sigma**2 * (ky**2 + kx**2))
-        low = torch.fft.ifft2(torch.fft.fft2(weighted) * kernel)
+        low = gaussian_lowpass(weighted, self.beam_px)
         detail = numerator * torch.polar(torch.ones_like(coverage), -torch.angle(low))
         self._detail_cache = (detail, now, numerator)
         return detail
