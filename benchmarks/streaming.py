@@ -59,7 +59,10 @@ class Edge:
         self.out = out
         command = [sys.executable, "-m", "edgeray", "edge", "--listen", "tcp://127.0.0.1:0", "--out", str(out),
                    "--http", http, "--publish", "off", "--scans", str(scans), *(extra or [])]  # fmt: skip
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        out.mkdir(parents=True, exist_ok=True)
+        self.log = out / "edge.log"  # the edge's own log, quoted when a summary does not come
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True)
         ready = json.loads(self.process.stdout.readline())["ready"]
         self.endpoint, self.view = ready["listen"], ready["view"]
         self.memory: list[tuple[float, float]] = []
@@ -80,7 +83,8 @@ class Edge:
         deadline = time.monotonic() + timeout
         while not path.exists():
             if time.monotonic() > deadline:
-                raise TimeoutError(f"no summary for {scan_id}")
+                tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-20:])
+                raise TimeoutError(f"no summary for {scan_id} after {timeout:g} s; the edge's log ends:\n{tail}")
             time.sleep(0.05)
         time.sleep(0.05)
         return json.loads(path.read_text())
