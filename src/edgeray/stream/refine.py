@@ -85,7 +85,8 @@ class LiveRefiner:
         frame_shape: ``(H, W)``; probe: ``(H, W)`` complex unit-power probe (the network's);
         valid: ``(H, W)`` bool of good detector pixels or None; options: :class:`RefineOptions`;
         mosaic: ``() -> (numerator, coverage, origin_m, pixel_size_m)``, the network's mosaic (taken under the
-            caller's lock); backlog: ``() -> int`` frames waiting for inference or writing;
+            caller's lock); backlog: ``() -> int`` frames received and not yet in the mosaic (refinement pauses above
+            ``options.max_backlog``);
         tail_threads: torch threads once the scan has ended (while it streams: one, so that the stages of the
             stream keep their cores).
     """
