@@ -15,7 +15,7 @@ from edgeray.nn.corpus import FAMILIES, Corpus, CorpusConfig, unit_probe
 from edgeray.nn.export import OnnxModel, export_onnx
 from edgeray.nn.finetune import FinetuneOptions, finetune_on_scan, holdout_deviance, overlap_deviance
 from edgeray.nn.learn import CorpusTrainOptions, train_on_corpus
-from edgeray.nn.models import EdgeNet, ModelConfig, build_model
+from edgeray.nn.models import EdgeNet, ModelConfig, build_model, softplus
 from edgeray.nn.physics import far_field_intensity, poisson_deviance, probe_weights, supervised_losses
 from edgeray.nn.trainset import object_patches, relative_to_transmission
 from edgeray.sim import PtychoSimConfig, simulate_ptycho
@@ -105,6 +105,22 @@ def test_edge_model_carries_its_probe_exports_and_loads(tmp_path, probe32):
     save_model(tmp_path / "m", model, {"config": config.to_dict()})
     loaded, _ = load_model(tmp_path / "m")
     np.testing.assert_allclose(loaded.complex_probe().numpy(), other.numpy(), atol=1e-6)
+
+
+def test_exported_softplus_is_the_same_function_without_the_slow_kernel(tmp_path):
+    import onnx
+
+    class Amplitude(torch.nn.Module):
+        def forward(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return softplus(logits), logits
+
+    logits = torch.linspace(-60.0, 60.0, 32 * 32 * 3).reshape(3, 1, 32, 32)
+    path = export_onnx(Amplitude(), tmp_path / "softplus.onnx", 32)
+    assert "Softplus" not in {node.op_type for node in onnx.load(str(path)).graph.node}
+    exported, _ = OnnxModel(path)(logits)
+    reference = torch.nn.functional.softplus(logits.double())  # float64: log(1 + e^x) to the last bit
+    # amplitudes are ~1 (relative to the transmission): the error is judged against max(1, value)
+    assert float(((exported.double() - reference) / reference.clamp_min(1.0)).abs().max()) < 1e-6
 
 
 def test_training_on_the_corpus_learns_and_resumes(tmp_path):

@@ -549,11 +549,11 @@ def test_edge_swaps_to_a_new_model_without_losing_frames_and_rejects_a_corrupt_o
     assert registry.current() == "v0001"  # the shipped model, published as the first version
     first_version = service.model_version
     retrained = tmp_path / "retrained"  # a "fine-tuned" model: the shipped one with nudged weights
-    shutil.copytree(SHIPPED, retrained, ignore=shutil.ignore_patterns("model.onnx"))
+    shutil.copytree(SHIPPED, retrained, ignore=shutil.ignore_patterns("*.onnx"))
     weights = load_file(retrained / "model.safetensors")
     save_file({k: v * 1.01 for k, v in weights.items()}, retrained / "model.safetensors")
     corrupt = tmp_path / "corrupt"
-    shutil.copytree(SHIPPED, corrupt, ignore=shutil.ignore_patterns("model.onnx"))
+    shutil.copytree(SHIPPED, corrupt, ignore=shutil.ignore_patterns("*.onnx"))
     (corrupt / "model.safetensors").write_bytes(b"\0" * 100)
     socket = connect(service.endpoint)
     sender = threading.Thread(target=replay, args=(scan, socket, 400), kwargs={"scan_id": "swap"})

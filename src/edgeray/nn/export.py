@@ -9,6 +9,10 @@ import numpy as np
 import torch
 from torch import nn
 
+EXPORT_VERSION = 2
+"""Bumped when the exported graph changes for the same weights (2: the edge model's Softplus written out), so that
+ONNX files cached beside a model's weights are written again."""
+
 
 def export_onnx(model: nn.Module, path: str | Path, frame_size: int) -> Path:
     """Write ``model`` as ONNX (opset 17, dynamic batch): input ``frames`` (N, 1, H, W), outputs ``amplitude``,

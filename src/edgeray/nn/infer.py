@@ -68,10 +68,10 @@ def cpu_runtime(model: nn.Module, card: dict, model_dir: str | Path | None, back
     if backend == "torch":
         return model
     from edgeray.nn.checkpoint import SHIPPED
-    from edgeray.nn.export import OnnxModel, export_onnx
+    from edgeray.nn.export import EXPORT_VERSION, OnnxModel, export_onnx
 
     directory = Path(model_dir) if model_dir is not None else SHIPPED
-    onnx_path = directory / "model.onnx"
+    onnx_path = directory / f"model.export{EXPORT_VERSION}.onnx"
     weights = directory / "model.safetensors"
     if not onnx_path.exists() or onnx_path.stat().st_mtime < weights.stat().st_mtime:
         try:
@@ -79,7 +79,7 @@ def cpu_runtime(model: nn.Module, card: dict, model_dir: str | Path | None, back
         except OSError:  # a read-only install: export beside a temporary name instead
             import tempfile
 
-            onnx_path = Path(tempfile.mkdtemp()) / "model.onnx"
+            onnx_path = Path(tempfile.mkdtemp()) / onnx_path.name
             export_onnx(model, onnx_path, card["config"]["frame_size"])
     return OnnxModel(onnx_path, threads=torch.get_num_threads())
 
