@@ -200,6 +200,7 @@ class EdgeService:
 
             self.infer_pool = ThreadPoolExecutor(options.infer_workers, thread_name_prefix="edge-infer-worker")
         self.writer = WriterProcess(options.flush_s)
+        self.writer.wait_ready()  # ready before the first frame can come: its start-up would delay the first ones
         self.writer_lock = threading.Lock()  # the receiver sends, the monitor restarts
         self.runs_in_writer: deque = deque()  # scans sent to the writer and not yet closed, oldest first
         self.control: queue.Queue = queue.Queue()  # start / end / stop, in order, for the inference

@@ -5,6 +5,7 @@ far the ring is filled; the writer appends those frames to the scan's run file (
 valid at every moment) and, after each flush, sets the ring's ``written`` counter: frames below it are safe and
 their slots may be reused. Control messages are JSON over a pipe (no pickle):
 
+- on its start, once its imports are done -> ``{"op": "ready"}``;
 - ``{"op": "start", "ring": {...}, "path": ..., "start": {scan_id, dtype, shape, geometry}, "attrs": {...}}``
   -> ``{"op": "started", "path": ...}``
 - ``{"op": "frames", "stop": N}``: frames ``< N`` are in the ring;
@@ -83,8 +84,10 @@ class _Scan:
 
 
 def writer_main(connection: Connection, flush_s: float = 0.2, block: int = 1024) -> None:
-    """The writer process: follow the control messages until ``stop`` (or the pipe closes)."""
+    """The writer process: say it is ready, then follow the control messages until ``stop`` (or the pipe
+    closes)."""
     scan: _Scan | None = None
+    _send(connection, {"op": "ready"})
     while True:
         try:
             message = _receive(connection, flush_s / 2)
@@ -136,6 +139,14 @@ class WriterProcess:
         self.process.start()
         child.close()
         self.replies: list[dict] = []
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Return once the process has started and imported what it needs (about half a second of CPU, which
+        would otherwise compete with a scan's first frames); RuntimeError if it does not within ``timeout`` s."""
+        if self.wait_for("ready", timeout) is None:
+            raise RuntimeError(
+                f"the run-file writer process did not start within {timeout:g} s (exit code {self.process.exitcode})"
+            )
 
     def alive(self) -> bool:
         return self.process.is_alive()
