@@ -107,6 +107,36 @@ def test_protocol_rejects(parts, reason):
         decode(parts)
 
 
+SENDER = """
+import sys
+from edgeray.stream import connect, disconnect
+socket = connect(sys.argv[1])
+for _ in range(int(sys.argv[2])):
+    socket.send(bytes(4096))
+socket.send(b"END")
+sys.exit(0 if disconnect(socket) else 3)
+"""
+
+
+def test_a_sender_that_exits_ahead_of_a_slow_edge_delivers_everything():
+    # ZeroMQ's I/O thread dies with the process: without disconnect() the queued tail and the end were lost
+    context = zmq.Context()
+    receiver = context.socket(zmq.PULL)
+    port = receiver.bind_to_random_port("tcp://127.0.0.1")
+    sent = 40_000
+    sender = subprocess.Popen([sys.executable, "-c", SENDER, f"tcp://127.0.0.1:{port}", str(sent)])
+    received, last = 0, b""
+    while last != b"END" and receiver.poll(20_000):
+        last = receiver.recv()
+        received += 1
+        if received % 500 == 0:
+            time.sleep(0.005)  # a slow receiver: the sender is done long before it is
+    assert sender.wait(60) == 0
+    assert (received, last) == (sent + 1, b"END")
+    receiver.close(linger=0)
+    context.term()
+
+
 def test_protocol_rejects_byte_count():
     header, payload = encode_frame("s", 0, np.zeros((4, 4), np.uint16), (0, 0))
     with pytest.raises(ProtocolError, match="has 30 bytes, uint16 x \\(4, 4\\) needs 32"):

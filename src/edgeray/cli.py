@@ -801,8 +801,20 @@ def _replay_tomo(args: argparse.Namespace) -> int:
         scan_id = args.scan_id if args.repeat == 1 else f"{args.scan_id or 'tomo'}-{k + 1}"
         report = replay_tomo(scan, socket, rate, args.order, scan_id, _slices_or_all(args.rows))
         print(json.dumps(report.as_dict()), flush=True)
-    socket.close()
-    return 0
+    return _disconnect_or_warn(socket)
+
+
+def _disconnect_or_warn(socket) -> int:
+    """Wait for the queued messages to leave (:func:`edgeray.stream.detector.disconnect`); 1 (and an error) when
+    some could not."""
+    from edgeray.stream import disconnect
+    from edgeray.stream.detector import LINGER_MS
+
+    if disconnect(socket):
+        return 0
+    console.print(f"[red]error:[/] {LINGER_MS / 1e3:g} s after the last send, messages were still queued (the edge is "
+                  "that far behind, or gone); they and the end message were dropped")  # fmt: skip
+    return 1
 
 
 def _slices_or_all(spec: str | None) -> slice | None:
@@ -826,8 +838,7 @@ def cmd_detector_replay(args: argparse.Namespace) -> int:
             report = replay(scan, socket, args.rate, scan_id=scan_id, progress=update, cycles=args.cycles)
         reports.append(report.as_dict())
         print(json.dumps(report.as_dict()), flush=True)
-    socket.close()  # lingers until every queued frame has left
-    return 0
+    return _disconnect_or_warn(socket)
 
 
 def _serve(service, view_class, args: argparse.Namespace, label: str) -> int:

@@ -12,6 +12,7 @@ _WHERE = {
     "Dashboard": "dashboard",
     "ReplayReport": "detector",
     "connect": "detector",
+    "disconnect": "detector",
     "replay": "detector",
     "scan_geometry": "detector",
     "EdgeOptions": "edge",
