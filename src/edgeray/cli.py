@@ -850,7 +850,7 @@ def _serve(service, view_class, args: argparse.Namespace, label: str) -> int:
     dashboard = None
     if args.http != "off":
         host, _, port = args.http.rpartition(":")
-        dashboard = view_class(service, host or "127.0.0.1", int(port)).start()
+        dashboard = view_class(service, host or "127.0.0.1", int(port), max_fps=args.view_fps).start()
     ready = {"listen": service.endpoint, "view": dashboard.url if dashboard else None, "out": str(args.out)}
     print(json.dumps({"ready": ready}), flush=True)
     console.print(f"[bold]{label}[/] listening on {service.endpoint}; live view {ready['view']}; writing to {args.out}")
@@ -1365,6 +1365,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--registry", type=Path, default=None,
                    help="model registry to follow: run CURRENT, swap to new versions between batches")  # fmt: skip
     e.add_argument("--http", default="127.0.0.1:8765", help="live view HOST:PORT, or 'off'")
+    e.add_argument("--view-fps", type=float, default=3.0,
+                   help="live view updates per second (10 beside a browser on 2 cores: p99 latency 114-846 ms; "
+                        "3: 74-77 ms)")  # fmt: skip
     e.add_argument("--publish", default="tcp://127.0.0.1:5556", help="PUB endpoint for mosaic and stats, or 'off'")
     e.add_argument("--scans", type=int, default=None, help="exit after this many scans (default: run until stopped)")
     e.add_argument("--hold", type=float, default=0.0, help="keep the live view up this many seconds at exit")

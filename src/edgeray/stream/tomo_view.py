@@ -1,8 +1,8 @@
 """The live view of the edge in tomography mode: the middle slice as streamed (raw) and enhanced, and the counts.
 
 Routes: ``/`` (the page), ``/stats.json`` (:meth:`TomoEdgeService.snapshot`), ``/raw.png``, ``/enhanced.png``.
-The page polls the stats every 100 ms and reloads the images after each update of the slices. Binds 127.0.0.1
-only, as the ptychography view does.
+The page polls the stats ``max_fps`` times a second (3) and reloads the images after each update of the slices.
+Binds 127.0.0.1 only, as the ptychography view does.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ async function tick() {
     }
   } catch (e) { $("scan").textContent = "(edge not reachable)"; }
 }
-setInterval(tick, 100); tick();
+setInterval(tick, POLL_MS); tick();
 </script></body></html>
 """
 
@@ -68,14 +68,23 @@ def grey_png(image: np.ndarray) -> bytes:
 
 
 class TomoDashboard:
-    """Serve the live view of a :class:`~edgeray.stream.tomo.TomoEdgeService` on ``host:port`` (0: any port)."""
+    """Serve the live view of a :class:`~edgeray.stream.tomo.TomoEdgeService` on ``host:port`` (0: any port); the
+    page polls ``max_fps`` times a second."""
 
-    def __init__(self, service, host: str = "127.0.0.1", port: int = 8765):
+    def __init__(self, service, host: str = "127.0.0.1", port: int = 8765, max_fps: float = 3.0):
+        if not max_fps > 0:
+            raise ValueError(f"the live view's updates per second must be > 0, not {max_fps}")
         if not is_local(f"tcp://{host}:{port}"):
             raise ValueError(f"the live view binds {host}: only loopback addresses are allowed (use an SSH tunnel)")
         self.service = service
         self.server, self.url, self.thread = serve_view(
-            host, port, PAGE, service.snapshot, self.image, ("raw", "enhanced"), "tomo-view"
+            host,
+            port,
+            PAGE.replace("POLL_MS", str(round(1000 / max_fps))),
+            service.snapshot,
+            self.image,
+            ("raw", "enhanced"),
+            "tomo-view",
         )
 
     def image(self, name: str) -> bytes | None:
