@@ -660,11 +660,16 @@ class EdgeService:
         probe = probe / torch.linalg.vector_norm(probe)
 
         def mosaic():
+            # The lock only for the references: the refinement runs at the lowest priority, and holding the lock
+            # through a copy of the whole mosaic it could be descheduled with it, stalling the stitching. A grown
+            # mosaic is a new pair of tensors, so these stay consistent with this origin; a patch added while
+            # they are copied may be in one and not yet in the other, which only touches the refinement's seed.
             with self.lock:
                 m = run.mosaic
                 if m.origin_m is None:
                     return None, None, None, None
-                return m.numerator.clone(), m.coverage.clone(), m.origin_m.copy(), m.pixel_size_m.copy()
+                numerator, coverage, origin_m, pixel_size_m = m.numerator, m.coverage, m.origin_m, m.pixel_size_m
+            return numerator.clone(), coverage.clone(), origin_m.copy(), pixel_size_m.copy()
 
         def backlog() -> int:  # frames not yet in the mosaic; the writer's only once it lags by half the ring
             unwritten = run.published - run.ring.written
