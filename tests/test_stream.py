@@ -232,6 +232,9 @@ def test_edge_keeps_and_inverts_every_frame(tmp_path, scan):
         assert summary[key] == scan.n_frames, key
     assert summary["complete"] and summary["frames_invalid"] == 0
     assert 0 < summary["latency_ms_p50"] <= summary["latency_ms_p99"]
+    profile = summary["latency_ms_p99_per_s"]  # one p99 per second of the scan, the worst of them the scan's max
+    assert len(profile) == int(np.ceil(summary["seconds"]))
+    assert summary["latency_ms_p99"] - 0.05 <= max(profile) <= summary["latency_ms_max"] + 0.05  # rounded to 0.1
     cpu, busy = summary["stage_cpu_fraction"], summary["stage_busy_fraction"]
     for stage in ("infer", "stitch", "write"):  # one thread (process) each: CPU time within its wall time at work
         assert 0 < cpu[stage] <= 1.05 * busy[stage] + 2e-3, (stage, cpu, busy)

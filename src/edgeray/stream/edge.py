@@ -167,6 +167,15 @@ class ScanRun:
         return closed if self.closed.is_set() else max(closed, self.ring.written if self.ring else 0)
 
 
+def latency_profile(latencies_ms: np.ndarray, seconds: float) -> list[float]:
+    """p99 latency (ms) of each second of a scan: the inverted frames, in order, in ``ceil(seconds)`` equal
+    blocks; where in the scan the slow frames were (its start, a stall, the end)."""
+    blocks = min(int(np.ceil(seconds)), len(latencies_ms))
+    if blocks < 1:
+        return []
+    return [round(float(np.percentile(block, 99)), 1) for block in np.array_split(latencies_ms, blocks)]
+
+
 class EdgeService:
     """The edge service; :meth:`start` its threads, :meth:`stop` (or ``options.scans``) to end, :meth:`join`."""
 
@@ -725,6 +734,7 @@ class EdgeService:
             "latency_ms_p50": float(np.percentile(latencies, 50)) if latencies.size else None,
             "latency_ms_p99": float(np.percentile(latencies, 99)) if latencies.size else None,
             "latency_ms_max": float(latencies.max()) if latencies.size else None,
+            "latency_ms_p99_per_s": latency_profile(latencies, seconds),
             "stage_busy_fraction": busy,
             "stage_cpu_fraction": cpu,
             "stream_cpu_cores": sum(cpu.values()),
