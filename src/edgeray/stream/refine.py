@@ -56,6 +56,8 @@ class RefineOptions:
             (the mosaic without its large-scale phase) or ``flat`` (ones).
         momentum, momentum_scale_px: low-pass momentum at each whole epoch once the scan has ended (the grid no
             longer grows): see :class:`~edgeray.ptycho.engine.LowPassMomentum`; 0 turns it off.
+        start_after_s: seconds after the scan's start before the first update: the stream's stages settle first
+            (in `edgeray demo` the first second held the scan's slowest frames while the refinement set up).
     """
 
     engine: str = "lsqml"
@@ -67,6 +69,7 @@ class RefineOptions:
     seed: str = "network-detail"
     momentum: float = 0.8
     momentum_scale_px: float = 8.0
+    start_after_s: float = 1.0
 
 
 def _lower_thread_priority() -> None:
@@ -370,6 +373,7 @@ class LiveRefiner:
     def _run(self) -> None:
         _lower_thread_priority()
         torch.set_num_threads(1)  # this thread's own setting (torch keeps one per thread)
+        self.ended.wait(self.options.start_after_s)  # the stream settles first (a short scan may end before)
         tail = False
         while not self.stop.is_set():
             if self.ended.is_set() and not tail:
