@@ -85,7 +85,7 @@ def connect(endpoint: str, context: zmq.Context | None = None, curve_keys=None) 
 def disconnect(socket: zmq.Socket) -> bool:
     """Close ``socket`` and terminate its context, waiting up to :data:`LINGER_MS` for queued messages to leave;
     returns False when that wait ran out (the edge was that far behind: the frames still queued, and the scan's
-    end message, were dropped).
+    end message, were dropped). The socket must be the last one open on its context (termination waits for all).
 
     A process that only closes the socket and exits loses whatever is still queued: ZeroMQ's I/O thread dies with
     it (measured: an exiting sender ahead of its receiver delivered 63 k of 200 k messages and no end message).
