@@ -119,10 +119,17 @@ class _QuietServer(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
-def serve_view(host: str, port: int, page: str, stats, image, names: tuple[str, ...], thread_name: str):
-    """An HTTP server for a live view (not started): ``/`` the ``page``, ``/stats.json`` from ``stats()``,
-    ``/<name>.png`` from ``image(name)`` (PNG bytes, or None: 404) for each of ``names``.
-    Returns ``(server, url, thread)``; start the thread to serve."""
+def serve_view(host: str, port: int, page: str, stats, image, names: tuple[str, ...], thread_name: str,
+               max_fps: float = 3.0):  # fmt: skip
+    """An HTTP server for a live view (not started) on loopback ``host:port``: ``/`` the ``page`` (its ``POLL_MS``
+    set for ``max_fps`` polls a second), ``/stats.json`` from ``stats()``, ``/<name>.png`` from ``image(name)`` (PNG
+    bytes, or None: 404) for each of ``names``. Returns ``(server, url, thread)``; start the thread to serve.
+    ValueError for a non-loopback ``host`` or ``max_fps <= 0``."""
+    if not max_fps > 0:
+        raise ValueError(f"the live view's updates per second must be > 0, not {max_fps}")
+    if not is_local(f"tcp://{host}:{port}"):
+        raise ValueError(f"the live view binds {host}: only loopback addresses are allowed (use an SSH tunnel)")
+    page = page.replace("POLL_MS", str(round(1000 / max_fps)))
     pngs = {f"/{name}.png": name for name in names}
 
     class Handler(BaseHTTPRequestHandler):
@@ -171,10 +178,9 @@ class Dashboard:
 
     def __init__(self, service, host: str = "127.0.0.1", port: int = 8765, max_fps: float = 3.0, max_side: int = 512,
                  busy_frames: int = 64, busy_interval_s: float = 1.0):  # fmt: skip
-        if not max_fps > 0:
-            raise ValueError(f"the live view's updates per second must be > 0, not {max_fps}")
-        if not is_local(f"tcp://{host}:{port}"):
-            raise ValueError(f"the live view binds {host}: only loopback addresses are allowed (use an SSH tunnel)")
+        self.server, self.url, self.thread = serve_view(
+            host, port, PAGE, service.snapshot, self.image, ("phase", "amplitude"), "edge-dashboard", max_fps
+        )
         self.service = service
         self.min_interval_s = 1.0 / max_fps
         self.busy_frames, self.busy_interval_s = busy_frames, busy_interval_s
@@ -182,15 +188,6 @@ class Dashboard:
         self._render_lock = threading.Lock()
         self._last_render = 0.0
         self.max_side = max_side
-        self.server, self.url, self.thread = serve_view(
-            host,
-            port,
-            PAGE.replace("POLL_MS", str(round(1000 / max_fps))),
-            service.snapshot,
-            self.image,
-            ("phase", "amplitude"),
-            "edge-dashboard",
-        )
 
     def start(self) -> Dashboard:
         self.thread.start()
