@@ -46,11 +46,11 @@ def scatter_patches(values: torch.Tensor, indices: torch.Tensor, object_shape: t
     return out.reshape(object_shape)
 
 
-def shift_ramps(fractions: torch.Tensor, frame_shape: tuple[int, int], dtype=torch.complex64) -> torch.Tensor:
-    """Fourier-domain factors ``(N, H, W)`` that move an image by ``fractions`` ``(N, 2)`` pixels ``[y, x]``.
-
-    Separable: the outer product of one 1-D phase ramp per axis (``N (H + W)`` exponentials, not ``N H W``).
-    """
+def separable_ramps(
+    fractions: torch.Tensor, frame_shape: tuple[int, int], dtype=torch.complex64
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 1-D Fourier factors ``(N, H)`` and ``(N, W)`` whose outer product moves an image by ``fractions``
+    ``(N, 2)`` pixels ``[y, x]`` (see :func:`shift_ramps`)."""
     device = fractions.device
     real = torch.float64 if dtype == torch.complex128 else torch.float32
     ky = torch.fft.fftfreq(frame_shape[0], device=device, dtype=real)
@@ -58,8 +58,15 @@ def shift_ramps(fractions: torch.Tensor, frame_shape: tuple[int, int], dtype=tor
     f = fractions.to(real)
     phase_y = (-2 * math.pi) * f[:, 0, None] * ky[None, :]
     phase_x = (-2 * math.pi) * f[:, 1, None] * kx[None, :]
-    ramp_y = torch.polar(torch.ones_like(phase_y), phase_y)
-    ramp_x = torch.polar(torch.ones_like(phase_x), phase_x)
+    return torch.polar(torch.ones_like(phase_y), phase_y), torch.polar(torch.ones_like(phase_x), phase_x)
+
+
+def shift_ramps(fractions: torch.Tensor, frame_shape: tuple[int, int], dtype=torch.complex64) -> torch.Tensor:
+    """Fourier-domain factors ``(N, H, W)`` that move an image by ``fractions`` ``(N, 2)`` pixels ``[y, x]``.
+
+    Separable: the outer product of one 1-D phase ramp per axis (``N (H + W)`` exponentials, not ``N H W``).
+    """
+    ramp_y, ramp_x = separable_ramps(fractions, frame_shape, dtype)
     return ramp_y[:, :, None] * ramp_x[:, None, :]
 
 
