@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,9 +22,9 @@ class LSQMLOptions(EngineOptions):
         delta_object, delta_probe: regularization of the preconditioners, as a fraction of their maximum.
         max_step: cap of the per-frame step sizes.
         momentum: on by default here (0.8): see :class:`~edgeray.ptycho.engine.LowPassMomentum`.
-        fused: run each mini-batch step as fused CPU kernels (:mod:`edgeray.ptycho.fused`; same results to
-            float32 rounding, ~4x faster on 64 x 64 frames) where they apply: on the CPU, in one process, Gaussian
-            noise, no position correction. False, or anywhere else: the tensor operations (the reference).
+        fused: run each mini-batch step as fused CPU kernels (:mod:`edgeray.ptycho.fused`; the same results to
+            float32 rounding) where they apply: on the CPU, in one process, Gaussian noise, no position
+            correction, ``delta_object > 0``. False, or anywhere else: the tensor operations (the reference).
     """
 
     noise: str = "gaussian"
@@ -53,6 +54,7 @@ class LSQMLEngine(Engine):
             and not self.dense_sums
             and options.noise == "gaussian"
             and not self.correct_positions_now()
+            and options.delta_object > 0
         )
 
     def update(self, index: torch.Tensor, refine_probe: bool = True) -> float:
@@ -103,80 +105,124 @@ class LSQMLEngine(Engine):
         return misfit
 
 
-def _moved(spectrum: torch.Tensor, ramps: tuple[np.ndarray, np.ndarray] | None, n: int, parts: int) -> torch.Tensor:
-    """``ifft2`` of a spectrum ``(M, H, W)`` moved by each frame's sub-pixel ramps -> ``(B, M, H, W)``."""
-    if ramps is None:
-        return torch.fft.ifft2(spectrum)[None].expand(n, -1, -1, -1).contiguous()
-    moved = torch.empty((n, *spectrum.shape), dtype=spectrum.dtype)
-    fused.in_parts(fused.ramp_spectra, (0, n), parts, spectrum.numpy(), *ramps, moved.numpy())
-    return torch.fft.ifft2(moved)
+def _workspace(engine: LSQMLEngine, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A batch-sized array kept between steps (fresh arrays of this size cost page faults on every step)."""
+    space = engine.__dict__.setdefault("_fused_workspace", {})
+    key = (name, tuple(shape), dtype)
+    if key not in space:
+        space[key] = torch.empty(shape, dtype=dtype)
+    return space[key]
+
+
+def _propagate(propagate: Callable, waves: torch.Tensor, out: torch.Tensor) -> None:
+    """``out[:] = propagate(waves)``, written in place where the propagator can (the far field)."""
+    result = propagate(waves, out=out)
+    if result.data_ptr() != out.data_ptr():
+        out.copy_(result)
 
 
 def fused_update(engine: LSQMLEngine, index: torch.Tensor, refine_probe: bool) -> float:
-    """:meth:`LSQMLEngine.update` as fused CPU kernels (same algebra, same order of updates), each stage on
-    ``torch.get_num_threads()`` threads."""
+    """:meth:`LSQMLEngine.update` as fused CPU kernels (same algebra, same order of updates).
+
+    The frames are cut into ``torch.get_num_threads()`` parts, each taken through the per-frame stages (probe
+    shifts, exit waves, propagation, the Fourier update, the sums) on a thread of its own with its own FFTs; the
+    sums into the object are cut by object rows. Arrays of the batch's size are kept between steps.
+    """
     options: LSQMLOptions = engine.options
     problem, state = engine.problem, engine.state
     height, width = problem.frame_shape
-    n, parts = len(index), torch.get_num_threads()
-    frames = (0, n)
+    n, modes, parts = len(index), state.probe.shape[0], torch.get_num_threads()
+    frames, shape, flat = (0, n), (n, modes, height, width), (n, modes, height * width)
+
+    def space(name: str, size: tuple[int, ...] = shape, dtype: torch.dtype = engine.complex) -> torch.Tensor:
+        return _workspace(engine, name, size, dtype)
+
     corners, fractions = split_positions(state.positions_px[index], problem.frame_shape)
     corners = corners.contiguous().numpy()
     rows = (int(corners[:, 0].min()), int(corners[:, 0].max()) + height)  # the object rows the batch reaches
     ramps = None
     if not bool((fractions == 0).all()):
         ramps = tuple(r.contiguous().numpy() for r in separable_ramps(fractions, problem.frame_shape, engine.complex))
-    spectrum = torch.fft.fft2(state.probe)
-    probes = _moved(spectrum, ramps, n, parts)
-    patches = torch.empty((n, height, width), dtype=engine.complex)
-    waves = torch.empty_like(probes)
     obj = state.object.numpy()
-    fused.in_parts(fused.exit_waves, frames, parts, obj, corners, probes.numpy(), patches.numpy(), waves.numpy())
-    far = problem.propagator.forward(waves).contiguous()
-    amplitudes = problem.amplitudes.index_select(0, index).to(engine.real).contiguous().numpy()
-    valid = engine.valid.contiguous().numpy()
-    intensity = np.empty((n, height, width), dtype=amplitudes.dtype)
-    sums = fused.in_parts(fused.intensities, frames, parts, far.numpy(), amplitudes, valid, intensity)
-    misfit, total = (sum(values) for values in zip(*sums, strict=True))
-    real = amplitudes.dtype.type  # scalars in the arrays' precision keep the kernels' arithmetic in it
-    eps = real(1e-6 * total / intensity.size + 1e-30)  # as Batch.exit_wave_update
-    fused.in_parts(fused.magnitude_update, frames, parts, far.numpy(), amplitudes, valid, intensity, eps)
-    chi = problem.propagator.backward(far).contiguous()
+    probes, patches, waves = space("probes"), space("patches", (n, height, width)), space("waves")
+    far, chi, ramped = space("far"), space("chi"), space("ramped")
 
+    def shifted(spectrum: torch.Tensor, out: torch.Tensor, first: int, last: int) -> None:
+        """``out[first:last]``: ``ifft2`` of ``spectrum`` ``(M, H, W)`` moved to each frame's sub-pixel place."""
+        if ramps is None:
+            out[first:last] = torch.fft.ifft2(spectrum)
+            return
+        fused.ramp_spectra(spectrum.numpy(), *ramps, ramped.numpy(), first, last)
+        torch.fft.ifft2(ramped[first:last], out=out[first:last])
+
+    probe_spectrum = torch.fft.fft2(state.probe)
+
+    def exit_waves(first: int, last: int) -> float:
+        shifted(probe_spectrum, probes, first, last)
+        return fused.exit_waves(obj, corners, probes.numpy(), patches.numpy(), waves.numpy(), first, last)
+
+    totals = fused.in_parts(exit_waves, frames, parts)
+    amplitudes = problem.amplitudes.index_select(0, index).to(engine.real).contiguous().numpy().reshape(n, -1)
+    valid = engine.valid.contiguous().numpy().reshape(-1)
+    real = amplitudes.dtype.type  # scalars in the arrays' precision keep the kernels' arithmetic in it
+    eps = real(1e-6 * sum(totals) / (n * height * width) + 1e-30)  # as Batch.exit_wave_update (Parseval)
+    probe_power = space("probe power", (n, height, width), engine.real).numpy()
+    probe_chi = space("probe chi", (n, height, width)).numpy()
+
+    def fourier_update(first: int, last: int) -> float:
+        _propagate(problem.propagator.forward, waves[first:last], far[first:last])
+        misfit = fused.magnitude_update(far.numpy().reshape(flat), amplitudes, valid, eps, first, last)
+        _propagate(problem.propagator.backward, far[first:last], chi[first:last])
+        fused.frame_sums(probes.numpy().reshape(flat), chi.numpy().reshape(flat), probe_power.reshape(n, -1),
+                         probe_chi.reshape(n, -1), first, last)  # fmt: skip
+        return misfit
+
+    misfits = fused.in_parts(fourier_update, frames, parts)
     buffers = engine.__dict__.setdefault("_fused_buffers", {})
     if buffers.get("shape") != problem.object_shape or buffers.get("dtype") != engine.real:
-        shape = problem.object_shape
-        buffers.update(shape=shape, dtype=engine.real, illumination=np.zeros(shape, amplitudes.dtype),
-                       gradient=np.zeros(shape, obj.dtype), weighted=np.zeros(shape, amplitudes.dtype))  # fmt: skip
+        size = problem.object_shape
+        buffers.update(shape=size, dtype=engine.real, illumination=np.zeros(size, amplitudes.dtype),
+                       gradient=np.zeros(size, obj.dtype), weighted=np.zeros(size, amplitudes.dtype))  # fmt: skip
     illumination, gradient = buffers["illumination"], buffers["gradient"]
-    probe_power = np.empty((n, height, width), dtype=amplitudes.dtype)
-    probe_chi = np.empty((n, height, width), dtype=obj.dtype)
-    fused.in_parts(fused.frame_sums, frames, parts, probes.numpy(), chi.numpy(), probe_power, probe_chi)
     largest = fused.in_parts(fused.scatter_sums, rows, parts, corners, probe_power, probe_chi, illumination, gradient)
     regularizer = real(options.delta_object * max(largest))
-    direction = np.empty((n, height, width), dtype=obj.dtype)
+    direction = space("direction", (n, height, width)).numpy()
     a11, b1 = np.empty(n), np.empty(n)
-    fused.in_parts(fused.object_direction, frames, parts, illumination, gradient, corners, probe_power, probe_chi,
-                   regularizer, direction, a11, b1)  # fmt: skip
+    values, spectra = space("values"), space("values fft")
+
+    def directions(first: int, last: int) -> np.ndarray | None:
+        fused.object_direction(illumination, gradient, corners, probe_power, probe_chi, regularizer, direction,
+                               a11, b1, first, last)  # fmt: skip
+        if not refine_probe:
+            return None
+        weight = fused.probe_gradient_terms(patches.numpy().reshape(n, -1), chi.numpy().reshape(flat),
+                                            values.numpy().reshape(flat), valid[:0], first, last)  # fmt: skip
+        if ramps is not None:
+            torch.fft.fft2(values[first:last], out=spectra[first:last])
+        return weight
+
+    weights = fused.in_parts(directions, frames, parts)
     a11, b1 = torch.from_numpy(a11), torch.from_numpy(b1)
     if refine_probe:
-        values = torch.empty_like(chi)
-        weight_dtype = np.empty(0, amplitudes.dtype)
-        weights = fused.in_parts(fused.probe_gradient_terms, frames, parts, patches.numpy(), chi.numpy(),
-                                 values.numpy(), weight_dtype)  # fmt: skip
-        weight = torch.from_numpy(sum(weights[1:], weights[0]))
+        weight = torch.from_numpy(sum(weights[1:], weights[0]).reshape(height, width))
         if ramps is None:
             probe_direction = values.sum(dim=0)
         else:
             summed = torch.empty_like(state.probe)
-            fused.in_parts(fused.unramp_sum, (0, height), parts, torch.fft.fft2(values).numpy(), *ramps,
-                           summed.numpy())  # fmt: skip
+            fused.in_parts(fused.unramp_sum, (0, height), parts, spectra.numpy(), *ramps, summed.numpy())
             probe_direction = torch.fft.ifft2(summed)
         probe_direction = probe_direction / (weight + options.delta_probe * weight.max())
-        moved = _moved(torch.fft.fft2(probe_direction), ramps, n, parts)
+        direction_spectrum = torch.fft.fft2(probe_direction)
+        moved = space("moved")
         a22, a12, b2 = np.empty(n), np.empty(n), np.empty(n)
-        fused.in_parts(fused.probe_step_terms, frames, parts, moved.numpy(), patches.numpy(), probes.numpy(),
-                       chi.numpy(), direction, a22, a12, b2)  # fmt: skip
+
+        def probe_terms(first: int, last: int) -> None:
+            shifted(direction_spectrum, moved, first, last)
+            fused.probe_step_terms(moved.numpy().reshape(flat), patches.numpy().reshape(n, -1),
+                                   probes.numpy().reshape(flat), chi.numpy().reshape(flat), direction.reshape(n, -1),
+                                   a22, a12, b2, first, last)  # fmt: skip
+
+        fused.in_parts(probe_terms, frames, parts)
         a22, a12, b2 = torch.from_numpy(a22), torch.from_numpy(a12), torch.from_numpy(b2)
         ridge = 1e-6 * (a11 + a22) + 1e-30
         det = (a11 + ridge) * (a22 + ridge) - a12**2
@@ -189,4 +235,4 @@ def fused_update(engine: LSQMLEngine, index: torch.Tensor, refine_probe: bool) -
     steps = step_object.clamp(0, options.max_step).to(engine.real).numpy()
     fused.in_parts(fused.update_object, rows, parts, obj, corners, probe_power, steps, buffers["weighted"],
                    illumination, gradient, regularizer)  # fmt: skip
-    return float(misfit)
+    return float(sum(misfits))

@@ -112,13 +112,16 @@ class Propagator:
     def __init__(self, kernel: torch.Tensor | None = None):
         self.kernel = kernel
 
-    def forward(self, waves: torch.Tensor) -> torch.Tensor:
-        far = torch.fft.fft2(waves, norm="ortho")
-        return far if self.kernel is None else torch.fft.ifft2(far * self.kernel, norm="ortho")
-
-    def backward(self, waves: torch.Tensor) -> torch.Tensor:
+    def forward(self, waves: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Detector waves of ``waves`` (written to ``out`` when given, in the far field)."""
         if self.kernel is None:
-            return torch.fft.ifft2(waves, norm="ortho")
+            return torch.fft.fft2(waves, norm="ortho", out=out)
+        return torch.fft.ifft2(torch.fft.fft2(waves, norm="ortho") * self.kernel, norm="ortho")
+
+    def backward(self, waves: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Exit waves of detector ``waves`` (written to ``out`` when given, in the far field)."""
+        if self.kernel is None:
+            return torch.fft.ifft2(waves, norm="ortho", out=out)
         return torch.fft.ifft2(torch.fft.fft2(waves, norm="ortho") * self.kernel.conj(), norm="ortho")
 
 
