@@ -66,7 +66,7 @@ def misfit(scan: PtychoScan, geometry: Geometry, obj: np.ndarray, probe: np.ndar
     spectrum = torch.fft.fft2(state.probe)
     total = 0.0
     for index in torch.split(torch.arange(problem.n_frames), 256):
-        total += Batch(problem, state, index, spectrum).misfit(problem.valid)
+        total += float(Batch(problem, state, index, spectrum).misfit(problem.valid))
     return total / float((problem.valid * problem.amplitudes**2).sum())
 
 

@@ -159,9 +159,10 @@ class Batch:
         self.intensity = abs2(self.far[:, 0]) if self.far.shape[1] == 1 else abs2(self.far).sum(dim=1)
         self.amplitudes = problem.amplitudes.index_select(0, index).to(self.intensity.dtype)
 
-    def misfit(self, valid: torch.Tensor) -> float:
-        """Sum of squared amplitude differences over valid pixels."""
-        return float((valid * (torch.sqrt(self.intensity) - self.amplitudes) ** 2).sum())
+    def misfit(self, valid: torch.Tensor) -> torch.Tensor:
+        """Sum of squared amplitude differences over valid pixels: a 0-d tensor on the batch's device (an epoch
+        sums them there and reads the total once, so a GPU epoch does not wait on the host after each batch)."""
+        return (valid * (torch.sqrt(self.intensity) - self.amplitudes) ** 2).sum()
 
     def exit_wave_update(self, problem: Problem, noise: str = "gaussian") -> torch.Tensor:
         """``chi`` ``(B, M, H, W)``: the change of exit waves that best explains the data under ``noise``.
@@ -287,8 +288,9 @@ class Engine:
     def correct_positions_now(self) -> bool:
         return self.options.position_correction and self.epochs_done >= self.options.position_start_epoch
 
-    def epoch(self) -> float:
-        """One pass over the data; returns the summed amplitude misfit measured before each update."""
+    def epoch(self) -> float | torch.Tensor:
+        """One pass over the data; returns the summed amplitude misfit measured before each update (a float, or a
+        0-d tensor on the device)."""
         raise NotImplementedError
 
     def run(
@@ -305,7 +307,7 @@ class Engine:
         good = self.state.clone()
         for _ in range(epochs):
             start = time.perf_counter()
-            misfit = self.epoch()
+            misfit = float(self.epoch())  # the epoch's one host synchronization
             if self.state.probe.shape[0] > 1:
                 self.state.probe = orthogonalize_modes(self.state.probe)
             # one decision for every rank of a distributed run: the misfit and non-finite pixels of all of them

@@ -57,7 +57,7 @@ class LSQMLEngine(Engine):
             and options.delta_object > 0
         )
 
-    def update(self, index: torch.Tensor, refine_probe: bool = True) -> float:
+    def update(self, index: torch.Tensor, refine_probe: bool = True) -> float | torch.Tensor:
         """One mini-batch step on frames ``index`` ``(B,)``; returns their amplitude misfit before it."""
         if self.fused_applies():
             return fused_update(self, index, refine_probe)
@@ -93,8 +93,12 @@ class LSQMLEngine(Engine):
             step_object = ((a22 + ridge) * b1 - a12 * b2) / det
             step_probe = ((a11 + ridge) * b2 - a12 * b1) / det
             step_probe = step_probe.clamp(0, options.max_step)
-            total, count = self.combine_costs([float(step_probe.sum()), float(len(step_probe))])
-            self.state.probe = self.state.probe + total / count * probe_direction
+            if self.dense_sums:  # a distributed run: the mean step over every rank's frames
+                total, count = self.combine_costs([float(step_probe.sum()), float(len(step_probe))])
+                mean_step = torch.tensor(total / count, dtype=self.real, device=step_probe.device)
+            else:  # stays on the device: no host synchronization per batch
+                mean_step = step_probe.mean().to(self.real)
+            self.state.probe = self.state.probe + mean_step * probe_direction
         else:
             step_object = b1 / (a11 + 1e-6 * self.global_max(a11) + 1e-30)
         step_object = step_object.clamp(0, options.max_step).to(probe_power.dtype)

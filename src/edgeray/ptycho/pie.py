@@ -44,7 +44,7 @@ class PIEEngine(Engine):
         refine_probe = self.refine_probe_now()
         return sum(self.update(index, refine_probe) for index in self.batches())
 
-    def update(self, index: torch.Tensor, refine_probe: bool = True) -> float:
+    def update(self, index: torch.Tensor, refine_probe: bool = True) -> torch.Tensor:
         """One mini-batch step on frames ``index`` ``(B,)``; returns their amplitude misfit before it."""
         options: PIEOptions = self.options
         spectrum = torch.fft.fft2(self.state.probe)
@@ -58,8 +58,8 @@ class PIEEngine(Engine):
         # alpha weighs the brightest pixel of ONE frame's probe, as in sequential (r)PIE: the batch's summed
         # illumination would shrink the steps of every frame that does not overlap another in the batch.
         a = options.alpha_object
-        single = float(self.global_max(abs2(batch.probes).sum(dim=1)))
-        floor = 1e-12 * float(self.global_max(illumination.entries))
+        single = self.global_max(abs2(batch.probes).sum(dim=1))  # 0-d tensors: no host synchronization
+        floor = 1e-12 * self.global_max(illumination.entries)
 
         def object_step(n: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
             return options.step_object * n / ((1 - a) * i + a * single + floor)

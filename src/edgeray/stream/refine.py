@@ -357,7 +357,7 @@ class LiveRefiner:
         refine_probe = self.frame_updates >= self.options.refine_probe_after
         with self.lock:
             data = float((self.valid * self.amplitudes[slots] ** 2).sum())
-            misfit = engine.update(slots, refine_probe)
+            misfit = float(engine.update(slots, refine_probe))
             self.object = engine.state.object
             self.probe = engine.state.probe
         self.misfits.append((misfit, data))
