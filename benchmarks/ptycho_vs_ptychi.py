@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgeray.device import resolve_device
 from edgeray.io import PtychoScan, read_cxi
 from edgeray.metrics import align, relative_error
 from edgeray.ptycho import Geometry, State, initial_probe, prepare
@@ -214,6 +215,11 @@ def main() -> None:
         help="cpu, or cuda: both tools on the GPU, 3600 frames of 128x128 only (the GPU target)",
     )
     args = parser.parse_args()
+    try:
+        resolve_device(args.device)  # before any work: a GPU asked for and none here is said at once
+    except ValueError as error:
+        emit({"error": str(error)})
+        sys.exit(1)
     gpu = args.device.startswith("cuda")
     emit(
         {

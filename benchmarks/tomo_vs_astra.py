@@ -6,6 +6,9 @@ astra: ``FBP`` with the ``linear`` projector and its default Ram-Lak filter (ast
 scikit-image: ``iradon`` with the ramp filter, linear interpolation. EdgeRay: ``gridrec`` (NUFFT, Joseph kernel:
 astra's image) and ``fbp`` (torch backprojection), ramp filter. Times are the best of 3 (2 threads each);
 SSIM on the reconstruction circle against the phantom and against astra's image. Prints one JSON object per line.
+
+    python benchmarks/tomo_vs_astra.py --quick
+    python benchmarks/tomo_vs_astra.py --device cuda     # adds astra's FBP_CUDA and EdgeRay's fbp on the GPU
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 import torch
 from skimage.metrics import structural_similarity
 
+from edgeray.device import resolve_device
 from edgeray.sim import TomoSimConfig, simulate_tomo
 from edgeray.tomo import fbp, gridrec, minus_log, normalize
 from edgeray.tomo.peers import astra_fbp
@@ -51,7 +55,18 @@ def ssim(image: np.ndarray, reference: np.ndarray) -> float:
     return float(structural_similarity(image * disk, reference * disk, data_range=span))
 
 
-def case(size: int, angles: int, repeats: int) -> None:
+def on_gpu(function):
+    """``function`` timed to its end on the GPU (CUDA work is asynchronous)."""
+
+    def timed():
+        result = function()
+        torch.cuda.synchronize()
+        return result
+
+    return timed
+
+
+def case(size: int, angles: int, repeats: int, device: str = "cpu") -> None:
     scan = simulate_tomo(TomoSimConfig(size=size, slices=1, angles=angles, photons=1e6, seed=1))
     sinogram = np.moveaxis(minus_log(normalize(scan.projections, scan.flats, scan.darks)), 1, 0)[0]
     theta = np.radians(scan.theta_deg)
@@ -66,6 +81,11 @@ def case(size: int, angles: int, repeats: int) -> None:
         ),
         "edgeray fbp (torch)": best_of(lambda: fbp(sinogram[None], theta, filter_name="ramp")[0], 1),
     }
+    if device.startswith("cuda"):
+        runs["astra FBP_CUDA"] = best_of(on_gpu(lambda: astra_fbp(sinogram, theta, size, gpu=True)), repeats)
+        runs[f"edgeray fbp (torch, {device})"] = best_of(
+            on_gpu(lambda: fbp(sinogram[None], theta, filter_name="ramp", device=device)[0]), repeats
+        )
     for name, (image, seconds) in runs.items():
         emit({"size": size, "angles": angles, "method": name, "seconds": seconds,
               "speedup_vs_astra": astra_seconds / seconds, "ssim_vs_phantom": ssim(image, phantom),
@@ -79,14 +99,20 @@ def case(size: int, angles: int, repeats: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="256^2/180 and 512^2/360 (about a minute)")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda: adds the GPU rows (astra FBP_CUDA, ours)")
     args = parser.parse_args()
+    try:
+        resolve_device(args.device)  # before any work: a GPU asked for and none here is said at once
+    except ValueError as error:
+        emit({"error": str(error)})
+        raise SystemExit(1) from None
     torch.set_num_threads(2)
     import astra
 
     emit({"benchmark": "tomo_vs_astra", "date": time.strftime("%Y-%m-%d"), "astra": astra.__version__,
           "torch": torch.__version__, "threads": 2})  # fmt: skip
     for size, angles in [(256, 180), (512, 360)] if args.quick else [(512, 360), (1024, 720)]:
-        case(size, angles, 3)
+        case(size, angles, 3, args.device)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -149,6 +150,21 @@ def test_ptycho_reconstruct_bad_option(tmp_path, petra_cxi):
                      check=False)  # fmt: skip
     assert result.returncode == 2 and "cuda" in result.stderr.lower()
     assert not (tmp_path / "x.h5").exists()
+    assert "frames/s" not in result.stdout  # said before any work (no progress bar was started)
+
+
+@pytest.mark.parametrize("benchmark", ["ptycho_vs_ptychi.py", "tomo_vs_astra.py"])
+def test_gpu_benchmarks_say_at_once_when_there_is_no_gpu(benchmark):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / benchmark
+    result = subprocess.run([sys.executable, str(script), "--device", "cuda"], capture_output=True, text=True,
+                            timeout=120)  # fmt: skip
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert result.returncode == 1
+    assert lines == [{"error": "device 'cuda' asked for, but torch sees no CUDA device here (use --device cpu)"}]
 
 
 def test_nn_make_trainset_train_infer(tmp_path):

@@ -1392,6 +1392,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 validation problems, 2 bad input, 130 Ctrl-C)."""
     args = build_parser().parse_args(argv)
     try:
+        if isinstance(getattr(args, "device", None), str):
+            from edgeray.device import resolve_device
+
+            resolve_device(args.device)  # before any work: a GPU asked for and none here is said at once
         return args.func(args)
     except EdgeRayFormatError as exc:
         console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
