@@ -43,10 +43,10 @@ def in_parts(kernel: Callable, span: tuple[int, int], parts: int, *args) -> list
     parts = max(1, min(parts, stop - start))
     if parts == 1:
         return [kernel(*args, start, stop)]
-    bounds = np.linspace(start, stop, parts + 1).astype(int)
+    bounds = [start + (stop - start) * i // parts for i in range(parts + 1)]
     if parts not in _POOLS:
         _POOLS[parts] = ThreadPoolExecutor(parts, "edgeray-fused", initializer=_one_torch_thread)
-    futures = [_POOLS[parts].submit(kernel, *args, int(bounds[i]), int(bounds[i + 1])) for i in range(parts)]
+    futures = [_POOLS[parts].submit(kernel, *args, bounds[i], bounds[i + 1]) for i in range(parts)]
     return [future.result() for future in futures]
 
 
