@@ -96,3 +96,20 @@ def test_whole_runs_agree_and_the_fused_path_steps_aside_where_it_does_not_apply
         state = State(initial_object(problem), problem.amplitudes.new_ones(1, 32, 32, dtype=torch.complex64),
                       problem.positions_px.clone())  # fmt: skip
         assert not LSQMLEngine(problem, state, options).fused_applies()
+
+
+def test_batches_of_varying_size_reuse_the_same_arrays_and_stay_exact():
+    """The live refinement's batches vary in size: the kept arrays must not multiply, nor a smaller batch read a
+    larger one's leftovers."""
+    scan = small_scan(0.5)
+    engines = {}
+    for fused in (True, False):
+        options = default_options("lsqml", fused=fused, dtype="float64", momentum=0.0)
+        problem = prepare(scan)
+        probe = torch.as_tensor(np.asarray(scan.ground_truth.probe, dtype=np.complex64)).reshape(-1, 32, 32)
+        engine = LSQMLEngine(problem, State(initial_object(problem), probe, problem.positions_px.clone()), options)
+        for first, size in ((0, 40), (40, 7), (47, 23), (70, 40)):
+            engine.update(torch.arange(first, first + size), True)
+        engines[fused] = engine
+    assert relative(engines[True].state.object, engines[False].state.object) < 1e-12
+    assert len(engines[True]._fused_workspace) == 12  # one array per name (12 names), grown to the largest batch

@@ -110,12 +110,14 @@ class LSQMLEngine(Engine):
 
 
 def _workspace(engine: LSQMLEngine, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """A batch-sized array kept between steps (fresh arrays of this size cost page faults on every step)."""
+    """A batch-sized array kept between steps (fresh arrays of this size cost page faults on every step): the
+    first ``shape[0]`` frames of one buffer per name, grown to the largest batch asked for (the live refinement's
+    batches vary in size: one buffer per size would grow without bound)."""
     space = engine.__dict__.setdefault("_fused_workspace", {})
-    key = (name, tuple(shape), dtype)
-    if key not in space:
+    key = (name, tuple(shape[1:]), dtype)
+    if key not in space or len(space[key]) < shape[0]:
         space[key] = torch.empty(shape, dtype=dtype)
-    return space[key]
+    return space[key][: shape[0]]
 
 
 def _propagate(propagate: Callable, waves: torch.Tensor, out: torch.Tensor) -> None:
