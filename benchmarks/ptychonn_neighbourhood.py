@@ -23,7 +23,7 @@ import torch
 
 from edgeray.io import Product, PtychoScan
 from edgeray.nn.evaluate import EVALUATION_PAIRS, phase_ssim
-from edgeray.nn.infer import infer_scan
+from edgeray.nn.infer import infer_scan, mosaic_product
 from edgeray.nn.stitch import stitch
 from edgeray.ptycho.problem import object_grid
 from edgeray.ptycho.reconstruct import run
@@ -52,17 +52,7 @@ def causal_neighbourhood_image(scan: PtychoScan, k: int, epochs: int) -> Product
         patches[i] = solved[corner[0] : corner[0] + size, corner[1] : corner[1] + size]
     weights = torch.from_numpy((np.abs(np.asarray(probe).reshape(-1, size, size)) ** 2).sum(0).astype(np.float32))
     obj, _ = stitch(torch.from_numpy(patches), torch.from_numpy(positions_px), grid.object_shape, weights)
-    return Product(
-        object=obj.numpy()[None],
-        probe=np.zeros((1, size, size), np.complex64),
-        positions_m=scan.positions_m,
-        object_pixel_size_m=grid.pixel_size_m,
-        probe_pixel_size_m=grid.pixel_size_m,
-        energy_eV=scan.geometry.energy_eV,
-        distance_m=scan.geometry.distance_m,
-        object_center_m=grid.center_m,
-        name=f"causal neighbourhood K={k}",
-    )
+    return mosaic_product(obj.numpy(), scan, grid, f"causal neighbourhood K={k}")
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from edgeray.nn.checkpoint import load_model
 from edgeray.nn.models import EdgeNet, normalize_frames
 from edgeray.nn.physics import probe_weights
 from edgeray.nn.stitch import centre_weights, stitch, to_complex
-from edgeray.ptycho.problem import object_grid
+from edgeray.ptycho.problem import ObjectGrid, object_grid
 
 
 def predict(model: nn.Module, inputs: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,8 +114,17 @@ def infer_scan(
     positions_px = torch.from_numpy(grid.positions_px).to(device)
     obj, _ = stitch(to_complex(amplitude, phase), positions_px, grid.object_shape, weights)
     seconds = time.perf_counter() - start
-    product = Product(
-        object=obj.cpu().numpy()[None],
+    product = mosaic_product(obj.cpu().numpy(), scan, grid, f"edgeray nn {card['config']['kind']}",
+                             {"engine": "nn", "model": str(model_dir or "shipped"), "seconds": seconds})  # fmt: skip
+    return InferenceResult(product, seconds, scan.n_frames / seconds, mismatches)
+
+
+def mosaic_product(
+    obj: np.ndarray, scan: PtychoScan, grid: ObjectGrid, name: str, attrs: dict | None = None
+) -> Product:
+    """A product holding a stitched object ``(Y, X)`` complex on ``scan``'s object ``grid`` (no probe: zeros)."""
+    return Product(
+        object=np.asarray(obj)[None],
         probe=np.zeros((1, *scan.frames.shape[-2:]), dtype=np.complex64),
         positions_m=scan.positions_m,
         object_pixel_size_m=grid.pixel_size_m,
@@ -123,7 +132,6 @@ def infer_scan(
         energy_eV=scan.geometry.energy_eV,
         distance_m=scan.geometry.distance_m,
         object_center_m=grid.center_m,
-        name=f"edgeray nn {card['config']['kind']}",
-        attrs={"engine": "nn", "model": str(model_dir or "shipped"), "seconds": seconds},
+        name=name,
+        attrs=attrs or {},
     )
-    return InferenceResult(product, seconds, scan.n_frames / seconds, mismatches)

@@ -35,6 +35,17 @@ class LSQMLOptions(EngineOptions):
     fused: bool = True
 
 
+def joint_steps(a11, a12, a22, b1, b2, max_step: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-frame object and probe step sizes ``(B,)`` float64 from the 2 x 2 normal equations
+    ``[[a11, a12], [a12, a22]] [s_o, s_p] = [b1, b2]`` (a small ridge keeps them solvable); the probe's step is
+    clipped to ``[0, max_step]``, the object's is left for the caller."""
+    ridge = 1e-6 * (a11 + a22) + 1e-30
+    det = (a11 + ridge) * (a22 + ridge) - a12**2
+    step_object = ((a22 + ridge) * b1 - a12 * b2) / det
+    step_probe = ((a11 + ridge) * b2 - a12 * b1) / det
+    return step_object, step_probe.clamp(0, max_step)
+
+
 class LSQMLEngine(Engine):
     """Each batch: exit-wave change, preconditioned object and probe directions, then for every frame the
     object and probe step sizes that best explain its exit-wave change (a 2 x 2 least-squares problem)."""
@@ -88,11 +99,7 @@ class LSQMLEngine(Engine):
             a22 = abs2(v).sum(dim=dims).double()
             a12 = (direction.conj() * (batch.probes.conj() * v).sum(dim=1)).real.sum(dim=(1, 2)).double()
             b2 = (v.conj() * chi).real.sum(dim=dims).double()
-            ridge = 1e-6 * (a11 + a22) + 1e-30
-            det = (a11 + ridge) * (a22 + ridge) - a12**2
-            step_object = ((a22 + ridge) * b1 - a12 * b2) / det
-            step_probe = ((a11 + ridge) * b2 - a12 * b1) / det
-            step_probe = step_probe.clamp(0, options.max_step)
+            step_object, step_probe = joint_steps(a11, a12, a22, b1, b2, options.max_step)
             if self.dense_sums:  # a distributed run: the mean step over every rank's frames
                 total, count = self.combine_costs([float(step_probe.sum()), float(len(step_probe))])
                 mean_step = torch.tensor(total / count, dtype=self.real, device=step_probe.device)
@@ -241,11 +248,7 @@ def _fused_update(engine: LSQMLEngine, index: torch.Tensor, refine_probe: bool, 
 
         fused.in_parts(probe_terms, frames, parts)
         a22, a12, b2 = torch.from_numpy(a22), torch.from_numpy(a12), torch.from_numpy(b2)
-        ridge = 1e-6 * (a11 + a22) + 1e-30
-        det = (a11 + ridge) * (a22 + ridge) - a12**2
-        step_object = ((a22 + ridge) * b1 - a12 * b2) / det
-        step_probe = ((a11 + ridge) * b2 - a12 * b1) / det
-        step_probe = step_probe.clamp(0, options.max_step)
+        step_object, step_probe = joint_steps(a11, a12, a22, b1, b2, options.max_step)
         state.probe = state.probe + float(step_probe.mean()) * probe_direction
     else:
         step_object = b1 / (a11 + 1e-6 * a11.max() + 1e-30)
