@@ -25,10 +25,9 @@ import numpy as np
 from edgeray.metrics import ssim
 from edgeray.nn.denoise import SHIPPED_STREAM_DENOISER, denoise_volume, load_denoiser
 from edgeray.sim import TomoSimConfig, simulate_tomo
-from edgeray.stream.tomo import acquisition_order
 from edgeray.tomo.fbp import gridrec
 from edgeray.tomo.preprocess import minus_log, normalize
-from edgeray.tomo.streaming import StreamingSlices
+from edgeray.tomo.streaming import StreamingSlices, acquisition_order
 
 FRACTIONS = (0.05, 0.08, 0.12, 0.16, 0.2, 0.25, 0.32, 0.4, 0.5, 0.6, 0.8, 1.0)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 
@@ -201,6 +202,9 @@ def test_registry_keeps_every_version_and_points_atomically(tmp_path):
     assert registry.current() == "v0001"
     registry.set_current(second)
     assert registry.current() == "v0002" and registry.provenance("v0002")["epochs"] == 30
+    record = registry.provenance("v0002")  # names and checksums, never the publishing machine's folders
+    assert record["source"] == SHIPPED.name and str(SHIPPED.parent) not in json.dumps(record)
+    assert record["weights_sha256"] == hashlib.sha256((SHIPPED / "model.safetensors").read_bytes()).hexdigest()
     assert not [p for p in registry.root.iterdir() if p.name.startswith(".")]  # no temporary left behind
     load_model(registry.path("v0002"))
     with pytest.raises(ValueError, match="not a model directory"):

@@ -26,9 +26,14 @@ from edgeray.nn.denoise import (
 )
 from edgeray.nn.tomogan import FeatureNet, PatchDiscriminator, TomoGANConfig, UNet, freeze, perceptual_loss
 from edgeray.sim import TomoSimConfig, simulate_tomo
-from edgeray.stream.tomo import acquisition_order
 from edgeray.tomo.fbp import backproject, fbp
-from edgeray.tomo.streaming import StreamingSlices, bit_reversed_order, golden_angles, interleaved_angles
+from edgeray.tomo.streaming import (
+    StreamingSlices,
+    acquisition_order,
+    bit_reversed_order,
+    golden_angles,
+    interleaved_angles,
+)
 
 
 # -- the networks -------------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ def test_flow_reconstructs_fine_tunes_and_deploys_with_overlap(tmp_path):
     assert tasks["reconstruct 2"]["start"] < tasks["finetune 1"]["end"]  # overlap: scan 2 does not wait for it
     registry = Registry(tmp_path / "registry")
     assert registry.versions() == ["v0001", "v0002", "v0003"] and registry.current() == "v0003"
-    assert registry.provenance("v0003")["source_scans"] == [str(s) for s in scans]
+    assert registry.provenance("v0003")["source_scans"] == [Path(s).name for s in scans]
     model, _ = load_model(registry.path("v0003"))  # a loadable network
     assert all(np.isfinite(p.detach().numpy()).all() for p in model.parameters())
     assert (out / "timeline.png").read_bytes()[:4] == b"\x89PNG"
@@ -190,7 +190,7 @@ def test_flow_follows_a_live_edge_run_and_the_edge_swaps_to_its_models(tmp_path)
         service.stop()
     report = json.loads((tmp_path / "work" / "timeline.json").read_text())
     assert report["scans"] == [str((run_dir / f"scan{k}.cxi").resolve()) for k in (1, 2)]
-    assert registry.provenance("v0003")["source_scans"] == report["scans"]
+    assert registry.provenance("v0003")["source_scans"] == [Path(s).name for s in report["scans"]]
     last = service.summaries[-1]
     assert last["scan_id"] == "next" and last["frames_inferred"] == 150
     assert list(last["model_versions"]) == [service.model_version] and service.model_version.startswith("v0003@")

@@ -97,9 +97,8 @@ def stream_pairs(
     projections in golden-angle order; inputs are the stream's slices (:class:`~edgeray.tomo.streaming.
     StreamingSlices`) after each of ``fractions`` of the projections has arrived."""
     from edgeray.sim import TomoSimConfig, simulate_tomo
-    from edgeray.stream.tomo import acquisition_order
     from edgeray.tomo.preprocess import minus_log, normalize
-    from edgeray.tomo.streaming import StreamingSlices
+    from edgeray.tomo.streaming import StreamingSlices, acquisition_order
 
     noisy, truth = [], []
     stops = sorted({max(1, round(f * angles)) for f in fractions})
@@ -139,7 +138,8 @@ def tooth_pairs(path: str | Path, stride: int = 8, rows: slice | None = None, ce
     theta = np.radians(scan.theta_deg)
     full = gridrec(sinograms, theta, center)
     sparse = gridrec(sinograms[:, ::stride], theta[::stride], center)
-    return {"noisy": sparse, "clean": full, "attrs": {"source": str(path), "stride": stride, "center": center}}
+    attrs = {"source": Path(path).name, "source_sha256": _sha256(path), "stride": stride, "center": center}
+    return {"noisy": sparse, "clean": full, "attrs": attrs}
 
 
 def write_pairs(path: str | Path, pairs: dict) -> Path:

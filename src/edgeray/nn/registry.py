@@ -9,6 +9,7 @@ with its provenance.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -57,7 +58,10 @@ class Registry:
         for name in ("model.safetensors", "model.json", "MODEL_CARD.md", "loss.png"):
             if (model_dir / name).exists():
                 shutil.copy2(model_dir / name, staging / name)
-        record = {"published_unix_s": time.time(), "source_dir": str(model_dir), **(provenance or {})}
+        weights_sha256 = hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()
+        # names and checksums only: a record never carries the publishing machine's folders
+        record = {"published_unix_s": time.time(), "source": model_dir.name, "weights_sha256": weights_sha256,
+                  **(provenance or {})}  # fmt: skip
         (staging / "provenance.json").write_text(json.dumps(record, indent=2, default=str))
         while True:  # the next free number; a concurrent publisher makes the rename fail and we take the next
             existing = self.versions()

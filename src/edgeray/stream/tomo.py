@@ -30,32 +30,10 @@ from edgeray.io import TomoScan
 from edgeray.stream.detector import ReplayReport
 from edgeray.stream.protocol import End, Frame, ProtocolError, Start, decode, encode_end, encode_frame, encode_start
 from edgeray.stream.security import server_socket_options
-from edgeray.tomo.streaming import StreamingSlices, bit_reversed_order, golden_angles
+from edgeray.tomo.streaming import StreamingSlices, acquisition_order
 
 log = logging.getLogger(__name__)
 TOMO_GEOMETRY = {"energy_eV": 25000.0, "detector_distance_m": 0.1, "detector_pixel_size_m": 1e-6}
-
-
-def acquisition_order(theta_deg: np.ndarray, order: str = "golden") -> np.ndarray:
-    """The order in which to send a scan's projections: ``sequential`` (as stored), ``bit-reversed`` (of the
-    sorted angles) or ``golden`` (each golden-angle step takes the nearest angle not yet sent). A permutation."""
-    theta = np.mod(np.asarray(theta_deg, dtype=np.float64), 180.0)
-    n = len(theta)
-    if order == "sequential":
-        return np.arange(n)
-    sorted_index = np.argsort(theta, kind="stable")
-    if order == "bit-reversed":
-        return sorted_index[bit_reversed_order(n)]
-    if order != "golden":
-        raise ValueError(f"order must be 'golden', 'bit-reversed' or 'sequential', not {order!r}")
-    available = np.ones(n, dtype=bool)
-    chosen = np.empty(n, dtype=np.int64)
-    for k, target in enumerate(golden_angles(n)):  # n steps of one vectorized nearest-angle search each
-        distance = np.abs(np.mod(theta - target + 90.0, 180.0) - 90.0)
-        distance[~available] = np.inf
-        chosen[k] = int(np.argmin(distance))
-        available[chosen[k]] = False
-    return chosen
 
 
 def replay_tomo(scan: TomoScan, socket: zmq.Socket, rate_hz: float = 500.0, order: str = "golden",

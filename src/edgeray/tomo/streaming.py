@@ -145,3 +145,25 @@ class StreamingSlices:
         held = self.frame_index >= 0
         image = self._backproject(np.swapaxes(self.filtered[held], 0, 1), self.theta_rad[held])
         return (image * (np.pi / max(n, 1))).to(torch.float32).numpy()
+
+
+def acquisition_order(theta_deg: np.ndarray, order: str = "golden") -> np.ndarray:
+    """The order in which to send a scan's projections: ``sequential`` (as stored), ``bit-reversed`` (of the
+    sorted angles) or ``golden`` (each golden-angle step takes the nearest angle not yet sent). A permutation."""
+    theta = np.mod(np.asarray(theta_deg, dtype=np.float64), 180.0)
+    n = len(theta)
+    if order == "sequential":
+        return np.arange(n)
+    sorted_index = np.argsort(theta, kind="stable")
+    if order == "bit-reversed":
+        return sorted_index[bit_reversed_order(n)]
+    if order != "golden":
+        raise ValueError(f"order must be 'golden', 'bit-reversed' or 'sequential', not {order!r}")
+    available = np.ones(n, dtype=bool)
+    chosen = np.empty(n, dtype=np.int64)
+    for k, target in enumerate(golden_angles(n)):  # n steps of one vectorized nearest-angle search each
+        distance = np.abs(np.mod(theta - target + 90.0, 180.0) - 90.0)
+        distance[~available] = np.inf
+        chosen[k] = int(np.argmin(distance))
+        available[chosen[k]] = False
+    return chosen

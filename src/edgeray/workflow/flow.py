@@ -214,9 +214,9 @@ def run_flow(scans: Iterable[str | Path], registry: str | Path, work_dir: str | 
                 tuned = submit(f"finetune {k}", "finetune", [path for path, _ in label_sets], model_dir, new_dir,
                                options.finetune_epochs, replay=options.replay,
                                inputs=[f for _, f in label_sets] + previous)  # fmt: skip
-            provenance = {"source_scans": list(scan_paths), "engine": "lsqml", "epochs": options.epochs,
-                          "finetune_epochs": options.finetune_epochs, "replay": options.replay,
-                          "labels": options.labels}  # fmt: skip
+            provenance = {"source_scans": [Path(s).name for s in scan_paths], "engine": "lsqml",
+                          "epochs": options.epochs, "finetune_epochs": options.finetune_epochs,
+                          "replay": options.replay, "labels": options.labels}  # fmt: skip
             submit(f"deploy {k}", "deploy", new_dir, str(registry.root), provenance, inputs=[tuned])
             model_dir, previous = new_dir, [tuned]
         if not scan_paths:

@@ -1,0 +1,72 @@
+"""What every command module shares: the console, progress bars, JSON summaries, CXI reading flags.
+
+Every command that computes writes a JSON summary beside its output (``-o scan.cxi`` -> ``scan.json``) with
+``seconds`` of compute and ``frames_per_s`` where it applies. Errors in input files are reported as
+``error: FILE: DATASET: what is wrong`` with exit status 2; nothing already written is lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from contextlib import contextmanager
+from dataclasses import fields
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+console = Console(stderr=True)
+
+
+@contextmanager
+def progress_bar(description: str, total: int | None):
+    """A rich progress bar on stderr; yields ``update(done, total=None)``."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda done, total=None: bar.update(task, completed=done, total=total or bar.tasks[0].total)
+
+
+def summary_path(output: Path) -> Path:
+    """``out.h5`` -> ``out.json``: where a command's JSON summary goes."""
+    return output.with_suffix(".json")
+
+
+def write_summary(output: Path, summary: dict) -> Path:
+    path = summary_path(output)
+    path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return path
+
+
+def config_from_args(cls: type, args: argparse.Namespace):
+    """A config dataclass filled from the command line: each field from the option of the same (lower-case) name,
+    the dataclass default where the command has no such option."""
+    values = {f.name: getattr(args, f.name.lower()) for f in fields(cls) if hasattr(args, f.name.lower())}
+    return cls(**values)
+
+
+def add_cxi_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--translation",
+        choices=("sample", "probe"),
+        default="sample",
+        help="CXI translation moves the sample (CXI definition: probe position = -translation) or is the probe's",
+    )
+    parser.add_argument(
+        "--ignore-basis", action="store_true", help="keep CXI frames as stored instead of orienting by basis_vectors"
+    )
+
+
+def cxi_options(args: argparse.Namespace) -> dict:
+    return {"translation": args.translation, "follow_basis": not args.ignore_basis}
+
+
+def row_range(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    first, _, last = text.partition(":")
+    try:
+        return int(first), int(last)
+    except ValueError:
+        raise ValueError(f"--slices must be FIRST:LAST (detector rows), not {text!r}") from None

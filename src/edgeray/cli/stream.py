@@ -1,0 +1,287 @@
+"""``edgeray detector replay``, ``edgeray edge`` and ``edgeray keys``: streaming."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from edgeray.cli._common import add_cxi_flags, console, cxi_options, progress_bar, row_range
+from edgeray.io import EdgeRayFormatError
+from edgeray.sim import PtychoSimConfig
+
+
+def _replay_scan(args: argparse.Namespace):
+    """The scan a replay sends: a CXI file (read lazily) or a simulation of the command's options."""
+    if args.scan_file is not None:
+        from edgeray.io import CXIFile
+
+        return _LazyScan(CXIFile(args.scan_file, **cxi_options(args)))
+    from edgeray.sim import simulate_ptycho_lazy
+
+    config = PtychoSimConfig(n_positions=args.n_positions, step_px=args.step_px, photons=args.photons,
+                             object=args.object, seed=args.seed)  # fmt: skip
+    return simulate_ptycho_lazy(config)  # frames made block by block as they are sent: any length
+
+
+class _LazyFrames:
+    """A CXI file's frames, read (oriented and checked) only when a block is sliced out."""
+
+    def __init__(self, cxi):
+        self.cxi, self.dtype = cxi, cxi._frames.dtype
+        self.shape = (cxi.n_frames, *cxi.frame_shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, block: slice):
+        start, stop, _ = block.indices(len(self))
+        return self.cxi.read_frames(start, stop)
+
+
+class _LazyScan:
+    """A CXI file seen as a scan whose frames are read block by block while they are sent."""
+
+    def __init__(self, cxi):
+        self.frames, self.positions_m, self.geometry = _LazyFrames(cxi), cxi.positions_m, cxi.geometry
+
+
+def _is_dxchange(path: Path) -> bool:
+    """Whether ``path`` is a Data Exchange tomography file (else it is taken as CXI)."""
+    import h5py
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such scan file")
+    try:
+        with h5py.File(path, "r") as h5:
+            return "exchange/data" in h5 and "entry_1" not in h5
+    except OSError as error:
+        raise EdgeRayFormatError(f"{path}: not an HDF5 file ({error})") from error
+
+
+def _replay_tomo(args: argparse.Namespace) -> int:
+    from edgeray.io import read_dxchange
+    from edgeray.stream import connect
+    from edgeray.stream.tomo import replay_tomo
+
+    scan = read_dxchange(args.scan_file)
+    socket = connect(args.endpoint, curve_keys=args.curve_keys)
+    rate = args.rate if args.rate != 2000.0 else 500.0  # a tomography detector's default pace
+    console.print(f"sending {len(scan.theta_deg)} projections of {args.scan_file} in {args.order} order at "
+                  f"{rate:g} Hz")  # fmt: skip
+    for k in range(args.repeat):
+        scan_id = args.scan_id if args.repeat == 1 else f"{args.scan_id or 'tomo'}-{k + 1}"
+        report = replay_tomo(scan, socket, rate, args.order, scan_id, _slices_or_all(args.rows))
+        print(json.dumps(report.as_dict()), flush=True)
+    return _disconnect_or_warn(socket)
+
+
+def _disconnect_or_warn(socket) -> int:
+    """Wait for the queued messages to leave (:func:`edgeray.stream.detector.disconnect`); 1 (and an error) when
+    some could not."""
+    from edgeray.stream import disconnect
+    from edgeray.stream.detector import LINGER_MS
+
+    if disconnect(socket):
+        return 0
+    console.print(f"[red]error:[/] {LINGER_MS / 1e3:g} s after the last send, messages were still queued (the edge is "
+                  "that far behind, or gone); they and the end message were dropped")  # fmt: skip
+    return 1
+
+
+def _slices_or_all(spec: str | None) -> slice | None:
+    rows = row_range(spec)
+    return None if rows is None else slice(*rows)
+
+
+def add_detector_replay(commands: argparse._SubParsersAction) -> None:
+    """The arguments of ``cmd_detector_replay``."""
+    d = commands.add_parser("replay", help="send a CXI or Data Exchange file (or --simulate) at a steady rate")
+    d.add_argument("scan_file", type=Path, nargs="?", help="CXI file to replay")
+    d.add_argument("--simulate", action="store_true", help="simulate the scan instead (options below)")
+    d.add_argument("--n-positions", type=int, default=4000, help="frames to simulate")
+    d.add_argument("--step-px", type=float, default=4.0, help="simulated scan step, object pixels")
+    d.add_argument("--photons", type=float, default=1e5, help="simulated mean photons per frame")
+    d.add_argument("--object", default=PtychoSimConfig().object, help="simulated object (see simulate ptycho)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--rate", type=float, default=2000.0, help="frames per second (0: as fast as possible)")
+    d.add_argument("--endpoint", default="tcp://127.0.0.1:5555", help="the edge service's --listen endpoint")
+    d.add_argument("--scan-id", default=None, help="scan name (default: random)")
+    d.add_argument("--repeat", type=int, default=1, help="send the scan this many times, as separate scans")
+    d.add_argument("--cycles", type=int, default=1, help="send the frames this many times over, as one scan")
+    d.add_argument(
+        "--order",
+        choices=("golden", "bit-reversed", "sequential"),
+        default="golden",
+        help="tomography files: the angle order projections are sent in",
+    )
+    d.add_argument("--rows", default=None, help="tomography files: detector rows FIRST:LAST to send (default all)")
+    d.add_argument("--curve-keys", type=Path, default=None, help="CurveZMQ key folder (edgeray keys)")
+    add_cxi_flags(d)
+    d.set_defaults(func=cmd_detector_replay)
+
+
+def cmd_detector_replay(args: argparse.Namespace) -> int:
+    from edgeray.stream import connect, replay
+
+    if (args.scan_file is None) == (not args.simulate):
+        raise ValueError("give a CXI file to replay or --simulate (not both)")
+    if args.scan_file is not None and _is_dxchange(args.scan_file):
+        return _replay_tomo(args)
+    scan = _replay_scan(args)
+    socket = connect(args.endpoint, curve_keys=args.curve_keys)
+    reports = []
+    for k in range(args.repeat):
+        scan_id = args.scan_id if args.repeat == 1 else f"{args.scan_id or 'scan'}-{k + 1}"
+        with progress_bar(f"sending at {args.rate:g} Hz", len(scan.frames) * args.cycles) as update:
+            report = replay(scan, socket, args.rate, scan_id=scan_id, progress=update, cycles=args.cycles)
+        reports.append(report.as_dict())
+        print(json.dumps(report.as_dict()), flush=True)
+    return _disconnect_or_warn(socket)
+
+
+def _serve(service, view_class, args: argparse.Namespace, label: str) -> int:
+    """Run a started edge service (and its live view unless ``--http off``) until it stops: SIGTERM or Ctrl-C
+    closes the open scan with every received frame written; print the ready line and the summaries as JSON."""
+    import signal
+    import threading
+
+    dashboard = None
+    if args.http != "off":
+        host, _, port = args.http.rpartition(":")
+        dashboard = view_class(service, host or "127.0.0.1", int(port), max_fps=args.view_fps).start()
+    ready = {"listen": service.endpoint, "view": dashboard.url if dashboard else None, "out": str(args.out)}
+    print(json.dumps({"ready": ready}), flush=True)
+    console.print(f"[bold]{label}[/] listening on {service.endpoint}; live view {ready['view']}; writing to {args.out}")
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: service.stop())
+    try:
+        while not service.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        console.print("[yellow]stopping[/]: closing the open scan with every received frame written")
+        service.stop()
+        service.wait(60)
+    if getattr(args, "hold", 0) > 0 and dashboard is not None:
+        time.sleep(args.hold)
+    service.join(10)
+    if dashboard is not None:
+        dashboard.close()
+    for summary in service.summaries:
+        print(json.dumps({"summary": summary}), flush=True)
+        _print_headroom(summary)
+    return 0
+
+
+def _print_headroom(summary: dict) -> None:
+    """One line per scan for people: frames, latency, and the highest rate the edge could have kept (from the CPU
+    time of each stage: none above one core, all within the machine's cores)."""
+    cpu = summary.get("stage_cpu_fraction") or {}
+    if not cpu or not summary.get("max_rate_hz"):
+        return
+    stage = max(cpu, key=cpu.get)
+    console.print(
+        f"[bold]{summary['scan_id']}[/]: {summary['frames_received']:,} received, {summary['frames_written']:,} "
+        f"written, {summary['frames_inferred']:,} inverted at {summary['frames_per_s']:,.0f} frames/s, p99 latency "
+        f"{summary['latency_ms_p99']:.0f} ms; the stream used {summary['stream_cpu_cores']:.2f} cores (busiest: "
+        f"{stage}, {cpu[stage]:.2f}): the edge could have kept ~{summary['max_rate_hz']:,.0f} frames/s",
+        soft_wrap=True,  # one line, whatever the terminal's width: scripts grep it
+    )
+
+
+def _edge_tomo(args: argparse.Namespace) -> int:
+    from edgeray.stream.tomo import TomoEdgeOptions, TomoEdgeService
+    from edgeray.stream.tomo_view import TomoDashboard
+
+    enhancer = "off" if args.enhancer == "off" else (None if args.enhancer == "shipped" else Path(args.enhancer))
+    options = TomoEdgeOptions(listen=args.listen, out=args.out, update_every=args.update_every,
+                              capacity=args.capacity, enhancer=enhancer, scans=args.scans,
+                              curve_keys=args.curve_keys)  # fmt: skip
+    return _serve(TomoEdgeService(options).start(), TomoDashboard, args, "edge (tomo)")
+
+
+def add_edge(commands: argparse._SubParsersAction) -> None:
+    """The arguments of ``cmd_edge``."""
+    e = commands.add_parser("edge", help="the edge service: receive, write, infer, stitch, live view")
+    e.add_argument(
+        "--mode",
+        choices=("ptycho", "tomo"),
+        default="ptycho",
+        help="ptycho: invert frames, stitch a mosaic; tomo: streaming slices of interleaved projections",
+    )
+    e.add_argument("--update-every", type=int, default=16, help="tomo: projections between slice updates")
+    e.add_argument("--capacity", type=int, default=None, help="tomo: projections in the buffer (default: a half turn)")
+    e.add_argument("--enhancer", default="shipped", help="tomo: 'shipped' stream TomoGAN, a model directory, or 'off'")
+    e.add_argument("--listen", default="tcp://127.0.0.1:5555", help="PULL endpoint detectors connect to")
+    e.add_argument("--out", type=Path, default=Path("run"), help="folder for run files, products and summaries")
+    e.add_argument("--model", type=Path, default=None, help="surrogate folder (default: the shipped edge model)")
+    e.add_argument("--max-batch", type=int, default=64, help="largest inference batch, frames")
+    e.add_argument("--max-wait-ms", type=float, default=5.0, help="longest a frame waits for its batch, ms")
+    e.add_argument("--infer-threads", type=int, default=1, help="threads for the network (others need a core)")
+    e.add_argument("--ring-frames", type=int, default=8192,
+                   help="frames held in shared memory per scan: how long a stalled stage costs nothing")  # fmt: skip
+    e.add_argument("--infer-workers", type=int, default=1,
+                   help="network calls at once, each on --infer-threads threads (for cores to spare)")  # fmt: skip
+    e.add_argument("--registry", type=Path, default=None,
+                   help="model registry to follow: run CURRENT, swap to new versions between batches")  # fmt: skip
+    e.add_argument("--http", default="127.0.0.1:8765", help="live view HOST:PORT, or 'off'")
+    e.add_argument("--view-fps", type=float, default=3.0,
+                   help="live view updates per second (10 beside a browser on 2 cores: p99 latency 114-846 ms; "
+                        "3: 74-77 ms)")  # fmt: skip
+    e.add_argument("--publish", default="tcp://127.0.0.1:5556", help="PUB endpoint for mosaic and stats, or 'off'")
+    e.add_argument("--scans", type=int, default=None, help="exit after this many scans (default: run until stopped)")
+    e.add_argument("--hold", type=float, default=0.0, help="keep the live view up this many seconds at exit")
+    e.add_argument("--curve-keys", type=Path, default=None, help="CurveZMQ key folder; needed off loopback")
+    e.add_argument("--refine", action="store_true",
+                   help="refine the live image in the spare CPU time (writes <scan>_refined.h5)")  # fmt: skip
+    e.add_argument("--refine-engine", choices=("lsqml", "rpie"), default="lsqml", help="engine of the refinement")
+    e.add_argument("--refine-tail-s", type=float, default=10.0, help="seconds of refinement after a scan's end")
+    e.add_argument("--refine-probe", type=Path, default=None, help="probe for refinement (default: the model's)")
+    e.add_argument("--refine-seed", choices=("network-detail", "network", "flat"), default="network-detail",
+                   help="where the refinement starts: the mosaic without its large-scale phase (default), "
+                   "the mosaic, or a flat object")  # fmt: skip
+    e.set_defaults(func=cmd_edge)
+
+
+def cmd_edge(args: argparse.Namespace) -> int:
+    from edgeray.stream import Dashboard, EdgeOptions, EdgeService
+    from edgeray.stream.refine import RefineOptions
+
+    if args.mode == "tomo":
+        return _edge_tomo(args)
+    refine = None
+    if args.refine:
+        refine = RefineOptions(engine=args.refine_engine, tail_s=args.refine_tail_s, seed=args.refine_seed)
+    options = EdgeOptions(
+        listen=args.listen, out=args.out, model=args.model, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+        publish=None if args.publish == "off" else args.publish, scans=args.scans, curve_keys=args.curve_keys,
+        infer_threads=args.infer_threads, infer_workers=args.infer_workers, registry=args.registry, refine=refine,
+        refine_probe=args.refine_probe, ring_frames=args.ring_frames,
+    )  # fmt: skip
+    return _serve(EdgeService(options).start(), Dashboard, args, "edge")
+
+
+def add_keys(commands: argparse._SubParsersAction) -> None:
+    """The arguments of ``cmd_keys``."""
+    k = commands.add_parser("keys", help="make CurveZMQ keys for an edge service and its detectors")
+    k.add_argument("folder", type=Path)
+    k.set_defaults(func=cmd_keys)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from edgeray.stream import make_keys
+
+    folder = make_keys(args.folder)
+    console.print(f"[green]wrote[/] CurveZMQ keys in {folder}: give server.key, client.key and client.key_secret to "
+                  "the detector; server.key_secret stays on the edge")  # fmt: skip
+    return 0
+
+
+def register(groups: argparse._SubParsersAction) -> None:
+    """Add this module's commands to ``edgeray``."""
+    detector = groups.add_parser("detector", help="detector stand-in: stream a scan to an edge service")
+    detector_cmds = detector.add_subparsers(dest="action", metavar="ACTION", required=True)
+    add_detector_replay(detector_cmds)
+    add_edge(groups)
+    add_keys(groups)

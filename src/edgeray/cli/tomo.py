@@ -1,0 +1,207 @@
+"""``edgeray tomo ...``: tomography reconstruction and denoising."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from edgeray.cli._common import console, progress_bar, row_range, summary_path, write_summary
+
+
+def add_tomo_recon(commands: argparse._SubParsersAction) -> None:
+    """The arguments of ``cmd_tomo_recon``."""
+    tr = commands.add_parser("recon", help="Data Exchange raw scan -> reconstruction (HDF5), PNG, JSON")
+    tr.add_argument("input", type=Path, help="Data Exchange file with /exchange/data, data_white, data_dark, theta")
+    tr.add_argument("-o", "--output", type=Path, required=True, help="reconstruction file (Data Exchange)")
+    tr.add_argument("--algo", choices=("gridrec", "fbp", "sirt", "cgls"), default="gridrec",
+                    help="gridrec: FBP by NUFFT (fast, CPU); fbp: backprojection (CPU/CUDA); sirt; cgls")  # fmt: skip
+    tr.add_argument("--center", default="auto", help="rotation-axis column in pixels, or 'auto'")
+    tr.add_argument("--filter", default="shepp-logan", help="ramp, shepp-logan, cosine, hann, hamming, parzen")
+    tr.add_argument("--rings", action="store_true", help="remove stripes (ring artifacts) before reconstruction")
+    tr.add_argument("--zingers", type=float, default=0.0, help="replace outliers above this relative deviation")
+    tr.add_argument("--slices", default=None, help="detector rows FIRST:LAST (default: all)")
+    tr.add_argument("--chunk", type=int, default=16, help="slices read and reconstructed at once")
+    tr.add_argument("--iterations", type=int, default=100, help="SIRT / CGLS iterations")
+    tr.add_argument("--device", default="cpu", help="cpu or cuda (fbp, sirt)")
+    tr.set_defaults(func=cmd_tomo_recon)
+
+
+def cmd_tomo_recon(args: argparse.Namespace) -> int:
+
+    from edgeray.io import read_reconstruction
+    from edgeray.tomo import TomoOptions, reconstruct_file
+
+    center = None if args.center == "auto" else float(args.center)
+    options = TomoOptions(algorithm=args.algo, center=center, filter_name=args.filter, rings=args.rings,
+                          zingers=args.zingers, slices=row_range(args.slices), chunk_slices=args.chunk,
+                          iterations=args.iterations, device=args.device)  # fmt: skip
+    with progress_bar(f"{args.algo} reconstruction", None) as update:
+        summary = reconstruct_file(args.input, args.output, options, progress=lambda done, total: update(done, total))
+    volume, _ = read_reconstruction(args.output)
+    middle = volume[len(volume) // 2]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 6))
+    low, high = np.percentile(middle, [0.5, 99.5])
+    ax.imshow(middle, cmap="gray", vmin=low, vmax=high)
+    ax.set_title(f"{args.output.name}: slice {len(volume) // 2} of {len(volume)}, centre {summary['center']:.2f}")
+    ax.axis("off")
+    fig.savefig(args.output.with_suffix(".png"), dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    write_summary(args.output, {**summary, "options": asdict(options)})
+    console.print(f"[green]wrote[/] {args.output}: {summary['slices']} slices, centre {summary['center']:.2f} "
+                  f"({summary['center_method']}), {summary['slices_per_s']:.1f} slices/s")  # fmt: skip
+    return 0
+
+
+def add_tomo_train_denoiser(commands: argparse._SubParsersAction) -> None:
+    """The arguments of ``cmd_tomo_train_denoiser``."""
+    td = commands.add_parser("train-denoiser", help="train a TomoGAN denoiser (pairs: a file, simulation or tooth)")
+    td.add_argument("-o", "--output", type=Path, required=True, help="model directory to write")
+    source = td.add_mutually_exclusive_group()
+    source.add_argument("--pairs", type=Path, default=None, help="pairs file (/noisy, /clean)")
+    source.add_argument("--simulate", type=int, default=16, help="simulated phantom volumes (default source)")
+    source.add_argument("--tooth", type=Path, default=None, help="Data Exchange scan: sparse vs. all angles")
+    source.add_argument("--stream", type=int, default=None,
+                        help="simulated streams of N phantoms: early (sparse) stream slices vs. the truth")  # fmt: skip
+    td.add_argument("--size", type=int, default=128, help="simulated slice side, pixels")
+    td.add_argument("--angles", type=int, default=180, help="simulated projections over 180 degrees")
+    td.add_argument("--photons", type=float, default=60.0, help="simulated low dose, photons per pixel")
+    td.add_argument("--sparse-stride", type=int, default=1, help="simulated: keep every Nth angle in the input")
+    td.add_argument("--stride", type=int, default=8, help="tooth: keep every Nth angle in the input")
+    td.add_argument("--center", default="auto", help="tooth: rotation axis column, or 'auto' (the middle)")
+    td.add_argument("--depth", type=int, default=3, help="U-Net levels")
+    td.add_argument("--width", type=int, default=16, help="channels at the first level")
+    td.add_argument("--in-slices", type=int, default=1, help="adjacent slices in (odd)")
+    td.add_argument("--steps", type=int, default=3000, help="generator updates")
+    td.add_argument("--batch-size", type=int, default=8, help="patches per step")
+    td.add_argument("--patch", type=int, default=64, help="patch side, pixels")
+    td.add_argument("--perceptual-weight", type=float, default=0.1, help="perceptual loss weight (0: off)")
+    td.add_argument("--adversarial-weight", type=float, default=1e-3, help="adversarial loss weight (0: off)")
+    td.add_argument("--features", default="own", help="perceptual features: own, none, or a VGG19 weights file")
+    td.add_argument("--pixel-loss", choices=("mse", "l1"), default="mse", help="the pixel term of the loss")
+    td.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (cosine schedule down to 1/20)")
+    td.add_argument("--device", default="auto", help="cpu, cuda or auto (CUDA when there is one)")
+    td.add_argument("--seed", type=int, default=0)
+    td.set_defaults(func=cmd_tomo_train_denoiser)
+
+
+def cmd_tomo_train_denoiser(args: argparse.Namespace) -> int:
+    from edgeray.device import resolve_device
+    from edgeray.nn.denoise import (
+        DenoiserOptions,
+        simulated_pairs,
+        stream_pairs,
+        tooth_pairs,
+        train_denoiser,
+        write_pairs,
+    )
+    from edgeray.nn.tomogan import TomoGANConfig
+
+    device = str(resolve_device(args.device))  # before any work: a missing GPU is said at once
+    started = time.perf_counter()
+    pairs_path = args.pairs
+    if pairs_path is None:
+        pairs_path = args.output.with_name(args.output.name + "_pairs.h5")
+        if args.tooth is not None:
+            console.print(f"making pairs from {args.tooth}: every {args.stride}th angle vs. all angles")
+            pairs = tooth_pairs(args.tooth, args.stride, center=None if args.center == "auto" else float(args.center))
+        elif args.stream is not None:
+            with progress_bar("simulating streams", args.stream) as update:
+                done = [0]
+
+                def streamed(n: int) -> None:
+                    done[0] += n
+                    update(done[0])
+
+                pairs = stream_pairs(args.stream, args.size, angles=args.angles, seed=args.seed, progress=streamed)
+        else:
+            with progress_bar("simulating pairs", args.simulate) as update:
+                done = [0]
+
+                def step(n: int) -> None:
+                    done[0] += n
+                    update(done[0])
+
+                pairs = simulated_pairs(args.simulate, args.size, angles=args.angles, low_photons=args.photons,
+                                        sparse_stride=args.sparse_stride, seed=args.seed, progress=step)  # fmt: skip
+        write_pairs(pairs_path, pairs)
+    elif not pairs_path.is_file():
+        raise FileNotFoundError(f"{pairs_path}: no such pairs file")
+    config = TomoGANConfig(depth=args.depth, width=args.width, in_slices=args.in_slices)
+    options = DenoiserOptions(steps=args.steps, batch_size=args.batch_size, patch=args.patch,
+                              perceptual_weight=args.perceptual_weight, adversarial_weight=args.adversarial_weight,
+                              features=args.features, pixel_loss=args.pixel_loss, seed=args.seed,
+                              learning_rate=args.lr, device=device)  # fmt: skip
+    with progress_bar(f"training TomoGAN ({device})", args.steps) as update:
+        done = [0]
+
+        def tick(n: int) -> None:
+            done[0] += n
+            update(done[0])
+
+        card = train_denoiser(pairs_path, args.output, config, options, progress=tick)
+    summary = {"seconds": time.perf_counter() - started, "model": str(args.output), "pairs": str(pairs_path),
+               "val_mse": card["history"]["val_mse"][-1] if card["history"]["val_mse"] else None}  # fmt: skip
+    write_summary(args.output, summary)
+    console.print(f"[green]wrote[/] {args.output} (model, card) and {summary_path(args.output)}; "
+                  f"held-out MSE {summary['val_mse']:.4g}")  # fmt: skip
+    return 0
+
+
+def add_tomo_denoise(commands: argparse._SubParsersAction) -> None:
+    """The arguments of ``cmd_tomo_denoise``."""
+    tn = commands.add_parser("denoise", help="denoise reconstructed slices (/exchange/data) with TomoGAN")
+    tn.add_argument("input", type=Path, help="reconstruction file, /exchange/data (slices, Y, X)")
+    tn.add_argument("-o", "--output", type=Path, required=True, help="denoised reconstruction file")
+    tn.add_argument("--model", type=Path, default=None, help="denoiser directory (default: the shipped one)")
+    tn.add_argument("--device", default="auto", help="cpu, cuda or auto (CUDA when there is one)")
+    tn.set_defaults(func=cmd_tomo_denoise)
+
+
+def cmd_tomo_denoise(args: argparse.Namespace) -> int:
+    from edgeray.device import resolve_device
+    from edgeray.io import read_reconstruction, write_reconstruction
+    from edgeray.nn.denoise import denoise_volume, load_denoiser
+
+    volume, params = read_reconstruction(args.input)
+    model, card = load_denoiser(args.model)
+    model = model.to(resolve_device(args.device))
+    started = time.perf_counter()
+    with progress_bar("denoising", len(volume)) as update:
+        done = [0]
+
+        def tick(n: int) -> None:
+            done[0] += n
+            update(done[0])
+
+        denoised = denoise_volume(volume, model, progress=tick)
+    seconds = time.perf_counter() - started
+    model_name = str(args.model) if args.model is not None else "shipped TomoGAN"
+    write_reconstruction(args.output, denoised, {**params, "denoised_by": model_name, "denoised_from": str(args.input)})
+    middle = len(volume) // 2
+    from edgeray.viz import slice_panels
+
+    slice_panels({"input": volume[middle], "TomoGAN": denoised[middle]}, args.output.with_suffix(".png"),
+                 f"{args.input.name}: slice {middle} of {len(volume)}")  # fmt: skip
+    write_summary(args.output, {"seconds": seconds, "slices": len(volume), "slices_per_s": len(volume) / seconds,
+                                "model": model_name, "parameters": card.get("parameters")})  # fmt: skip
+    console.print(f"[green]wrote[/] {args.output}, its PNG and JSON: {len(volume)} slices, "
+                  f"{len(volume) / seconds:.1f} slices/s")  # fmt: skip
+    return 0
+
+
+def register(groups: argparse._SubParsersAction) -> None:
+    """Add this module's commands to ``edgeray``."""
+    tomo = groups.add_parser("tomo", help="tomography: reconstruct Data Exchange scans, denoise slices")
+    tomo_cmds = tomo.add_subparsers(dest="action", metavar="ACTION", required=True)
+    add_tomo_recon(tomo_cmds)
+    add_tomo_train_denoiser(tomo_cmds)
+    add_tomo_denoise(tomo_cmds)
