@@ -23,6 +23,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_PIN)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# ptychodus for the interoperability tests: its readers need numpy/h5py/scipy/scikit-image/pydantic only
+	$(BIN)/python -m pip install --quiet --no-deps ptychodus==1.7.0
 	touch $@
 
 demo: $(STAMP)

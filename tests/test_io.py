@@ -225,7 +225,7 @@ def test_product_round_trip(tmp_path):
     np.testing.assert_array_equal(back.probe, product.probe)
     np.testing.assert_array_equal(back.positions_m, product.positions_m)
     assert back.object_pixel_size_m == product.object_pixel_size_m
-    assert back.object_center_m == product.object_center_m
+    np.testing.assert_allclose(back.object_center_m, product.object_center_m, rtol=0, atol=1e-20)
     assert back.energy_eV == product.energy_eV and back.distance_m == product.distance_m
     np.testing.assert_array_equal(back.loss_values, product.loss_values)
     np.testing.assert_array_equal(back.position_indexes, np.arange(30))
@@ -233,14 +233,20 @@ def test_product_round_trip(tmp_path):
     assert detect_kind(path) == "product"
     with h5py.File(path, "r") as h5:  # ptychodus-compatible keys
         assert {"probe_position_x_m", "probe_position_y_m", "probe_position_indexes"} <= set(h5)
-        assert {"probe_energy_eV", "object_pixel_width_m", "object_center_x_m"} <= set(h5.attrs)
+        assert {"photon_energy_eV", "detector_object_distance_m"} <= set(h5.attrs)
+        assert {"pixel_width_m", "pixel_height_m", "center_x_m", "center_y_m"} <= set(h5["object"].attrs)
 
 
 def test_product_errors(tmp_path):
     path = write_product(tmp_path / "product.h5", make_product())
     with h5py.File(path, "r+") as h5:
-        del h5.attrs["probe_energy_eV"]
-    with pytest.raises(EdgeRayFormatError, match="probe_energy_eV: missing attribute"):
+        del h5.attrs["photon_energy_eV"]
+    with pytest.raises(EdgeRayFormatError, match="photon_energy_eV: missing attribute"):
+        read_product(path)
+    with h5py.File(path, "r+") as h5:
+        h5.attrs["photon_energy_eV"] = 9000.0
+        del h5["object"].attrs["pixel_width_m"]
+    with pytest.raises(EdgeRayFormatError, match="/object attribute pixel_width_m: missing attribute"):
         read_product(path)
     with h5py.File(path, "r+") as h5:
         del h5["probe"]

@@ -65,7 +65,12 @@ def add_ptycho_reconstruct(commands: argparse._SubParsersAction) -> None:
     r.add_argument(
         "--focus-to-sample-m", type=float, default=None, help="near field: focus-sample distance (magnified geometry)"
     )
-    r.add_argument("--probe", type=Path, default=None, help="start probe file (.npy, CXI, product)")
+    r.add_argument(
+        "--probe", type=Path, default=None, help="start probe file (.npy, CXI, EdgeRay or ptychodus product)"
+    )
+    r.add_argument(
+        "--object", type=Path, default=None, help="start object: a product (EdgeRay, ptychodus), placed by its centre"
+    )
     r.add_argument("--true-probe", action="store_true", help="start from a simulated file's ground-truth probe")
     r.add_argument("--nproc", type=int, default=None, help="run across N local ranks (gloo; NCCL on cuda)")
     r.add_argument("--distributed", action="store_true", help="run as one rank of torchrun's process group")
@@ -108,6 +113,11 @@ def cmd_ptycho_reconstruct(args: argparse.Namespace) -> int:
         if scan.ground_truth is None:
             raise ValueError(f"{args.scan}: --true-probe needs a simulated file with a ground truth")
         probe = scan.ground_truth.probe
+    start_object = None
+    if args.object:
+        from edgeray.io import read_product
+
+        start_object = read_product(args.object)
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -124,6 +134,7 @@ def cmd_ptycho_reconstruct(args: argparse.Namespace) -> int:
             args.device,
             geometry=geometry,
             probe=probe,
+            obj=start_object,
             options=options,
             callback=lambda epoch, cost, rate: bar.update(task, completed=epoch, cost=cost, rate=rate),
         )

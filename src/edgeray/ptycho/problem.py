@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from edgeray.io import PtychoScan
+from edgeray.io import Product, PtychoScan
 from edgeray.ptycho.ops import Propagator, fresnel_kernel
 
 PROPAGATIONS = ("far", "near")
@@ -241,3 +241,30 @@ def add_probe_modes(probe: torch.Tensor, n_modes: int, power_fraction: float = 0
 def initial_object(problem: Problem) -> torch.Tensor:
     """An object of ones ``(Y, X)`` complex64: full transmission, no phase."""
     return torch.ones(problem.object_shape, dtype=torch.complex64, device=problem.device)
+
+
+def object_on_grid(product: Product, problem: Problem, *, source: str = "start object") -> np.ndarray:
+    """A product's object ``(Y, X)`` complex64 placed on ``problem``'s object grid by its centre and pixel size
+    (whole pixels), ones where it does not reach: a reconstruction (EdgeRay's or ptychodus's) to continue from.
+
+    Raises:
+        ValueError: a pixel size other than the scan's (by more than 0.1 %), more than one slice, or no overlap.
+    """
+    pixel = np.asarray(problem.pixel_size_m)
+    theirs = np.asarray(product.object_pixel_size_m)
+    if np.any(np.abs(theirs / pixel - 1) > 1e-3):
+        raise ValueError(f"{source}: object pixel {theirs.tolist()} m differs from the scan's {pixel.tolist()} m")
+    if len(product.object) != 1:
+        raise ValueError(f"{source}: {len(product.object)} object slices; one (2D) object is supported")
+    obj = product.object[0]
+    their_origin = np.asarray(product.object_center_m) - np.asarray(obj.shape) / 2 * pixel
+    offset = np.round((their_origin - np.asarray(problem.origin_m)) / pixel).astype(int)  # their (0,0) on our grid
+    shape = np.asarray(problem.object_shape)
+    low, high = np.maximum(offset, 0), np.minimum(offset + obj.shape, shape)
+    if np.any(high <= low):
+        raise ValueError(f"{source}: its object does not overlap the scan's field of view")
+    placed = np.ones(problem.object_shape, dtype=np.complex64)
+    placed[low[0] : high[0], low[1] : high[1]] = obj[
+        low[0] - offset[0] : high[0] - offset[0], low[1] - offset[1] : high[1] - offset[1]
+    ]
+    return placed

@@ -16,7 +16,15 @@ from edgeray.ptycho.engine import EngineOptions, History, State
 from edgeray.ptycho.lsqml import LSQMLEngine, LSQMLOptions
 from edgeray.ptycho.mlcg import MLCGEngine, MLCGOptions
 from edgeray.ptycho.pie import PIEEngine, PIEOptions, epie_options
-from edgeray.ptycho.problem import Geometry, Problem, add_probe_modes, initial_object, initial_probe, prepare
+from edgeray.ptycho.problem import (
+    Geometry,
+    Problem,
+    add_probe_modes,
+    initial_object,
+    initial_probe,
+    object_on_grid,
+    prepare,
+)
 
 ENGINES = ("lsqml", "rpie", "epie", "mlcg")
 
@@ -63,7 +71,7 @@ def run(
     *,
     geometry: Geometry | None = None,
     probe: np.ndarray | None = None,
-    obj: np.ndarray | None = None,
+    obj: np.ndarray | Product | None = None,
     callback: Callable[[int, float, float], None] | None = None,
     observer: Callable[[State], None] | None = None,
     options: EngineOptions | None = None,
@@ -81,6 +89,8 @@ def run(
     else:
         probe_t = torch.as_tensor(np.asarray(start_probe, dtype=np.complex64)).reshape(-1, *problem.frame_shape)
         probe_t = add_probe_modes(probe_t.to(problem.device), options.n_probe_modes)
+    if isinstance(obj, Product):
+        obj = object_on_grid(obj, problem)
     if obj is not None:
         obj_t = torch.as_tensor(np.asarray(obj, dtype=np.complex64)).to(problem.device)
         if tuple(obj_t.shape) != problem.object_shape:
@@ -113,7 +123,8 @@ def reconstruct(
         device: ``cpu``, ``cuda`` or ``auto``.
         geometry: far field (default) or near field, see :class:`~edgeray.ptycho.Geometry`.
         probe: start probe ``(modes, H, W)``; default the file's illumination, else one made from the data.
-        obj: start object; default ones.
+        obj: start object ``(Y, X)`` on the scan's grid, or a product (EdgeRay's or ptychodus's) placed on it by
+            its centre; default ones.
         callback: ``callback(epoch, cost, frames_per_s)`` after each epoch.
         options: an options dataclass of the engine; or give its fields as keywords
             (e.g. ``batch_size=128, n_probe_modes=2``).
