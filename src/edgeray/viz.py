@@ -13,8 +13,8 @@ from matplotlib.colors import hsv_to_rgb
 
 from edgeray.io import (
     CXIFile,
-    DataExchangeFile,
     detect_kind,
+    open_tomo,
     read_product,
     read_reconstruction,
 )
@@ -127,7 +127,7 @@ def product_figure(path: str | Path) -> plt.Figure:
 
 def tomo_figure(path: str | Path) -> plt.Figure:
     """Preview of raw tomography: a normalized projection, the middle sinogram, a flat, the ground truth."""
-    with DataExchangeFile(path) as dx:
+    with open_tomo(path) as dx:
         rows = dx.frame_shape[0]
         first = dx.read_projections(0, 1, validate=False)[0].astype(np.float64)
         sino = dx.read_sinograms(rows // 2, rows // 2 + 1, validate=False)[:, 0].astype(np.float64)

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 from edgeray.cli._common import add_cxi_flags, console, cxi_options, progress_bar, row_range
-from edgeray.io import EdgeRayFormatError
 from edgeray.sim import PtychoSimConfig
 
 
@@ -47,25 +46,21 @@ class _LazyScan:
         self.frames, self.positions_m, self.geometry = _LazyFrames(cxi), cxi.positions_m, cxi.geometry
 
 
-def _is_dxchange(path: Path) -> bool:
-    """Whether ``path`` is a Data Exchange tomography file (else it is taken as CXI)."""
-    import h5py
+def _is_tomography(path: Path) -> bool:
+    """Whether ``path`` is a raw tomography file (Data Exchange or NXtomo); else it is taken as CXI."""
+    from edgeray.io import detect_kind
 
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such scan file")
-    try:
-        with h5py.File(path, "r") as h5:
-            return "exchange/data" in h5 and "entry_1" not in h5
-    except OSError as error:
-        raise EdgeRayFormatError(f"{path}: not an HDF5 file ({error})") from error
+    return detect_kind(path) == "tomo-raw"
 
 
 def _replay_tomo(args: argparse.Namespace) -> int:
-    from edgeray.io import read_dxchange
+    from edgeray.io import read_tomo
     from edgeray.stream import connect
     from edgeray.stream.tomo import replay_tomo
 
-    scan = read_dxchange(args.scan_file)
+    scan = read_tomo(args.scan_file, args.entry)
     socket = connect(args.endpoint, curve_keys=args.curve_keys)
     rate = args.rate if args.rate != 2000.0 else 500.0  # a tomography detector's default pace
     console.print(f"sending {len(scan.theta_deg)} projections of {args.scan_file} in {args.order} order at "
@@ -97,8 +92,8 @@ def _slices_or_all(spec: str | None) -> slice | None:
 
 def add_detector_replay(commands: argparse._SubParsersAction) -> None:
     """The arguments of ``cmd_detector_replay``."""
-    d = commands.add_parser("replay", help="send a CXI or Data Exchange file (or --simulate) at a steady rate")
-    d.add_argument("scan_file", type=Path, nargs="?", help="CXI file to replay")
+    d = commands.add_parser("replay", help="send a CXI, Data Exchange or NXtomo file (or --simulate) at a steady rate")
+    d.add_argument("scan_file", type=Path, nargs="?", help="CXI, Data Exchange or NXtomo file to replay")
     d.add_argument("--simulate", action="store_true", help="simulate the scan instead (options below)")
     d.add_argument("--n-positions", type=int, default=4000, help="frames to simulate")
     d.add_argument("--step-px", type=float, default=4.0, help="simulated scan step, object pixels")
@@ -117,6 +112,7 @@ def add_detector_replay(commands: argparse._SubParsersAction) -> None:
         help="tomography files: the angle order projections are sent in",
     )
     d.add_argument("--rows", default=None, help="tomography files: detector rows FIRST:LAST to send (default all)")
+    d.add_argument("--entry", default=None, help="NXtomo files: which entry (default: the first)")
     d.add_argument("--curve-keys", type=Path, default=None, help="CurveZMQ key folder (edgeray keys)")
     add_cxi_flags(d)
     d.set_defaults(func=cmd_detector_replay)
@@ -127,7 +123,7 @@ def cmd_detector_replay(args: argparse.Namespace) -> int:
 
     if (args.scan_file is None) == (not args.simulate):
         raise ValueError("give a CXI file to replay or --simulate (not both)")
-    if args.scan_file is not None and _is_dxchange(args.scan_file):
+    if args.scan_file is not None and _is_tomography(args.scan_file):
         return _replay_tomo(args)
     scan = _replay_scan(args)
     socket = connect(args.endpoint, curve_keys=args.curve_keys)

@@ -14,8 +14,8 @@ from edgeray.cli._common import console, progress_bar, row_range, summary_path, 
 
 def add_tomo_recon(commands: argparse._SubParsersAction) -> None:
     """The arguments of ``cmd_tomo_recon``."""
-    tr = commands.add_parser("recon", help="Data Exchange raw scan -> reconstruction (HDF5), PNG, JSON")
-    tr.add_argument("input", type=Path, help="Data Exchange file with /exchange/data, data_white, data_dark, theta")
+    tr = commands.add_parser("recon", help="raw scan (Data Exchange or NeXus NXtomo) -> reconstruction, PNG, JSON")
+    tr.add_argument("input", type=Path, help="Data Exchange (/exchange/data, theta...) or NXtomo file (image_key...)")
     tr.add_argument("-o", "--output", type=Path, required=True, help="reconstruction file (Data Exchange)")
     tr.add_argument("--algo", choices=("gridrec", "fbp", "sirt", "cgls"), default="gridrec",
                     help="gridrec: FBP by NUFFT (fast, CPU); fbp: backprojection (CPU/CUDA); sirt; cgls")  # fmt: skip
@@ -27,18 +27,18 @@ def add_tomo_recon(commands: argparse._SubParsersAction) -> None:
     tr.add_argument("--chunk", type=int, default=16, help="slices read and reconstructed at once")
     tr.add_argument("--iterations", type=int, default=100, help="SIRT / CGLS iterations")
     tr.add_argument("--device", default="cpu", help="cpu or cuda (fbp, sirt)")
+    tr.add_argument("--entry", default=None, help="NXtomo files: which entry (default: the first)")
     tr.set_defaults(func=cmd_tomo_recon)
 
 
 def cmd_tomo_recon(args: argparse.Namespace) -> int:
-
     from edgeray.io import read_reconstruction
     from edgeray.tomo import TomoOptions, reconstruct_file
 
     center = None if args.center == "auto" else float(args.center)
     options = TomoOptions(algorithm=args.algo, center=center, filter_name=args.filter, rings=args.rings,
                           zingers=args.zingers, slices=row_range(args.slices), chunk_slices=args.chunk,
-                          iterations=args.iterations, device=args.device)  # fmt: skip
+                          iterations=args.iterations, device=args.device, entry=args.entry)  # fmt: skip
     with progress_bar(f"{args.algo} reconstruction", None) as update:
         summary = reconstruct_file(args.input, args.output, options, progress=lambda done, total: update(done, total))
     volume, _ = read_reconstruction(args.output)

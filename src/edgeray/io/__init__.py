@@ -1,4 +1,4 @@
-"""File formats: CXI raw ptychography, reconstruction products, Data Exchange tomography.
+"""File formats: CXI raw ptychography, reconstruction products, Data Exchange and NeXus NXtomo tomography.
 
 Readers are lazy and validating; writers are atomic (temporary name, then rename). Every problem
 with a file raises :class:`EdgeRayFormatError` naming the file and the dataset at fault.
@@ -17,6 +17,7 @@ from edgeray.io.dxchange import (
 from edgeray.io.errors import EdgeRayFormatError
 from edgeray.io.geometry import EV_J, HC_EV_M, PtychoGeometry
 from edgeray.io.inspect import inspect
+from edgeray.io.nxtomo import NXtomoFile, is_nxtomo, open_tomo, read_tomo
 from edgeray.io.product import Product, read_product, write_product
 
 __all__ = [
@@ -27,16 +28,20 @@ __all__ = [
     "DataExchangeFile",
     "EdgeRayFormatError",
     "GroundTruth",
+    "NXtomoFile",
     "Product",
     "PtychoGeometry",
     "PtychoScan",
     "TomoScan",
     "detect_kind",
     "inspect",
+    "is_nxtomo",
+    "open_tomo",
     "read_cxi",
     "read_dxchange",
     "read_product",
     "read_reconstruction",
+    "read_tomo",
     "write_cxi",
     "write_dxchange",
     "write_product",

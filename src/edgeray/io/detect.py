@@ -7,6 +7,7 @@ from pathlib import Path
 import h5py
 
 from edgeray.io.errors import EdgeRayFormatError
+from edgeray.io.nxtomo import nxtomo_entries
 
 KINDS = ("cxi", "product", "tomo-raw", "tomo-recon", "trainset")
 
@@ -25,6 +26,8 @@ def detect_kind(path: str | Path) -> str:
     except OSError as exc:
         raise EdgeRayFormatError(path, None, f"cannot open as HDF5 ({exc})") from exc
     with h5:
+        if nxtomo_entries(h5):
+            return "tomo-raw"
         if "cxi_version" in h5 or "entry_1" in h5:
             return "cxi"
         if "object" in h5 and "probe" in h5:

@@ -11,8 +11,9 @@ import numpy as np
 from edgeray.io._h5util import count_problems, describe_filters
 from edgeray.io.cxi import CXIFile
 from edgeray.io.detect import detect_kind
-from edgeray.io.dxchange import DataExchangeFile, read_reconstruction
+from edgeray.io.dxchange import read_reconstruction
 from edgeray.io.errors import EdgeRayFormatError
+from edgeray.io.nxtomo import open_tomo
 from edgeray.io.product import read_product
 
 
@@ -104,7 +105,7 @@ def _inspect_cxi(path: Path, out: dict, scan_counts: bool, progress: Callable | 
 
 
 def _inspect_tomo(path: Path, out: dict, scan_counts: bool) -> None:
-    with DataExchangeFile(path) as dx:
+    with open_tomo(path) as dx:
         out.update(
             n_angles=dx.n_angles,
             frame_shape=list(dx.frame_shape),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeray.io import DataExchangeFile
+from edgeray.io import DataExchangeFile, NXtomoFile, open_tomo
 from edgeray.io._h5util import atomic_h5, compression_kwargs
 from edgeray.tomo.center import find_center_entropy, find_center_pair, opposite_pair
 from edgeray.tomo.fbp import fbp, gridrec
@@ -38,6 +38,7 @@ class TomoOptions:
         chunk_slices: rows read and reconstructed at once (memory: about chunk x angles x columns x 12 bytes).
         iterations: SIRT or CGLS iterations.
         device: ``cpu`` or ``cuda`` (``fbp`` and ``sirt``).
+        entry: which NXtomo entry of a NeXus file (None: the first); not used for Data Exchange.
     """
 
     algorithm: str = "gridrec"
@@ -50,9 +51,10 @@ class TomoOptions:
     chunk_slices: int = 16
     iterations: int = 100
     device: str = "cpu"
+    entry: str | None = None
 
 
-def preprocess_rows(data: DataExchangeFile, rows: slice, options: TomoOptions) -> np.ndarray:
+def preprocess_rows(data: DataExchangeFile | NXtomoFile, rows: slice, options: TomoOptions) -> np.ndarray:
     """Sinograms ``(S, A, C)`` of line integrals for detector ``rows`` of ``data``."""
     projections = data.read_sinograms(rows.start, rows.stop)
     transmission = normalize(projections, data.flats(rows), data.darks(rows))
@@ -64,7 +66,7 @@ def preprocess_rows(data: DataExchangeFile, rows: slice, options: TomoOptions) -
     return sinograms
 
 
-def find_center(data: DataExchangeFile, options: TomoOptions) -> tuple[float, str]:
+def find_center(data: DataExchangeFile | NXtomoFile, options: TomoOptions) -> tuple[float, str]:
     """The rotation centre and how it was found: from two projections half a turn apart (middle rows) if the
     scan has them, else by the sharpest reconstruction of the middle slice."""
     rows = data.frame_shape[0]
@@ -98,13 +100,13 @@ def reconstruct_file(
     options: TomoOptions,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
-    """Reconstruct ``path`` (Data Exchange) into ``output`` (Data Exchange reconstruction); returns a summary
+    """Reconstruct ``path`` (Data Exchange or NXtomo) into ``output`` (Data Exchange reconstruction); returns a summary
     (centre and how it was found, slices, seconds, slices per second). ``progress(done, total)`` after each chunk.
     """
     if options.algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {options.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
     start_time = time.perf_counter()
-    with DataExchangeFile(path) as data:
+    with open_tomo(path, options.entry) as data:
         rows, columns = data.frame_shape
         first, last = options.slices or (0, rows)
         if not 0 <= first < last <= rows:
@@ -116,7 +118,7 @@ def reconstruct_file(
         theta = np.radians(data.theta_deg)
         n_slices = last - first
         params = {**{k: v for k, v in asdict(options).items() if v is not None}, "center": center,
-                  "center_method": how, "source": str(path), "first_slice": first}  # fmt: skip
+                  "center_method": how, "source": Path(path).name, "first_slice": first}  # fmt: skip
         params["slices"] = f"{first}:{last}"
         with atomic_h5(output) as h5:
             h5.attrs["implements"] = "exchange"

@@ -1,0 +1,266 @@
+"""NeXus NXtomo raw tomography (as Diamond's and tomoscan's writers lay it out): a lazy reader with the interface of
+:class:`~edgeray.io.dxchange.DataExchangeFile`, and :func:`open_tomo` / :func:`read_tomo` for either format.
+
+Layout read (one ``NXentry`` per scan; ``entry`` picks one, default the first):
+
+- frames: ``ENTRY/instrument/detector/data`` or ``ENTRY/data/data`` (Diamond: ``ENTRY/tomo_entry/...``),
+  ``(n_frames, rows, cols)`` unless the ``NXdata`` group's ``axes`` attribute says otherwise (the frame axis is
+  the one named ``rotation_angle``, ``image_key`` or ``frame``; an ``x`` axis before ``y`` means columns first);
+- ``image_key`` ``(n_frames,)`` beside the data (detector or NXdata group): 0 projection, 1 flat, 2 dark, 3 invalid;
+  absent: every frame is a projection;
+- ``rotation_angle`` ``(n_frames,)`` in ``ENTRY/sample`` or the NXdata group; degrees unless ``units`` says radians.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from edgeray.io._h5util import check_count_dtype, count_problems, frames_per_chunk
+from edgeray.io.dxchange import DataExchangeFile, TomoScan
+from edgeray.io.errors import EdgeRayFormatError
+
+PROJECTION, FLAT, DARK, INVALID = 0, 1, 2, 3
+FRAME_AXIS_NAMES = ("rotation_angle", "image_key", "frame", "frames", "nframes")
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def nxtomo_entries(h5: h5py.File) -> list[str]:
+    """Names of the file's top-level groups that hold an NXtomo scan, sorted."""
+    found = []
+    for name, group in h5.items():
+        if not isinstance(group, h5py.Group):
+            continue
+        nx_class = _text(group.attrs.get("NX_class", ""))
+        definition = (
+            _text(group["definition"][()]) if "definition" in group else _text(group.attrs.get("definition", ""))
+        )
+        looks_like = any(f"{base}instrument/detector/image_key" in group for base in ("", "tomo_entry/"))
+        if definition == "NXtomo" or (nx_class == "NXentry" and looks_like) or "tomo_entry" in group:
+            found.append(name)
+    return sorted(found)
+
+
+def is_nxtomo(path: str | Path) -> bool:
+    """Whether ``path`` is an HDF5 file holding at least one NXtomo entry."""
+    try:
+        with h5py.File(path, "r") as h5:
+            return bool(nxtomo_entries(h5))
+    except OSError:
+        return False
+
+
+class NXtomoFile:
+    """Lazy reader of an NXtomo scan; reads projection or sinogram blocks on request.
+
+    The same attributes and methods as :class:`~edgeray.io.dxchange.DataExchangeFile` (``n_angles``, ``frame_shape``,
+    ``dtype``, ``theta_deg``, ``assumptions``, ``read_projections``, ``read_sinograms``, ``flats``, ``darks``, ...).
+
+    Raises:
+        EdgeRayFormatError: naming file and dataset, for no NXtomo entry (or not the one asked for), missing frames
+            or angles, an image_key or angle count other than the frame count, unknown image keys, no projection.
+    """
+
+    def __init__(self, path: str | Path, entry: str | None = None):
+        self.path = Path(path)
+        try:
+            self._h5 = h5py.File(self.path, "r")
+        except OSError as exc:
+            raise EdgeRayFormatError(self.path, None, f"cannot open as HDF5 ({exc})") from exc
+        try:
+            self._read_header(entry)
+        except BaseException:
+            self._h5.close()
+            raise
+
+    def _find(self, base: h5py.Group, *names: str) -> h5py.Dataset | None:
+        for name in names:
+            if name in base and isinstance(base[name], h5py.Dataset):
+                return base[name]
+        return None
+
+    def _read_header(self, entry: str | None) -> None:
+        h5, path = self._h5, self.path
+        self.assumptions: list[str] = []
+        entries = nxtomo_entries(h5)
+        if not entries:
+            raise EdgeRayFormatError(path, None, "no NXtomo entry (an NXentry with definition NXtomo)")
+        if entry is None:
+            entry = entries[0]
+            if len(entries) > 1:
+                self.assumptions.append(f"{len(entries)} NXtomo entries ({', '.join(entries)}): read {entry}")
+        elif entry not in entries:
+            raise EdgeRayFormatError(path, f"/{entry}", f"no such NXtomo entry; the file has {', '.join(entries)}")
+        self.entry = entry
+        group = h5[entry]["tomo_entry"] if "tomo_entry" in h5[entry] else h5[entry]
+        data = self._find(group, "instrument/detector/data", "data/data")
+        if data is None:
+            raise EdgeRayFormatError(path, f"{group.name}/instrument/detector/data", "missing dataset (frames)")
+        if data.ndim != 3:
+            raise EdgeRayFormatError(path, data.name, f"has {data.ndim} dimensions {data.shape}, expected 3")
+        check_count_dtype(data, path)
+        self._data = data
+        self._axes = self._axis_order(group, data)
+        n_frames = data.shape[self._axes[0]]
+        self.frame_shape = (data.shape[self._axes[1]], data.shape[self._axes[2]])
+        self.dtype = data.dtype
+
+        key_set = self._find(group, "instrument/detector/image_key", "data/image_key")
+        if key_set is None:
+            keys = np.zeros(n_frames, dtype=np.int64)
+            self.assumptions.append("no image_key: every frame read as a projection")
+        else:
+            keys = np.asarray(key_set[()], dtype=np.int64)
+            if keys.shape != (n_frames,):
+                raise EdgeRayFormatError(path, key_set.name, f"{keys.size} keys for {n_frames} frames")
+            unknown = sorted(set(np.unique(keys).tolist()) - {PROJECTION, FLAT, DARK, INVALID})
+            if unknown:
+                raise EdgeRayFormatError(path, key_set.name, f"unknown image keys {unknown} (0, 1, 2, 3 expected)")
+        angle_set = self._find(group, "sample/rotation_angle", "data/rotation_angle")
+        if angle_set is None:
+            raise EdgeRayFormatError(path, f"{group.name}/sample/rotation_angle", "missing dataset (angles)")
+        angles = np.asarray(angle_set[()], dtype=np.float64).reshape(-1)
+        if len(angles) != n_frames:
+            raise EdgeRayFormatError(path, angle_set.name, f"{len(angles)} angles for {n_frames} frames")
+        units = _text(angle_set.attrs.get("units", "degree")).lower()
+        if units.startswith("rad"):
+            angles = np.degrees(angles)
+            self.assumptions.append("rotation_angle in radians (units attribute): converted to degrees")
+        elif "units" not in angle_set.attrs:
+            self.assumptions.append("rotation_angle has no units attribute: read as degrees (NXtomo)")
+
+        self._projection_frames = np.flatnonzero(keys == PROJECTION)
+        self._flat_frames = np.flatnonzero(keys == FLAT)
+        self._dark_frames = np.flatnonzero(keys == DARK)
+        if len(self._projection_frames) == 0:
+            raise EdgeRayFormatError(path, data.name, "no projection (image_key 0) among the frames")
+        theta = angles[self._projection_frames]
+        if not np.isfinite(theta).all():
+            raise EdgeRayFormatError(path, angle_set.name, "holds NaN or inf")
+        self.theta_deg = theta
+        self.n_angles = len(self._projection_frames)
+        if np.count_nonzero(keys == INVALID):
+            self.assumptions.append(f"{np.count_nonzero(keys == INVALID)} frames with image_key 3 (invalid) skipped")
+
+    def _axis_order(self, group: h5py.Group, data: h5py.Dataset) -> tuple[int, int, int]:
+        """Stored positions of the (frame, row, column) axes, from the NXdata group's ``axes`` attribute."""
+        axes_attr = None
+        for holder in (group.get("data"), data):
+            if holder is not None and "axes" in holder.attrs:
+                axes_attr = holder.attrs["axes"]
+                break
+        if axes_attr is None:
+            return (0, 1, 2)
+        names = [_text(a).strip().lower() for a in np.atleast_1d(axes_attr)]
+        if len(names) == 1 and ":" in names[0]:  # the old "rotation_angle:y:x" spelling
+            names = names[0].split(":")
+        if len(names) != 3:
+            raise EdgeRayFormatError(self.path, f"{data.name} @axes", f"{names}: three axis names expected")
+        frame = next((k for k, name in enumerate(names) if name in FRAME_AXIS_NAMES), 0)
+        others = [k for k in range(3) if k != frame]
+        if names[others[0]] == "x" and names[others[1]] == "y":
+            others.reverse()  # stored columns first: rows are the y axis
+        if (frame, *others) != (0, 1, 2):
+            self.assumptions.append(f"axes {names}: frames along axis {frame}, rows along axis {others[0]}")
+        return (frame, others[0], others[1])
+
+    def _read(self, frames: np.ndarray | slice, rows: slice = slice(None)) -> np.ndarray:
+        """Frames (file indices, increasing) and detector rows, as ``(n, rows, cols)``."""
+        if isinstance(frames, np.ndarray) and len(frames) and np.all(np.diff(frames) == 1):
+            frames = slice(int(frames[0]), int(frames[-1]) + 1)  # a contiguous run: one hyperslab
+        index = [slice(None)] * 3
+        index[self._axes[0]], index[self._axes[1]] = frames, rows
+        if isinstance(frames, np.ndarray) and len(frames) == 0:
+            return np.zeros((0, *self.frame_shape), dtype=self.dtype)
+        return np.transpose(self._data[tuple(index)], self._axes)
+
+    def _checked(self, block: np.ndarray, first: int, validate: bool, what: str = "frame") -> np.ndarray:
+        if validate:
+            problems = count_problems(block, first)
+            if problems:
+                raise EdgeRayFormatError(
+                    self.path, self._data.name, "; ".join(p.replace("frame", what) for p in problems)
+                )
+        return block
+
+    def read_projections(self, start: int = 0, stop: int | None = None, *, validate: bool = True) -> np.ndarray:
+        """Projections ``[start, stop)`` (counting projections only), ``(n, rows, cols)``."""
+        return self._checked(self._read(self._projection_frames[start:stop]), start, validate, "projection")
+
+    def read_sinograms(self, row_start: int, row_stop: int, *, validate: bool = True) -> np.ndarray:
+        """Detector rows ``[row_start, row_stop)`` of every projection, ``(n_angles, n_rows, cols)``."""
+        block = self._read(self._projection_frames, slice(row_start, row_stop))
+        if validate:
+            self._checked(np.moveaxis(block, 1, 0), row_start, True, "detector row")
+        return block
+
+    @property
+    def n_flats(self) -> int:
+        return len(self._flat_frames)
+
+    @property
+    def n_darks(self) -> int:
+        return len(self._dark_frames)
+
+    @property
+    def has_ground_truth(self) -> bool:
+        return False
+
+    def flats(self, rows: slice = slice(None)) -> np.ndarray | None:
+        """Flat fields (image_key 1, wherever they were taken) ``(n, rows, cols)`` or None."""
+        return self._checked(self._read(self._flat_frames, rows), 0, True, "flat") if self.n_flats else None
+
+    def darks(self, rows: slice = slice(None)) -> np.ndarray | None:
+        """Dark fields (image_key 2) ``(n, rows, cols)`` or None."""
+        return self._checked(self._read(self._dark_frames, rows), 0, True, "dark") if self.n_darks else None
+
+    def problems(self, chunk: int | None = None) -> list[str]:
+        """Scan every frame in chunks; list what is wrong (empty when all is well)."""
+        chunk = chunk or frames_per_chunk(self.frame_shape, self.dtype.itemsize, 4 << 20)
+        found = []
+        for label, frames in (("projection", self._projection_frames), ("flat", self._flat_frames),
+                              ("dark", self._dark_frames)):  # fmt: skip
+            for start in range(0, len(frames), chunk):
+                block = self._read(frames[start : start + chunk])
+                found += [f"{self._data.name}: {p.replace('frame', label)}" for p in count_problems(block, start)]
+        return found
+
+    def ground_truth(self) -> np.ndarray | None:
+        return None
+
+    def attrs(self) -> dict:
+        return {"nxtomo_entry": self.entry}
+
+    def load(self) -> TomoScan:
+        """Read everything into memory (validated)."""
+        return TomoScan(self.read_projections(), self.theta_deg, self.flats(), self.darks(), None, self.attrs())
+
+    def close(self) -> None:
+        self._h5.close()
+
+    def __enter__(self) -> NXtomoFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_tomo(path: str | Path, entry: str | None = None) -> DataExchangeFile | NXtomoFile:
+    """A lazy reader of a raw tomography file, Data Exchange or NXtomo (``entry`` picks an NXtomo entry)."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeRayFormatError(path, None, "no such file")
+    if entry is not None or is_nxtomo(path):
+        return NXtomoFile(path, entry)
+    return DataExchangeFile(path)
+
+
+def read_tomo(path: str | Path, entry: str | None = None) -> TomoScan:
+    """Read a whole raw tomography scan (Data Exchange or NXtomo) into memory."""
+    with open_tomo(path, entry) as scan:
+        return scan.load()
