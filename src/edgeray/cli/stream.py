@@ -72,6 +72,40 @@ def _replay_tomo(args: argparse.Namespace) -> int:
     return _disconnect_or_warn(socket)
 
 
+def _replay_pva(args: argparse.Namespace) -> int:
+    """``detector replay --pva CHANNEL``: serve the scan as an NTNDArray channel, once a client subscribes."""
+    from edgeray.stream.detector import scan_geometry
+    from edgeray.stream.pva import ptycho_frames, serve, serve_frames, tomo_frames
+    from edgeray.tomo.streaming import acquisition_order
+
+    if args.scan_file is not None and _is_tomography(args.scan_file):
+        from edgeray.io import read_tomo
+
+        scan = read_tomo(args.scan_file, args.entry)
+        order = acquisition_order(scan.theta_deg, args.order)
+        frames, n = (
+            tomo_frames(scan, order),
+            len(order) + sum(len(f) for f in (scan.flats, scan.darks) if f is not None),
+        )
+        shape, dtype = scan.projections.shape[1:], scan.projections.dtype
+        rate = args.rate if args.rate != 2000.0 else 500.0  # a tomography detector's default pace
+    else:
+        scan = _replay_scan(args)
+        frames, n = ptycho_frames(scan, scan_geometry(scan), args.cycles), len(scan.frames) * args.cycles
+        shape, dtype, rate = scan.frames.shape[1:], scan.frames.dtype, args.rate
+    server = serve(args.pva, tuple(shape), dtype.name, args.pva_interface)
+    try:
+        ready = {"pva": args.pva, "address": server.address, "search_port": server.search_port}
+        print(json.dumps({"ready": ready}), flush=True)
+        console.print(f"serving {n} frames as {args.pva} on {server.address} (UDP search port {server.search_port}) "
+                      f"at {rate:g} Hz once a client subscribes")  # fmt: skip
+        report = serve_frames(server, frames, n, rate, wait_s=args.pva_wait_s)
+    finally:
+        server.close()
+    print(json.dumps(report.as_dict()), flush=True)
+    return 0
+
+
 def _disconnect_or_warn(socket) -> int:
     """Wait for the queued messages to leave (:func:`edgeray.stream.detector.disconnect`); 1 (and an error) when
     some could not."""
@@ -102,6 +136,10 @@ def add_detector_replay(commands: argparse._SubParsersAction) -> None:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--rate", type=float, default=2000.0, help="frames per second (0: as fast as possible)")
     d.add_argument("--endpoint", default="tcp://127.0.0.1:5555", help="the edge service's --listen endpoint")
+    d.add_argument("--pva", default=None, metavar="CHANNEL",
+                   help="serve the frames as this EPICS PV Access NTNDArray channel (as areaDetector)")  # fmt: skip
+    d.add_argument("--pva-interface", default="127.0.0.1", help="--pva: the address to serve on")
+    d.add_argument("--pva-wait-s", type=float, default=60.0, help="--pva: how long to wait for a subscriber")
     d.add_argument("--scan-id", default=None, help="scan name (default: random)")
     d.add_argument("--repeat", type=int, default=1, help="send the scan this many times, as separate scans")
     d.add_argument("--cycles", type=int, default=1, help="send the frames this many times over, as one scan")
@@ -123,6 +161,8 @@ def cmd_detector_replay(args: argparse.Namespace) -> int:
 
     if (args.scan_file is None) == (not args.simulate):
         raise ValueError("give a CXI file to replay or --simulate (not both)")
+    if args.pva:
+        return _replay_pva(args)
     if args.scan_file is not None and _is_tomography(args.scan_file):
         return _replay_tomo(args)
     scan = _replay_scan(args)
@@ -137,19 +177,40 @@ def cmd_detector_replay(args: argparse.Namespace) -> int:
     return _disconnect_or_warn(socket)
 
 
+def _pva_bridge(service, args: argparse.Namespace):
+    """``--pva CHANNEL``: the EPICS PV Access bridge feeding ``service``'s receiver (None without ``--pva``)."""
+    if not args.pva:
+        return None
+    from edgeray.stream.pva import PvaBridge, PvaOptions, load_positions
+
+    positions, geometry = (None, {}) if args.positions is None else load_positions(args.positions, args.mode)
+    options = PvaOptions(channel=args.pva, name_server=args.pva_name_server, mode=args.mode, positions=positions,
+                         geometry=geometry, frames=args.pva_frames, idle_s=args.pva_idle_s)  # fmt: skip
+    return PvaBridge(options, service.endpoint, service.context).start()
+
+
+def _listen(args: argparse.Namespace) -> str:
+    """The receiver's endpoint: ``--listen``, or an in-process one when frames come over PV Access."""
+    return f"inproc://edgeray-pva-{args.pva}" if args.pva else args.listen
+
+
 def _serve(service, view_class, args: argparse.Namespace, label: str) -> int:
     """Run a started edge service (and its live view unless ``--http off``) until it stops: SIGTERM or Ctrl-C
     closes the open scan with every received frame written; print the ready line and the summaries as JSON."""
     import signal
     import threading
 
+    bridge = _pva_bridge(service, args)
     dashboard = None
     if args.http != "off":
         host, _, port = args.http.rpartition(":")
         dashboard = view_class(service, host or "127.0.0.1", int(port), max_fps=args.view_fps).start()
     ready = {"listen": service.endpoint, "view": dashboard.url if dashboard else None, "out": str(args.out)}
+    if bridge is not None:
+        ready["pva"] = args.pva
     print(json.dumps({"ready": ready}), flush=True)
-    console.print(f"[bold]{label}[/] listening on {service.endpoint}; live view {ready['view']}; writing to {args.out}")
+    source = f"PV Access channel {args.pva}" if bridge is not None else service.endpoint
+    console.print(f"[bold]{label}[/] listening on {source}; live view {ready['view']}; writing to {args.out}")
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: service.stop())
     try:
@@ -159,6 +220,9 @@ def _serve(service, view_class, args: argparse.Namespace, label: str) -> int:
         console.print("[yellow]stopping[/]: closing the open scan with every received frame written")
         service.stop()
         service.wait(60)
+    if bridge is not None:
+        bridge.stop()
+        (Path(args.out) / "pva.json").write_text(json.dumps(bridge.stats(), indent=2) + "\n")
     if getattr(args, "hold", 0) > 0 and dashboard is not None:
         time.sleep(args.hold)
     service.join(10)
@@ -191,7 +255,7 @@ def _edge_tomo(args: argparse.Namespace) -> int:
     from edgeray.stream.tomo_view import TomoDashboard
 
     enhancer = "off" if args.enhancer == "off" else (None if args.enhancer == "shipped" else Path(args.enhancer))
-    options = TomoEdgeOptions(listen=args.listen, out=args.out, update_every=args.update_every,
+    options = TomoEdgeOptions(listen=_listen(args), out=args.out, update_every=args.update_every,
                               capacity=args.capacity, enhancer=enhancer, scans=args.scans,
                               curve_keys=args.curve_keys)  # fmt: skip
     return _serve(TomoEdgeService(options).start(), TomoDashboard, args, "edge (tomo)")
@@ -210,6 +274,15 @@ def add_edge(commands: argparse._SubParsersAction) -> None:
     e.add_argument("--capacity", type=int, default=None, help="tomo: projections in the buffer (default: a half turn)")
     e.add_argument("--enhancer", default="shipped", help="tomo: 'shipped' stream TomoGAN, a model directory, or 'off'")
     e.add_argument("--listen", default="tcp://127.0.0.1:5555", help="PULL endpoint detectors connect to")
+    e.add_argument("--pva", default=None, metavar="CHANNEL",
+                   help="take frames from this EPICS PV Access NTNDArray channel (areaDetector) instead")  # fmt: skip
+    e.add_argument("--pva-name-server", default=None, metavar="HOST:PORT",
+                   help="--pva: ask this PVA server directly (default: EPICS_PVA_ADDR_LIST search)")  # fmt: skip
+    e.add_argument("--positions", type=Path, default=None,
+                   help="--pva: positions of frames without position attributes (.npy/.csv, or CXI)")  # fmt: skip
+    e.add_argument("--pva-frames", type=int, default=None,
+                   help="--pva: frames per scan when the frames carry no n_frames attribute")  # fmt: skip
+    e.add_argument("--pva-idle-s", type=float, default=1.0, help="--pva: a scan without frames this long has ended")
     e.add_argument("--out", type=Path, default=Path("run"), help="folder for run files, products and summaries")
     e.add_argument("--model", type=Path, default=None, help="surrogate folder (default: the shipped edge model)")
     e.add_argument("--max-batch", type=int, default=64, help="largest inference batch, frames")
@@ -250,7 +323,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
     if args.refine:
         refine = RefineOptions(engine=args.refine_engine, tail_s=args.refine_tail_s, seed=args.refine_seed)
     options = EdgeOptions(
-        listen=args.listen, out=args.out, model=args.model, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+        listen=_listen(args), out=args.out, model=args.model, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
         publish=None if args.publish == "off" else args.publish, scans=args.scans, curve_keys=args.curve_keys,
         infer_threads=args.infer_threads, infer_workers=args.infer_workers, registry=args.registry, refine=refine,
         refine_probe=args.refine_probe, ring_frames=args.ring_frames,
