@@ -410,7 +410,7 @@ def serve_frames(
     n_frames: int,
     rate_hz: float = 2000.0,
     wait_s: float = 30.0,
-    linger_s: float = 2.0,
+    linger_s: float = 5.0,
     progress: Callable[[int], None] | None = None,
 ) -> ReplayReport:
     """Post ``frames`` (each ``(frame, attributes)``; ``uniqueId`` 1, 2, ...) at ``rate_hz`` (<= 0: at once) once a
