@@ -39,7 +39,7 @@ class Harness:
         self.pull.bind("inproc://edge")
         options = PvaOptions("test:image", name_server=self.server.address, mode=mode, **options)
         self.bridge = PvaBridge(options, "inproc://edge", self.context).start()
-        assert self.server.subscribers.first.wait(10)
+        assert self.bridge.connected.wait(10)  # its monitor runs: it has the channel's value before any frame
 
     def post(self, uid: int, attributes: dict | None = None) -> None:
         frame = np.full((8, 8), uid % 60000, dtype=np.uint16)

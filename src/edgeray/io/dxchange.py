@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import h5py
 import numpy as np
@@ -50,7 +51,37 @@ class TomoScan:
     attrs: dict = field(default_factory=dict)
 
 
-class DataExchangeFile:
+class LazyTomoFile:
+    """What the raw tomography readers share: an open HDF5 file, reading it all (:meth:`load`), closing it.
+
+    A subclass sets ``_h5`` and provides ``theta_deg``, ``read_projections``, ``flats``, ``darks``,
+    ``ground_truth`` and ``attrs``.
+    """
+
+    _h5: h5py.File
+
+    def load(self) -> TomoScan:
+        """Read everything into memory (validated)."""
+        return TomoScan(
+            projections=self.read_projections(),
+            theta_deg=self.theta_deg,
+            flats=self.flats(),
+            darks=self.darks(),
+            ground_truth=self.ground_truth(),
+            attrs=self.attrs(),
+        )
+
+    def close(self) -> None:
+        self._h5.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class DataExchangeFile(LazyTomoFile):
     """Lazy reader of raw Data Exchange projections; reads projection or sinogram blocks on request.
 
     Raises:
@@ -165,26 +196,6 @@ class DataExchangeFile:
 
     def attrs(self) -> dict:
         return dict(self._h5[GROUND_TRUTH].attrs) if GROUND_TRUTH in self._h5 else {}
-
-    def load(self) -> TomoScan:
-        """Read everything into memory (validated)."""
-        return TomoScan(
-            projections=self.read_projections(),
-            theta_deg=self.theta_deg,
-            flats=self.flats(),
-            darks=self.darks(),
-            ground_truth=self.ground_truth(),
-            attrs=self.attrs(),
-        )
-
-    def close(self) -> None:
-        self._h5.close()
-
-    def __enter__(self) -> DataExchangeFile:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def read_dxchange(path: str | Path) -> TomoScan:

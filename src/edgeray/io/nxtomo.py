@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 
 from edgeray.io._h5util import check_count_dtype, count_problems, frames_per_chunk
-from edgeray.io.dxchange import DataExchangeFile, TomoScan
+from edgeray.io.dxchange import DataExchangeFile, LazyTomoFile, TomoScan
 from edgeray.io.errors import EdgeRayFormatError
 
 PROJECTION, FLAT, DARK, INVALID = 0, 1, 2, 3
@@ -55,7 +55,7 @@ def is_nxtomo(path: str | Path) -> bool:
         return False
 
 
-class NXtomoFile:
+class NXtomoFile(LazyTomoFile):
     """Lazy reader of an NXtomo scan; reads projection or sinogram blocks on request.
 
     The same attributes and methods as :class:`~edgeray.io.dxchange.DataExchangeFile` (``n_angles``, ``frame_shape``,
@@ -235,19 +235,6 @@ class NXtomoFile:
 
     def attrs(self) -> dict:
         return {"nxtomo_entry": self.entry}
-
-    def load(self) -> TomoScan:
-        """Read everything into memory (validated)."""
-        return TomoScan(self.read_projections(), self.theta_deg, self.flats(), self.darks(), None, self.attrs())
-
-    def close(self) -> None:
-        self._h5.close()
-
-    def __enter__(self) -> NXtomoFile:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def open_tomo(path: str | Path, entry: str | None = None) -> DataExchangeFile | NXtomoFile:

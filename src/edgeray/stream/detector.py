@@ -33,6 +33,25 @@ class ReplayReport:
     def as_dict(self) -> dict:
         return dict(self.__dict__)
 
+    @classmethod
+    def from_lateness(
+        cls, scan_id: str, frames_sent: int, seconds: float, target_rate_hz: float, lateness_ns: np.ndarray
+    ) -> ReplayReport:
+        """The report of a paced send: ``lateness_ns`` ``(n,)`` how late each paced frame left (its rate over
+        ``seconds``), ``frames_sent`` all frames sent."""
+        paced = len(lateness_ns)
+        jitter_us = np.asarray(lateness_ns) / 1e3
+        return cls(
+            scan_id=scan_id,
+            frames_sent=frames_sent,
+            seconds=seconds,
+            rate_hz=(paced - 1) / seconds if paced > 1 and seconds > 0 else 0.0,
+            target_rate_hz=target_rate_hz,
+            jitter_us_p50=float(np.percentile(jitter_us, 50)) if paced else 0.0,
+            jitter_us_p99=float(np.percentile(jitter_us, 99)) if paced else 0.0,
+            jitter_us_max=float(jitter_us.max()) if paced else 0.0,
+        )
+
 
 class _Cycled:
     """``frames`` repeated ``cycles`` times, sliced block by block (no copy of the whole)."""
@@ -144,15 +163,4 @@ def replay(
         socket.send_multipart(encode_end(scan_id, n))
     if progress:
         progress(n)
-    sent = n - start_index
-    jitter_us = lateness_ns / 1e3
-    return ReplayReport(
-        scan_id=scan_id,
-        frames_sent=sent,
-        seconds=seconds,
-        rate_hz=(sent - 1) / seconds if sent > 1 and seconds > 0 else 0.0,
-        target_rate_hz=rate_hz,
-        jitter_us_p50=float(np.percentile(jitter_us, 50)) if sent else 0.0,
-        jitter_us_p99=float(np.percentile(jitter_us, 99)) if sent else 0.0,
-        jitter_us_max=float(jitter_us.max()) if sent else 0.0,
-    )
+    return ReplayReport.from_lateness(scan_id, n - start_index, seconds, rate_hz, lateness_ns)

@@ -227,18 +227,16 @@ class PvaBridge:
         if scan.expected is not None and index + 1 >= scan.expected:
             self._end(f"all {scan.expected} frames")
 
-    def _position(self, attributes: dict, index: int, uid: int):
-        if self.options.mode == "ptycho" and all(k in attributes for k in POSITION_KEYS):
+    def _position(self, attributes: dict, index: int, uid: int) -> tuple[float, float] | float:
+        """The frame's ``(y, x)`` position, m (ptycho) or angle, degrees (tomo): attributes, else the file."""
+        ptycho = self.options.mode == "ptycho"
+        if ptycho and all(k in attributes for k in POSITION_KEYS):
             return (float(attributes["position_y_m"]), float(attributes["position_x_m"]))
         positions = self.options.positions
         if positions is None or index >= len(positions):
-            what = "position_y_m/position_x_m" if self.options.mode == "ptycho" else "theta_deg"
+            what = "position_y_m/position_x_m" if ptycho else "theta_deg"
             raise ValueError(f"uniqueId {uid}: no {what} attribute and no positions file entry {index}")
-        return (
-            tuple(float(p) for p in np.atleast_1d(positions[index]))
-            if self.options.mode == "ptycho"
-            else float(positions[index])
-        )
+        return (float(positions[index][0]), float(positions[index][1])) if ptycho else float(positions[index])
 
     def _begin(self, uid: int, frame: np.ndarray, attributes: dict) -> _Scan:
         geometry = dict(self.options.geometry)
@@ -411,12 +409,18 @@ def serve_frames(
     rate_hz: float = 2000.0,
     wait_s: float = 30.0,
     linger_s: float = 5.0,
+    settle_s: float = 0.5,
     progress: Callable[[int], None] | None = None,
 ) -> ReplayReport:
     """Post ``frames`` (each ``(frame, attributes)``; ``uniqueId`` 1, 2, ...) at ``rate_hz`` (<= 0: at once) once a
-    client has subscribed (up to ``wait_s``), then keep serving ``linger_s`` for what is still queued."""
+    client has subscribed (up to ``wait_s``), then keep serving ``linger_s`` for what is still queued.
+
+    A client's monitor starts a moment after its channel connects (p4p tells of the connection only); updates
+    posted in between would reach it as one (the latest), so posting begins ``settle_s`` after the connection.
+    """
     if not server.subscribers.first.wait(wait_s):
         raise TimeoutError(f"no client subscribed to {server.channel} within {wait_s:g} s")
+    time.sleep(settle_s)
     period_ns = int(1e9 / rate_hz) if rate_hz > 0 else 0
     lateness_ns = np.zeros(n_frames, dtype=np.int64)
     t0 = time.perf_counter_ns()
@@ -436,17 +440,7 @@ def serve_frames(
             last_progress = now
     seconds = (time.perf_counter_ns() - t0) / 1e9
     time.sleep(linger_s)
-    jitter_us = lateness_ns[:sent] / 1e3
-    return ReplayReport(
-        scan_id=server.channel,
-        frames_sent=sent,
-        seconds=seconds,
-        rate_hz=(sent - 1) / seconds if sent > 1 and seconds > 0 else 0.0,
-        target_rate_hz=rate_hz,
-        jitter_us_p50=float(np.percentile(jitter_us, 50)) if sent else 0.0,
-        jitter_us_p99=float(np.percentile(jitter_us, 99)) if sent else 0.0,
-        jitter_us_max=float(jitter_us.max()) if sent else 0.0,
-    )
+    return ReplayReport.from_lateness(server.channel, sent, seconds, rate_hz, lateness_ns[:sent])
 
 
 def ptycho_frames(scan, geometry: dict, cycles: int = 1) -> Iterator[tuple[np.ndarray, dict]]:

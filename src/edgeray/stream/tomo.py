@@ -68,11 +68,7 @@ def replay_tomo(scan: TomoScan, socket: zmq.Socket, rate_hz: float = 500.0, orde
         index += 1
     seconds = (time.perf_counter_ns() - t0) / 1e9
     socket.send_multipart(encode_end(scan_id, n))
-    jitter_us = lateness_ns / 1e3
-    sent = len(sequence)
-    return ReplayReport(scan_id, n, seconds, (sent - 1) / seconds if sent > 1 and seconds > 0 else 0.0, rate_hz,
-                        float(np.percentile(jitter_us, 50)), float(np.percentile(jitter_us, 99)),
-                        float(jitter_us.max()))  # fmt: skip
+    return ReplayReport.from_lateness(scan_id, n, seconds, rate_hz, lateness_ns)
 
 
 @dataclass
