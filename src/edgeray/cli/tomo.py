@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -71,6 +72,13 @@ def add_tomo_train_denoiser(commands: argparse._SubParsersAction) -> None:
     source.add_argument("--tooth", type=Path, default=None, help="Data Exchange scan: sparse vs. all angles")
     source.add_argument("--stream", type=int, default=None,
                         help="simulated streams of N phantoms: early (sparse) stream slices vs. the truth")  # fmt: skip
+    source.add_argument("--self-supervised", type=Path, default=None, metavar="SCAN",
+                        help="Noise2Inverse on a raw scan's own projections (no clean target)")  # fmt: skip
+    td.add_argument("--splits", type=int, default=2, help="self-supervised: disjoint angle subsets")
+    td.add_argument("--rows", default=None, help="self-supervised: rows FIRST:LAST to learn from (16 of them)")
+    td.add_argument(
+        "--start-from", default=None, help="self-supervised: weights to fine-tune ('none', or the shipped general)"
+    )
     td.add_argument("--size", type=int, default=128, help="simulated slice side, pixels")
     td.add_argument("--angles", type=int, default=180, help="simulated projections over 180 degrees")
     td.add_argument("--photons", type=float, default=60.0, help="simulated low dose, photons per pixel")
@@ -107,6 +115,8 @@ def cmd_tomo_train_denoiser(args: argparse.Namespace) -> int:
 
     device = str(resolve_device(args.device))  # before any work: a missing GPU is said at once
     started = time.perf_counter()
+    if args.self_supervised is not None:
+        return _self_supervised(args, started)
     pairs_path = args.pairs
     if pairs_path is None:
         pairs_path = args.output.with_name(args.output.name + "_pairs.h5")
@@ -156,6 +166,75 @@ def cmd_tomo_train_denoiser(args: argparse.Namespace) -> int:
     return 0
 
 
+def _self_supervised(args: argparse.Namespace, started: float) -> int:
+    """``train-denoiser --self-supervised SCAN``: Noise2Inverse on the scan's own projections."""
+    from edgeray.nn import noise2inverse
+
+    center = None if args.center == "auto" else float(args.center)
+    console.print(f"reconstructing {args.splits} disjoint angle subsets of {args.self_supervised}")
+    sub, info = noise2inverse.scan_sub_reconstructions(args.self_supervised, args.splits, row_range(args.rows),
+                                                       center=center)  # fmt: skip
+    steps = args.steps if args.steps != 3000 else 1000  # a fine-tune: the generic default would be long
+    with progress_bar("self-supervised fine-tune", steps) as update:
+        done = [0]
+
+        def tick(n: int) -> None:
+            done[0] += n
+            update(done[0])
+
+        card = noise2inverse.train(sub, args.output, args.start_from, steps, args.seed, args.self_supervised.name,
+                                   progress=tick)  # fmt: skip
+    summary = {"seconds": time.perf_counter() - started, "model": args.output.name, "scan": args.self_supervised.name,
+               "splits": args.splits, **info, "steps": steps, "start_from": card["training"]["start_from"]}  # fmt: skip
+    write_summary(args.output, summary)
+    console.print(f"[green]wrote[/] {args.output} and {summary_path(args.output)}: {len(info['rows'])} rows, "
+                  f"{args.splits} splits, {summary['seconds']:.0f} s")  # fmt: skip
+    return 0
+
+
+def add_tomo_evaluate_denoiser(commands: argparse._SubParsersAction) -> None:
+    """The arguments of ``cmd_tomo_evaluate_denoiser``."""
+    te = commands.add_parser("evaluate-denoiser", help="SSIM/PSNR in and out: held-out families, codes, the tooth")
+    te.add_argument("model", type=Path, nargs="?", default=None, help="denoiser directory (default: shipped general)")
+    te.add_argument("-o", "--output", type=Path, default=None, help="also write the results here (JSON)")
+    te.add_argument("--quick", action="store_true", help="fewer slices per case")
+    te.add_argument("--record", action="store_true", help="write the results into the model's card")
+    te.set_defaults(func=cmd_tomo_evaluate_denoiser)
+
+
+def cmd_tomo_evaluate_denoiser(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from edgeray.nn.denoise_eval import cases, evaluate_denoiser, record_transfer
+
+    started = time.perf_counter()
+    with progress_bar("evaluating", len(cases(args.quick)) + 2) as update:
+        done = [0]
+
+        def tick(_: str) -> None:
+            done[0] += 1
+            update(done[0])
+
+        evaluation = evaluate_denoiser(args.model, args.quick, progress=tick)
+    evaluation["seconds"] = time.perf_counter() - started
+    table = Table(title=f"{evaluation['model']}: held-out cases (each slice denoised alone)")
+    for column in ("case", "SSIM in", "SSIM out", "PSNR in", "PSNR out"):
+        table.add_column(column, justify="left" if column == "case" else "right")
+    for row in evaluation["cases"]:
+        table.add_row(row["case"], f"{row['ssim_in']:.3f}", f"{row['ssim_out']:.3f}", f"{row['psnr_in']:.1f}",
+                      f"{row['psnr_out']:.1f}")  # fmt: skip
+    console.print(table)
+    if args.output is not None:
+        args.output.write_text(json.dumps(evaluation, indent=2) + "\n")
+    if args.record:
+        from edgeray.nn.denoise import SHIPPED_GENERAL_DENOISER
+
+        record_transfer(args.model or SHIPPED_GENERAL_DENOISER, evaluation)
+        console.print(f"[green]recorded[/] in {(args.model or SHIPPED_GENERAL_DENOISER).name}'s card")
+    print(json.dumps(evaluation), flush=True)
+    return 0
+
+
 def add_tomo_denoise(commands: argparse._SubParsersAction) -> None:
     """The arguments of ``cmd_tomo_denoise``."""
     tn = commands.add_parser("denoise", help="denoise reconstructed slices (/exchange/data) with TomoGAN")
@@ -200,8 +279,9 @@ def cmd_tomo_denoise(args: argparse.Namespace) -> int:
 
 def register(groups: argparse._SubParsersAction) -> None:
     """Add this module's commands to ``edgeray``."""
-    tomo = groups.add_parser("tomo", help="tomography: reconstruct Data Exchange scans, denoise slices")
+    tomo = groups.add_parser("tomo", help="tomography: reconstruct raw scans (Data Exchange, NXtomo), denoise slices")
     tomo_cmds = tomo.add_subparsers(dest="action", metavar="ACTION", required=True)
     add_tomo_recon(tomo_cmds)
     add_tomo_train_denoiser(tomo_cmds)
+    add_tomo_evaluate_denoiser(tomo_cmds)
     add_tomo_denoise(tomo_cmds)

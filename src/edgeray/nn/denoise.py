@@ -35,6 +35,7 @@ from edgeray.nn.tomogan import (
 
 SHIPPED_DENOISER = Path(__file__).parent / "shipped" / "tomogan"  # low-dose slices
 SHIPPED_STREAM_DENOISER = Path(__file__).parent / "shipped" / "tomogan-stream"  # early, sparse stream slices
+SHIPPED_GENERAL_DENOISER = Path(__file__).parent / "shipped" / "tomogan-general"  # many families, codes, doses
 
 
 # ---------------------------------------------------------------------------------------------------- pairs
@@ -234,14 +235,17 @@ def train_denoiser(
     config: TomoGANConfig | None = None,
     options: DenoiserOptions | None = None,
     progress: Callable[[int], None] | None = None,
+    start_from: UNet | None = None,
 ) -> dict:
     """Train a TomoGAN generator on a pairs file -> model directory ``out_dir``; returns the model card.
 
     Each volume (``block`` slices) of a pair is normalized by one affine map, its noisy slices' 0.5/99.5
     percentiles -> 0/1 (FBP is unbiased, so both are on one scale), exactly as :func:`denoise_volume` normalizes
-    what it is given: the model works on any input scale and its output maps back to it.
+    what it is given: the model works on any input scale and its output maps back to it. ``block`` 1 makes a
+    model that normalizes each slice on its own (``normalization_scope`` ``slice`` in its card): a slice then
+    denoises the same alone or in a volume. ``start_from``: weights to begin with (its architecture is used).
     """
-    config = config or TomoGANConfig()
+    config = start_from.config if start_from is not None else (config or TomoGANConfig())
     options = options or DenoiserOptions()
     device = resolve_device(options.device)
     pairs = read_pairs(pairs_path)
@@ -262,7 +266,10 @@ def train_denoiser(
     features = _feature_net(options, clean[:n_train])
     if features is not None:
         features = features.to(device)
-    model, critic = UNet(config).to(device), PatchDiscriminator().to(device)
+    model, critic = UNet(config), PatchDiscriminator().to(device)
+    if start_from is not None:
+        model.load_state_dict(start_from.state_dict())
+    model = model.to(device)
     g_opt = torch.optim.Adam(model.parameters(), lr=options.learning_rate)
     d_opt = torch.optim.Adam(critic.parameters(), lr=options.learning_rate)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(g_opt, options.steps, eta_min=options.learning_rate / 20)
@@ -299,7 +306,9 @@ def train_denoiser(
             progress(1)
     card = {
         "config": config_dict(config),
-        "normalization": "percentiles 0.5/99.5 of the input volume -> 0/1; output in the clean scale, mapped back",
+        "normalization": f"percentiles 0.5/99.5 of the input {'slice' if block == 1 else 'volume'} -> 0/1; output in "
+        "the clean scale, mapped back",
+        "normalization_scope": "slice" if block == 1 else "volume",
         "training": {**asdict(options), "pairs": Path(pairs_path).name, "pairs_sha256": _sha256(pairs_path),
                      "pairs_attrs": _plain(pairs["attrs"]),
                      "slices_train": n_train, "slices_held_out": len(noisy) - n_train,
@@ -308,6 +317,7 @@ def train_denoiser(
         "parameters": sum(p.numel() for p in model.parameters()),
     }  # fmt: skip
     card["training"]["device"] = str(device)
+    card["training"]["start_from"] = getattr(start_from, "name", None) if start_from is not None else None
     save_denoiser(out_dir, model.cpu(), card)
     return card
 
@@ -392,7 +402,10 @@ def load_denoiser(directory: str | Path | None = None) -> tuple[UNet, dict]:
         config = TomoGANConfig(**settings)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{directory / 'model.json'}: unreadable model card ({exc})") from exc
-    return freeze(fit_weights(UNet(config), weights, directory, "TomoGAN")), card
+    model = freeze(fit_weights(UNet(config), weights, directory, "TomoGAN"))
+    model.name = directory.name  # provenance of what is fine-tuned from it: a name, not a folder
+    model.normalization_scope = card.get("normalization_scope", "volume")
+    return model, card
 
 
 def denoise_volume(volume: np.ndarray, model: UNet, batch: int = 4, progress: Callable[[int], None] | None = None):
@@ -403,7 +416,13 @@ def denoise_volume(volume: np.ndarray, model: UNet, batch: int = 4, progress: Ca
         volume = volume[None]
     if volume.ndim != 3:
         raise ValueError(f"slices must be (slices, Y, X), not shape {volume.shape}")
-    normalized, low, high = normalize_slices(volume)
+    if getattr(model, "normalization_scope", "volume") == "slice":  # each slice on its own: alone = in a volume
+        scaled = [normalize_slices(one) for one in volume]
+        normalized = np.stack([s[0] for s in scaled])
+        low = np.array([s[1] for s in scaled], dtype=np.float32)[:, None, None]
+        high = np.array([s[2] for s in scaled], dtype=np.float32)[:, None, None]
+    else:
+        normalized, low, high = normalize_slices(volume)
     stacked = torch.from_numpy(stack_neighbours(normalized, model.config.in_slices))
     device = next(model.parameters()).device
     out = np.empty_like(normalized)
