@@ -7,6 +7,10 @@
    without it (EdgeRay's own feature network), scored on the held-out phantoms.
 3. The tooth (shared/data/tooth.h5: 181 angles, 2 rows of 640 columns; centre 296): slices from 1/8 of the angles
    vs. all angles; a denoiser trained on row 0, scored on row 1 (an adjacent row, so a weak hold-out: said so).
+4. Transfer (``edgeray tomo evaluate-denoiser``): the shipped low-dose TomoGAN and the shipped general denoiser on
+   held-out phantom families and reconstructors (each slice alone), the low-dose case of 1, and the tooth.
+5. Self-supervised (Noise2Inverse) on the tooth's own sparse projections (1/8 of the angles, split in two), from
+   the general denoiser, scored on row 1 against the full-angle reconstruction as in 3; its CPU time.
 
 Prints one JSON object per line; the last has the headline figures.
 """
@@ -91,6 +95,27 @@ def astra_sirt(sinogram: np.ndarray, theta_rad: np.ndarray, size: int, iteration
         astra.projector.delete(projector)
 
 
+def self_supervised_tooth(steps: int) -> tuple[float, float]:
+    """Noise2Inverse on the tooth's every-8th-angle projections (two splits), from the shipped general denoiser:
+    SSIM of row 1 against the full-angle reconstruction, and the fine-tune's seconds."""
+    from edgeray.io import read_tomo
+    from edgeray.nn import noise2inverse
+    from edgeray.tomo.fbp import gridrec
+    from edgeray.tomo.preprocess import minus_log, normalize
+
+    scan = read_tomo(TOOTH)
+    sinograms = np.swapaxes(minus_log(normalize(scan.projections, scan.flats, scan.darks)), 0, 1)
+    theta = np.radians(scan.theta_deg)
+    full = gridrec(sinograms, theta, 296.0)
+    sub = noise2inverse.split_reconstructions(sinograms[:, ::8], theta[::8], 2, 296.0)
+    with tempfile.TemporaryDirectory() as folder:
+        started = time.perf_counter()
+        noise2inverse.train(sub, Path(folder) / "n2i", steps=steps, source="tooth.h5")
+        seconds = time.perf_counter() - started
+        model, _ = load_denoiser(Path(folder) / "n2i")
+    return ssim(noise2inverse.denoise(sub, model)[1], full[1]), seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer held-out phantoms and training steps")
@@ -139,6 +164,19 @@ def main() -> None:
                      "ssim_enhanced_row1": ssim(enhanced[1], pairs["clean"][1]),
                      "ssim_shipped_row1": ssim(shipped[1], pairs["clean"][1])}  # fmt: skip
             emit({"case": "tooth, 1/8 of the angles vs all (row 1; trained on row 0)", **tooth})
+    transfer = {}
+    from edgeray.nn.denoise import SHIPPED_DENOISER, SHIPPED_GENERAL_DENOISER
+    from edgeray.nn.denoise_eval import evaluate_denoiser
+
+    for directory in (SHIPPED_DENOISER, SHIPPED_GENERAL_DENOISER):
+        for row in evaluate_denoiser(directory, quick=args.quick)["cases"]:
+            emit({"case": f"transfer: {row['case']}", "model": directory.name, **{k: v for k, v in row.items()
+                                                                                    if k != "case"}})  # fmt: skip
+            transfer[f"{directory.name}: {row['case']}"] = row["ssim_out"]
+    if TOOTH.exists():
+        tooth["ssim_self_supervised_row1"], seconds = self_supervised_tooth(steps=300 if args.quick else 1500)
+        emit({"case": "tooth, self-supervised on its own 1/8 projections (row 1)",
+              "ssim": tooth["ssim_self_supervised_row1"], "train_s": seconds})  # fmt: skip
     emit({"ssim_low_dose_in": record["ssim_input"], "ssim_low_dose_out": record["ssim_output"],
           "target_in_at_most_0.2": record["ssim_input"] <= 0.2,
           "target_out_at_least_0.9": record["ssim_output"] >= 0.9,

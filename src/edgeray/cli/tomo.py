@@ -195,7 +195,7 @@ def _self_supervised(args: argparse.Namespace, started: float) -> int:
 def add_tomo_evaluate_denoiser(commands: argparse._SubParsersAction) -> None:
     """The arguments of ``cmd_tomo_evaluate_denoiser``."""
     te = commands.add_parser("evaluate-denoiser", help="SSIM/PSNR in and out: held-out families, codes, the tooth")
-    te.add_argument("model", type=Path, nargs="?", default=None, help="denoiser directory (default: shipped general)")
+    te.add_argument("model", nargs="?", default=None, help="denoiser directory or shipped name (default: general)")
     te.add_argument("-o", "--output", type=Path, default=None, help="also write the results here (JSON)")
     te.add_argument("--quick", action="store_true", help="fewer slices per case")
     te.add_argument("--record", action="store_true", help="write the results into the model's card")
@@ -227,10 +227,11 @@ def cmd_tomo_evaluate_denoiser(args: argparse.Namespace) -> int:
     if args.output is not None:
         args.output.write_text(json.dumps(evaluation, indent=2) + "\n")
     if args.record:
-        from edgeray.nn.denoise import SHIPPED_GENERAL_DENOISER
+        from edgeray.nn.denoise import denoiser_directory
 
-        record_transfer(args.model or SHIPPED_GENERAL_DENOISER, evaluation)
-        console.print(f"[green]recorded[/] in {(args.model or SHIPPED_GENERAL_DENOISER).name}'s card")
+        directory = denoiser_directory(args.model if args.model is not None else "general")
+        record_transfer(directory, evaluation)
+        console.print(f"[green]recorded[/] in {directory.name}'s card")
     print(json.dumps(evaluation), flush=True)
     return 0
 
@@ -240,7 +241,8 @@ def add_tomo_denoise(commands: argparse._SubParsersAction) -> None:
     tn = commands.add_parser("denoise", help="denoise reconstructed slices (/exchange/data) with TomoGAN")
     tn.add_argument("input", type=Path, help="reconstruction file, /exchange/data (slices, Y, X)")
     tn.add_argument("-o", "--output", type=Path, required=True, help="denoised reconstruction file")
-    tn.add_argument("--model", type=Path, default=None, help="denoiser directory (default: the shipped one)")
+    tn.add_argument("--model", default=None,
+                    help="denoiser directory, or a shipped one: low-dose (default), general, stream")  # fmt: skip
     tn.add_argument("--device", default="auto", help="cpu, cuda or auto (CUDA when there is one)")
     tn.set_defaults(func=cmd_tomo_denoise)
 

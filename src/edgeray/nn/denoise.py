@@ -388,12 +388,20 @@ def _loss_figure(history: dict, path: Path) -> None:
     plt.close(fig)
 
 
+SHIPPED_BY_NAME = {"low-dose": SHIPPED_DENOISER, "general": SHIPPED_GENERAL_DENOISER, "stream": SHIPPED_STREAM_DENOISER}
+
+
+def denoiser_directory(directory: str | Path | None = None) -> Path:
+    """A denoiser directory, or a shipped model's name (``low-dose``, the default; ``general``; ``stream``)."""
+    return Path(SHIPPED_BY_NAME.get(str(directory), directory)) if directory is not None else SHIPPED_DENOISER
+
+
 def load_denoiser(directory: str | Path | None = None) -> tuple[UNet, dict]:
-    """A denoiser directory (default: the shipped one) -> ``(generator in eval mode, card)``; ValueError names
-    the file at fault."""
+    """A denoiser (:func:`denoiser_directory`) -> ``(generator in eval mode, card)``; ValueError names the file at
+    fault."""
     from edgeray.nn.checkpoint import fit_weights, read_model_files
 
-    directory = Path(directory) if directory is not None else SHIPPED_DENOISER
+    directory = denoiser_directory(directory)
     card, weights = read_model_files(directory, "denoiser")
     settings = dict(card["config"])
     if settings.pop("family", None) != "tomogan":

@@ -94,9 +94,9 @@ def evaluate_denoiser(
     model_dir: str | Path | None = None, quick: bool = False, progress: Callable[[str], None] | None = None
 ) -> dict:
     """Every case for the denoiser at ``model_dir`` (default the shipped general one) -> ``{"model", "cases"}``."""
-    from edgeray.nn.denoise import SHIPPED_GENERAL_DENOISER, load_denoiser
+    from edgeray.nn.denoise import denoiser_directory, load_denoiser
 
-    directory = Path(model_dir) if model_dir is not None else SHIPPED_GENERAL_DENOISER
+    directory = denoiser_directory(model_dir if model_dir is not None else "general")
     model, _ = load_denoiser(directory)
     results = []
     for k, case in enumerate(cases(quick)):
