@@ -68,12 +68,14 @@ def test_live_view_shows_the_mosaic_growing(tmp_path):
         page.wait_for_function("document.getElementById('amplitude').naturalWidth > 0", timeout=20_000)
         first = int(page.evaluate("document.body.dataset.patches"))
         updates_before = int(page.text_content("#updates"))
+        began = time.perf_counter()
         time.sleep(2.0)
         later = int(page.evaluate("document.body.dataset.patches"))
         updates_after = int(page.text_content("#updates"))
+        elapsed = time.perf_counter() - began  # 2 s and what the busy page took to answer (CI once: 8 updates)
         assert later > first > 0  # the mosaic grows on screen
         # about 3 updates a second (the default max_fps) while frames arrive, and no more: the stream needs the CPU
-        assert 4 <= updates_after - updates_before <= 7
+        assert 4 <= updates_after - updates_before <= 3 * elapsed + 1
         assert page.text_content("#scan") == "live"
         assert "frames/s" in page.text_content("#rate")
         page.screenshot(path=os.environ.get("EDGERAY_SCREENSHOT", str(tmp_path / "live.png")))
