@@ -60,6 +60,19 @@ class LazyTomoFile:
 
     _h5: h5py.File
 
+    def _open(self, path: str | Path, *header_args) -> None:
+        """Open ``path`` and read its header (``_read_header(*header_args)``); the file is closed if that fails."""
+        self.path = Path(path)
+        try:
+            self._h5 = h5py.File(self.path, "r")
+        except OSError as exc:
+            raise EdgeRayFormatError(self.path, None, f"cannot open as HDF5 ({exc})") from exc
+        try:
+            self._read_header(*header_args)
+        except BaseException:
+            self._h5.close()
+            raise
+
     def load(self) -> TomoScan:
         """Read everything into memory (validated)."""
         return TomoScan(
@@ -91,16 +104,7 @@ class DataExchangeFile(LazyTomoFile):
     """
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        try:
-            self._h5 = h5py.File(self.path, "r")
-        except OSError as exc:
-            raise EdgeRayFormatError(self.path, None, f"cannot open as HDF5 ({exc})") from exc
-        try:
-            self._read_header()
-        except BaseException:
-            self._h5.close()
-            raise
+        self._open(path)
 
     def _read_header(self) -> None:
         h5, path = self._h5, self.path

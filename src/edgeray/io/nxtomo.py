@@ -67,16 +67,7 @@ class NXtomoFile(LazyTomoFile):
     """
 
     def __init__(self, path: str | Path, entry: str | None = None):
-        self.path = Path(path)
-        try:
-            self._h5 = h5py.File(self.path, "r")
-        except OSError as exc:
-            raise EdgeRayFormatError(self.path, None, f"cannot open as HDF5 ({exc})") from exc
-        try:
-            self._read_header(entry)
-        except BaseException:
-            self._h5.close()
-            raise
+        self._open(path, entry)
 
     def _find(self, base: h5py.Group, *names: str) -> h5py.Dataset | None:
         for name in names:

@@ -85,6 +85,15 @@ def scan_geometry(scan: PtychoScan) -> dict:
     }
 
 
+def wait_until(deadline_ns: int) -> int:
+    """Sleep until ``deadline_ns`` (``perf_counter_ns`` clock) unless it has passed; returns how late now is, ns."""
+    now = time.perf_counter_ns()
+    if deadline_ns > now:
+        time.sleep((deadline_ns - now) / 1e9)
+        now = time.perf_counter_ns()
+    return now - deadline_ns
+
+
 LINGER_MS = 30_000
 """How long :func:`disconnect` waits for queued frames to leave."""
 
@@ -148,12 +157,7 @@ def replay(
         block = np.asarray(frames[block_start : block_start + chunk])  # lazy files: one read per block
         for offset, frame in enumerate(block):
             i = block_start + offset
-            deadline = t0 + (i - start_index) * period_ns
-            now = time.perf_counter_ns()
-            if deadline > now:
-                time.sleep((deadline - now) / 1e9)
-                now = time.perf_counter_ns()
-            lateness_ns[i - start_index] = now - deadline
+            lateness_ns[i - start_index] = wait_until(t0 + (i - start_index) * period_ns)
             socket.send_multipart(encode_frame(scan_id, i, frame, positions[i], time.time_ns()), copy=False)
         if progress and time.perf_counter_ns() - last_progress > 1e8:
             progress(min(block_start + chunk, n))

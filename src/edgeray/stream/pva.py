@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from edgeray.stream.detector import ReplayReport, _Cycled
+from edgeray.stream.detector import ReplayReport, _Cycled, wait_until
 from edgeray.stream.protocol import encode_end, encode_frame, encode_start
 
 log = logging.getLogger(__name__)
@@ -427,12 +427,8 @@ def serve_frames(
     last_progress = t0
     sent = 0
     for i, (frame, attributes) in enumerate(frames):
-        deadline = t0 + i * period_ns
+        lateness_ns[i] = wait_until(t0 + i * period_ns)
         now = time.perf_counter_ns()
-        if deadline > now:
-            time.sleep((deadline - now) / 1e9)
-            now = time.perf_counter_ns()
-        lateness_ns[i] = now - deadline
         server.post(frame, i + 1, attributes)
         sent += 1
         if progress and now - last_progress > 1e8:

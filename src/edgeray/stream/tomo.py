@@ -27,7 +27,7 @@ import numpy as np
 import zmq
 
 from edgeray.io import TomoScan
-from edgeray.stream.detector import ReplayReport
+from edgeray.stream.detector import ReplayReport, wait_until
 from edgeray.stream.protocol import End, Frame, ProtocolError, Start, decode, encode_end, encode_frame, encode_start
 from edgeray.stream.security import server_socket_options
 from edgeray.tomo.streaming import StreamingSlices, acquisition_order
@@ -57,12 +57,7 @@ def replay_tomo(scan: TomoScan, socket: zmq.Socket, rate_hz: float = 500.0, orde
     lateness_ns = np.zeros(len(sequence), dtype=np.int64)
     t0 = time.perf_counter_ns()
     for k, which in enumerate(sequence):
-        deadline = t0 + k * period_ns
-        now = time.perf_counter_ns()
-        if deadline > now:
-            time.sleep((deadline - now) / 1e9)
-            now = time.perf_counter_ns()
-        lateness_ns[k] = now - deadline
+        lateness_ns[k] = wait_until(t0 + k * period_ns)
         frame = np.ascontiguousarray(projections[which])
         socket.send_multipart(encode_frame(scan_id, index, frame, (0, 0), time.time_ns(), float(scan.theta_deg[which])))
         index += 1
