@@ -72,8 +72,33 @@ def test_noise2inverse_pairs_predict_one_split_from_the_others():
     np.testing.assert_array_equal(pairs["clean"][2:4], sub[1])
 
 
-def test_a_slice_alone_denoises_as_it_does_in_a_volume():
-    model, card = load_denoiser(SHIPPED_GENERAL_DENOISER)
+def test_one_to_x_pairs_and_their_correction_give_the_full_angle_reconstruction():
+    sub = np.random.default_rng(5).standard_normal((3, 2, 8, 8)).astype(np.float32)
+    pairs = noise2inverse.training_pairs(sub, "1:X")
+    np.testing.assert_array_equal(pairs["noisy"][2:4], sub[1])  # t = 1 alone in, the others' mean out
+    np.testing.assert_allclose(pairs["clean"][2:4], (sub[0] + sub[2]) / 2, atol=1e-6)
+    with pytest.raises(ValueError, match="strategy"):
+        noise2inverse.training_pairs(sub, "2:2")
+    # what a 1:X model's output means: (k-1)/k of the others' mean plus 1/k of the input is the reconstruction
+    # from every angle (filtered back projection is linear; equal subsets)
+    from edgeray.tomo.fbp import gridrec
+
+    rng = np.random.default_rng(8)
+    theta = np.radians(np.arange(180) * 1.0)
+    truth = phantom_slice("cells", 64, rng)
+    sinogram = project(torch.from_numpy(truth[None].astype(np.float64)), theta, 32.0, 64).numpy()
+    sinogram += 0.05 * rng.standard_normal(sinogram.shape)
+    k = 4
+    sub = noise2inverse.split_reconstructions(sinogram, theta, k, 32.0)
+    others = (sub.sum(axis=0) - sub[1]) / (k - 1)
+    full = gridrec(sinogram, theta, 32.0)
+    np.testing.assert_allclose(((k - 1) * others + sub[1]) / k, full, atol=1e-3 * np.ptp(full))
+    assert np.abs(sub[1] - full).max() > 0.05 * np.ptp(full)  # one subset alone is not the full reconstruction
+
+
+@pytest.mark.parametrize("name", ["general", "stream"])
+def test_a_slice_alone_denoises_as_it_does_in_a_volume(name):
+    model, card = load_denoiser(name)
     assert card["normalization_scope"] == "slice" and model.config.in_slices == 1
     rng = np.random.default_rng(6)
     volume = np.stack([phantom_slice("rock", 64, rng) for _ in range(5)]) + 0.1 * rng.standard_normal((5, 64, 64))
@@ -82,6 +107,19 @@ def test_a_slice_alone_denoises_as_it_does_in_a_volume():
     alone = denoise_volume(volume[2], model)[0]
     scale = np.ptp(together[2])
     assert np.max(np.abs(alone - together[2])) <= 1e-3 * scale
+
+
+def test_a_multi_slice_model_collapses_to_one_slice_exactly():
+    from edgeray.nn.tomogan import TomoGANConfig, UNet, single_slice_copy
+
+    torch.manual_seed(0)
+    three = UNet(TomoGANConfig(depth=2, width=4, in_slices=3)).eval()
+    one = single_slice_copy(three).eval()
+    assert one.config.in_slices == 1 and three.config.in_slices == 3
+    slices = torch.rand(2, 1, 32, 32)
+    with torch.inference_mode():
+        np.testing.assert_allclose(one(slices), three(slices.repeat(1, 3, 1, 1)), atol=1e-5)
+        assert not torch.allclose(three(torch.rand(2, 3, 32, 32)), three(slices.repeat(1, 3, 1, 1)))
 
 
 def test_self_supervised_training_from_a_scan(tmp_path):
@@ -101,6 +139,27 @@ def test_self_supervised_training_from_a_scan(tmp_path):
     assert card["training"]["pairs_attrs"]["source"] == "noise2inverse"
     model, _ = load_denoiser(out)
     assert np.isfinite(denoise_volume(np.ones((2, 64, 64)), model)).all()
+
+
+def test_one_to_x_self_supervised_model_carries_its_input_weight(tmp_path):
+    from edgeray.io import write_dxchange
+    from edgeray.sim import TomoSimConfig, simulate_tomo
+
+    scan = write_dxchange(tmp_path / "scan.h5", simulate_tomo(TomoSimConfig(size=64, slices=2, angles=96,
+                                                                            photons=1000, seed=9)))  # fmt: skip
+    out = tmp_path / "sparse"
+    result = subprocess.run([sys.executable, "-m", "edgeray", "tomo", "train-denoiser", "--self-supervised", str(scan),
+                             "--strategy", "1:X", "--splits", "4", "-o", str(out), "--steps", "10", "--center", "32",
+                             "--device", "cpu"], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(out.with_suffix(".json").read_text())["strategy"] == "1:X"
+    model, card = load_denoiser(out)
+    assert card["config"]["input_weight"] == 0.25 and card["self_supervised"]["splits"] == 4
+    assert "1/4 of the angles" in (out / "MODEL_CARD.md").read_text()
+    slices = torch.from_numpy(np.random.default_rng(10).random((1, 1, 64, 64), dtype=np.float32))
+    weighted = model(slices)
+    model.config.input_weight = 0.0
+    np.testing.assert_allclose(weighted, 0.75 * model(slices) + 0.25 * slices, atol=1e-5)
 
 
 def test_evaluate_denoiser_states_how_a_model_transfers(tmp_path):

@@ -75,6 +75,9 @@ def add_tomo_train_denoiser(commands: argparse._SubParsersAction) -> None:
     source.add_argument("--self-supervised", type=Path, default=None, metavar="SCAN",
                         help="Noise2Inverse on a raw scan's own projections (no clean target)")  # fmt: skip
     td.add_argument("--splits", type=int, default=2, help="self-supervised: disjoint angle subsets")
+    td.add_argument("--strategy", choices=("X:1", "1:X"), default="X:1",
+                    help="self-supervised: X:1 denoises the full scan; 1:X (with --splits K) learns to enhance "
+                    "1/K-angle reconstructions of the sample (sparse or early streaming stages)")  # fmt: skip
     td.add_argument("--rows", default=None, help="self-supervised: rows FIRST:LAST to learn from (16 of them)")
     td.add_argument(
         "--start-from", default=None, help="self-supervised: weights to fine-tune ('none', or the shipped general)"
@@ -183,12 +186,13 @@ def _self_supervised(args: argparse.Namespace, started: float) -> int:
             update(done[0])
 
         card = noise2inverse.train(sub, args.output, args.start_from, steps, args.seed, args.self_supervised.name,
-                                   progress=tick)  # fmt: skip
+                                   progress=tick, strategy=args.strategy)  # fmt: skip
     summary = {"seconds": time.perf_counter() - started, "model": args.output.name, "scan": args.self_supervised.name,
-               "splits": args.splits, **info, "steps": steps, "start_from": card["training"]["start_from"]}  # fmt: skip
+               "splits": args.splits, "strategy": args.strategy, **info, "steps": steps,
+               "start_from": card["training"]["start_from"]}  # fmt: skip
     write_summary(args.output, summary)
     console.print(f"[green]wrote[/] {args.output} and {summary_path(args.output)}: {len(info['rows'])} rows, "
-                  f"{args.splits} splits, {summary['seconds']:.0f} s")  # fmt: skip
+                  f"{args.splits} splits ({args.strategy}), {summary['seconds']:.0f} s")  # fmt: skip
     return 0
 
 

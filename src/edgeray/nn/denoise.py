@@ -364,6 +364,15 @@ def save_denoiser(directory: str | Path, model: UNet, card: dict) -> Path:
     ]  # fmt: skip
     if history.get("val_mse"):
         lines.append(f"Held-out MSE (normalized) at the end: {history['val_mse'][-1]:.4g}.")
+    if card.get("self_supervised"):
+        told = card["self_supervised"]
+        lines += ["", f"Self-supervised (Noise2Inverse, {told['strategy']}) on {told['splits']} disjoint angle "
+                  f"subsets of `{told['scan']}`; no clean target."]  # fmt: skip
+        if told["strategy"] == "1:X":
+            lines.append(
+                f"It enhances reconstructions from 1/{told['splits']} of the angles: the output is "
+                f"{1 - 1 / told['splits']:.3g} of the network's plus {1 / told['splits']:.3g} of the input."
+            )
     (Path(directory) / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
     if history.get("step"):
         _loss_figure(history, Path(directory) / "loss.png")

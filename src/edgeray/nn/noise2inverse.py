@@ -5,18 +5,32 @@ The projections are split into ``k`` disjoint, interleaved angle subsets (each c
 is reconstructed on its own, so the noise of one sub-reconstruction is independent of the others' (disjoint
 projections, Poisson counts) while the object is the same. A network trained to predict one sub-reconstruction
 from the mean of the others can only learn the object: its expected loss is smallest at the clean image. At the
-end the prediction is averaged over the ``k`` choices of the held-out subset.
+end the prediction is averaged over the ``k`` choices of the held-out subset. This is the paper's "X:1" strategy:
+it denoises the full scan.
+
+The "1:X" strategy turns the roles round: input one subset's reconstruction (``1/k`` of the angles), target the mean
+of the others. For sparse angles this is what matters: a ``1/k``-angle reconstruction's streaks depend on its own
+angles, so averaged over the choice of input the target is the full-angle reconstruction less a ``1/(k-1)`` share
+of the input; ``(k-1)/k`` of the prediction plus ``1/k`` of the input is then the full-angle estimate
+(``input_weight`` ``1/k`` in the model's config, applied wherever the model is used). Trained on a scan's
+projections, it enhances ``1/k``-angle reconstructions of that sample: a streaming scan's early stages, or a sparse
+rescan. No full-angle reconstruction is ever its target.
 """
 
 from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from edgeray.nn.tomogan import UNet
+
+STRATEGIES = ("X:1", "1:X")
+"""X:1: mean of the other subsets in, one out (denoise the full scan); 1:X: one in, the others' mean out (enhance
+``1/k``-angle reconstructions)."""
 
 
 def angle_splits(n_angles: int, k: int) -> list[np.ndarray]:
@@ -64,24 +78,35 @@ def scan_sub_reconstructions(
                                                                 "center_method": how, "angles": len(theta)}  # fmt: skip
 
 
-def training_pairs(sub: np.ndarray) -> dict:
-    """Pairs from ``(k, S, N, N)`` sub-reconstructions: for each ``t``, input the mean of the others, target ``t``
-    (``block`` S: each volume normalized as a whole, the target on its input's scale)."""
+def _check_strategy(strategy: str) -> None:
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown self-supervised strategy {strategy!r}; choose {' or '.join(STRATEGIES)}")
+
+
+def training_pairs(sub: np.ndarray, strategy: str = "X:1") -> dict:
+    """Pairs from ``(k, S, N, N)`` sub-reconstructions, one per choice ``t`` of subset: X:1 inputs the mean of the
+    others and targets ``t``; 1:X inputs ``t`` and targets the mean of the others (``block`` S: each volume
+    normalized as a whole, the target on its input's scale)."""
+    _check_strategy(strategy)
     k, n_slices = sub.shape[:2]
     total = sub.sum(axis=0)
-    noisy = np.concatenate([(total - sub[t]) / (k - 1) for t in range(k)])
-    clean = np.concatenate([sub[t] for t in range(k)])
-    return {"noisy": noisy.astype(np.float32), "clean": clean.astype(np.float32),
-            "attrs": {"source": "noise2inverse", "block": n_slices, "splits": k}}  # fmt: skip
+    others = [(total - sub[t]) / (k - 1) for t in range(k)]
+    alone = [sub[t] for t in range(k)]
+    noisy, clean = (others, alone) if strategy == "X:1" else (alone, others)
+    return {"noisy": np.concatenate(noisy).astype(np.float32), "clean": np.concatenate(clean).astype(np.float32),
+            "attrs": {"source": "noise2inverse", "block": n_slices, "splits": k, "strategy": strategy}}  # fmt: skip
 
 
-def denoise(sub: np.ndarray, model: UNet) -> np.ndarray:
-    """The self-supervised estimate ``(S, N, N)``: the network on each mean-of-the-others, averaged over ``t``."""
+def denoise(sub: np.ndarray, model: UNet, strategy: str = "X:1") -> np.ndarray:
+    """The self-supervised estimate ``(S, N, N)`` of the scan: the network on each choice's input (X:1: the mean of
+    the others; 1:X: the subset alone), averaged over the ``k`` choices."""
     from edgeray.nn.denoise import denoise_volume
 
+    _check_strategy(strategy)
     k = len(sub)
     total = sub.sum(axis=0)
-    return np.mean([denoise_volume((total - sub[t]) / (k - 1), model) for t in range(k)], axis=0)
+    inputs = [(total - sub[t]) / (k - 1) if strategy == "X:1" else sub[t] for t in range(k)]
+    return np.mean([denoise_volume(one, model) for one in inputs], axis=0)
 
 
 def train(
@@ -92,21 +117,39 @@ def train(
     seed: int = 0,
     source: str = "",
     progress: Callable[[int], None] | None = None,
+    strategy: str = "X:1",
 ) -> dict:
-    """Fine-tune a denoiser (default: the shipped general one; ``"none"``: from scratch) on the pairs of ``sub``
-    ``(k, S, N, N)``; writes the model directory ``out_dir`` and returns its card."""
-    from edgeray.nn.denoise import SHIPPED_GENERAL_DENOISER, DenoiserOptions, load_denoiser, train_denoiser, write_pairs
-    from edgeray.nn.tomogan import TomoGANConfig
+    """Fine-tune a denoiser (default: the shipped general one; ``"none"``: from scratch) on the ``strategy`` pairs of
+    ``sub`` ``(k, S, N, N)``; writes the model directory ``out_dir`` and returns its card (1:X: ``input_weight``
+    ``1/k`` in its config)."""
+    from edgeray.nn.denoise import (
+        SHIPPED_GENERAL_DENOISER,
+        DenoiserOptions,
+        load_denoiser,
+        save_denoiser,
+        train_denoiser,
+        write_pairs,
+    )
+    from edgeray.nn.tomogan import TomoGANConfig, config_dict
 
+    _check_strategy(strategy)
     start = None
     if str(start_from) != "none":
         start, _ = load_denoiser(start_from or SHIPPED_GENERAL_DENOISER)
+        start.config = replace(start.config, input_weight=0.0)  # the network learns the target itself
     config = start.config if start is not None else TomoGANConfig(depth=3, width=16, in_slices=1)
     patch = int(min(64, *sub.shape[-2:]) // 8 * 8)
     options = DenoiserOptions(steps=steps, batch_size=8, patch=patch, learning_rate=3e-4 if start else 1e-3,
                               pixel_loss="l1", perceptual_weight=0.0, adversarial_weight=0.0, holdout=0.0,
                               seed=seed)  # fmt: skip
     with tempfile.TemporaryDirectory() as folder:
-        pairs = write_pairs(Path(folder) / f"{Path(source).stem or 'scan'}_noise2inverse.h5", training_pairs(sub))
+        pairs = write_pairs(Path(folder) / f"{Path(source).stem or 'scan'}_noise2inverse.h5",
+                            training_pairs(sub, strategy))  # fmt: skip
         card = train_denoiser(pairs, out_dir, config, options, progress, start_from=start)
+    card["self_supervised"] = {"strategy": strategy, "splits": len(sub), "scan": Path(source).name}
+    if strategy == "1:X":  # (k-1)/k of the prediction of the others' mean plus 1/k of the input: all the angles
+        model, _ = load_denoiser(out_dir)
+        model.config = replace(model.config, input_weight=1.0 / len(sub))
+        card["config"] = config_dict(model.config)
+        save_denoiser(out_dir, model, card)
     return card

@@ -14,7 +14,7 @@ into the generator.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,17 +26,22 @@ from torch.nn import functional as F
 @dataclass
 class TomoGANConfig:
     """Generator architecture: ``depth`` down/up levels, ``width`` channels at the first (doubling per level),
-    ``in_slices`` adjacent slices as input channels (odd; the middle one is the target)."""
+    ``in_slices`` adjacent slices as input channels (odd; the middle one is the target), ``input_weight`` the
+    input's share of the output (``(1 - w) * network + w * input``; 0 for trained pairs, ``1 / k`` for a 1:X
+    self-supervised model, :mod:`edgeray.nn.noise2inverse`)."""
 
     depth: int = 3
     width: int = 16
     in_slices: int = 1
+    input_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.depth < 1 or self.width < 1:
             raise ValueError(f"depth and width must be >= 1, not {self.depth} and {self.width}")
         if self.in_slices < 1 or self.in_slices % 2 == 0:
             raise ValueError(f"in_slices must be odd (the middle slice is denoised), not {self.in_slices}")
+        if not 0.0 <= self.input_weight < 1.0:
+            raise ValueError(f"input_weight must be in [0, 1), not {self.input_weight}")
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
@@ -71,7 +76,10 @@ class UNet(nn.Module):
         for level in reversed(range(self.config.depth)):
             x = self.merge[level](torch.cat([self.up[level](x), skips[level]], dim=1))
         middle = self.config.in_slices // 2
-        out = self.head(x) + padded[:, middle : middle + 1]
+        centre = padded[:, middle : middle + 1]
+        out = self.head(x) + centre
+        if self.config.input_weight:
+            out = (1.0 - self.config.input_weight) * out + self.config.input_weight * centre
         return out[..., :height, :width]
 
 
@@ -201,6 +209,18 @@ def stack_neighbours(slices: np.ndarray, in_slices: int) -> np.ndarray:
     half = in_slices // 2
     index = np.clip(np.arange(len(slices))[:, None] + np.arange(-half, half + 1)[None, :], 0, len(slices) - 1)
     return slices[index]
+
+
+def single_slice_copy(model: UNet) -> UNet:
+    """A one-slice generator that gives on a slice exactly what ``model`` gives on that slice repeated as all its
+    ``in_slices`` neighbours (the first convolution's weights summed over its inputs): the start for fine-tuning a
+    multi-slice model into one that needs no neighbours."""
+    single = UNet(replace(model.config, in_slices=1))
+    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    first = "down.0.0.weight"
+    weights[first] = weights[first].sum(dim=1, keepdim=True)
+    single.load_state_dict(weights)
+    return single
 
 
 def config_dict(config: TomoGANConfig) -> dict:
