@@ -13,18 +13,21 @@ from edgeray.loader import Schedule, SolarLoader, TrainsetReader, belady_hits, m
 from edgeray.nn.trainset import write_trainset
 
 FRAME = (8, 8)
-SAMPLE_BYTES = 8 * 8 * 12 + 4
+SAMPLE_BYTES = 8 * 8 * (2 + 8) + 4  # uint16 counts, float32 amplitude and phase, float32 scale
 
 
-def make_set(path, n: int, seed: int = 0):
+def make_samples(n: int, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
-    samples = {
+    return {
         "frames": rng.integers(0, 1000, (n, *FRAME)).astype(np.float32),
         "amplitude": rng.random((n, *FRAME)).astype(np.float32),
         "phase": rng.uniform(-3, 3, (n, *FRAME)).astype(np.float32),
         "scale": rng.uniform(1, 2, n).astype(np.float32),
     }
-    return write_trainset(path, [samples], {"source": "test"})
+
+
+def make_set(path, n: int, seed: int = 0, rows_per_chunk: int | None = None):
+    return write_trainset(path, [make_samples(n, seed)], {"source": "test"}, rows_per_chunk=rows_per_chunk)
 
 
 @pytest.mark.parametrize("policy", ["solar", "lru", "frequency", "none"])
@@ -108,6 +111,84 @@ def test_coalesced_reads_are_fewer_than_samples(tmp_path):
         np.testing.assert_array_equal(data["phase"], h5["phase"][()][ids])
     assert reader.read_calls < 300 / 4
     reader.close()
+
+
+@pytest.mark.parametrize("rows_per_chunk", [1, 16])
+def test_simulated_policies_are_judged_against_the_best_layout_dataloader(rows_per_chunk):
+    from edgeray.loader.simulate import simulate_policies
+
+    records = {r["policy"]: r for r in simulate_policies(3000, 3, 4, 16, 0.25, 1000, rows_per_chunk=rows_per_chunk)}
+    baseline = records["dataloader"]
+    assert baseline["bytes_read"] == baseline["accesses"] * 1000 and baseline["rows_per_chunk"] == 1
+    solar = records["solar"]
+    if rows_per_chunk == 1:  # sample by sample, the only saving is the buffer's hits
+        assert solar["bytes_vs_dataloader"] == pytest.approx(1 / (1 - solar["hit_rate"]))
+    else:  # whole chunks cost bytes the one-sample layout never reads
+        assert records["none"]["bytes_vs_dataloader"] < 1 / 4
+
+
+def write_layout(path, samples: dict, layout: str):
+    """The same samples as: ``chunks-N`` (N per chunk), ``contiguous``, ``gzip`` (compressed: h5py reads it)."""
+    with h5py.File(path, "w") as h5:
+        for key in ("frames", "amplitude", "phase"):
+            data = samples[key].astype(np.uint16) if key == "frames" else samples[key]
+            if layout == "contiguous":
+                h5[key] = data
+            elif layout == "gzip":
+                h5.create_dataset(key, data=data, chunks=(16, *FRAME), compression="gzip")
+            else:
+                h5.create_dataset(key, data=data, chunks=(int(layout.split("-")[1]), *FRAME))
+        h5["scale"] = samples["scale"]
+    return path
+
+
+@pytest.mark.parametrize("layout", ["chunks-1", "chunks-7", "chunks-64", "contiguous", "gzip"])
+def test_reads_by_byte_offset_equal_hdf5_reads(tmp_path, layout):
+    samples = make_samples(300, seed=3)
+    path = write_layout(tmp_path / f"{layout}.h5", samples, layout)
+    ids = np.random.default_rng(1).integers(0, 300, 120)  # any order, repeats allowed
+    direct, plain = TrainsetReader(path, uncached=True), TrainsetReader(path, direct=False)
+    assert (direct.direct is None) == (layout == "gzip")  # compressed chunks go through h5py
+    got, wanted = direct.read(ids), plain.read(ids)
+    for key in ("frames", "amplitude", "phase", "scale"):
+        np.testing.assert_array_equal(got[key], wanted[key])
+        np.testing.assert_array_equal(got[key], samples[key][ids].astype(got[key].dtype))
+    assert got["frames"].dtype == np.uint16
+    if layout != "gzip":  # nearby rows are read together: far fewer calls than rows
+        assert direct.read_calls < 4 * len(np.unique(ids)) and direct.bytes_read >= np.unique(ids).size * 8 * 8 * 10
+    direct.close()
+    plain.close()
+
+
+def test_integer_counts_are_stored_in_half_the_bytes(tmp_path):
+    path = make_set(tmp_path / "set.h5", 50)
+    with h5py.File(path) as h5:
+        assert h5["frames"].dtype == np.uint16 and h5["amplitude"].dtype == np.float32
+    samples = make_samples(50)
+    samples["frames"] = samples["frames"] + 0.5  # not counts: kept as float32
+    with h5py.File(write_trainset(tmp_path / "float.h5", [samples], {}), "r") as h5:
+        assert h5["frames"].dtype == np.float32
+
+
+@pytest.mark.parametrize("policy", ["solar", "lru", "frequency"])
+def test_both_layouts_give_the_same_samples_in_the_same_order(tmp_path, policy):
+    one = make_set(tmp_path / "one.h5", 400, rows_per_chunk=1)
+    many = make_set(tmp_path / "many.h5", 400, rows_per_chunk=64)
+    kwargs = {"batch_size": 40, "epochs": 2, "seed": 2, "buffer_bytes": 60 * SAMPLE_BYTES, "policy": policy}
+    single = [[SolarLoader(path, rank=0, world_size=1, **kwargs)] for path in (one, many)]
+    shared = [[SolarLoader(path, rank=r, world_size=2, **kwargs) for r in range(2)] for path in (one, many)]
+    for loaders, exact in ((single, True), (shared, False)):
+        runs = [[list(loader) for loader in per_layout] for per_layout in loaders]
+        for step in range(len(runs[0][0])):
+            batches = [[rank_batches[step] for rank_batches in layout_runs] for layout_runs in runs]
+            ids = [np.concatenate([b.samples for b in layout]) for layout in batches]
+            inputs = [torch.cat([b.inputs for b in layout]) for layout in batches]
+            if exact:  # one rank: the same samples in the same order
+                assert np.array_equal(ids[0], ids[1]) and torch.equal(inputs[0], inputs[1])
+            else:  # two ranks: the same global batch (who takes which may follow the chunks), the same data
+                order = [np.argsort(i) for i in ids]
+                assert np.array_equal(ids[0][order[0]], ids[1][order[1]])
+                assert torch.equal(inputs[0][order[0]], inputs[1][order[1]])
 
 
 def test_bad_files_give_clear_errors(tmp_path):

@@ -1,4 +1,5 @@
-"""Training-set reads: sorted, coalesced hyperslabs; optionally with the page cache kept out of the way.
+"""Training-set reads: by byte offset where the layout allows (:mod:`edgeray.loader.direct`), else sorted, coalesced
+hyperslabs through h5py; optionally with the page cache kept out of the way.
 
 ``uncached=True`` reads through a file object that tells the kernel to drop each range it has just read
 (``posix_fadvise(DONTNEED)``): every read then comes from the device, as on a parallel file system whose data is far
@@ -14,6 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from edgeray.loader.direct import DirectRows
 from edgeray.nn.trainset import DATASETS
 
 
@@ -72,7 +74,7 @@ class TrainsetReader:
         ValueError: the file is not a training set (a dataset missing, shapes that disagree) or is truncated.
     """
 
-    def __init__(self, path: str | Path, uncached: bool = False):
+    def __init__(self, path: str | Path, uncached: bool = False, direct: bool = True, in_flight: int = 8):
         self.path = Path(path)
         self._raw = DroppingFile(self.path) if uncached else None
         try:
@@ -97,6 +99,11 @@ class TrainsetReader:
         self.samples_read = 0
         pixels = int(np.prod(self.frame_shape))
         self.sample_bytes = pixels * (self.datasets["frames"].dtype.itemsize + 8) + 4
+        self._fd = None
+        self.direct = None
+        if direct:  # unfiltered layouts: reads by byte offset, several in flight (edgeray.loader.direct)
+            self._fd = self._raw.fd if self._raw is not None else os.open(self.path, os.O_RDONLY)
+            self.direct = DirectRows.for_datasets(self._fd, self.datasets, drop_pages=uncached, in_flight=in_flight)
 
     def ranges(self, ids: np.ndarray, max_gap: int | None = None) -> list[tuple[int, int]]:
         """Sorted ``ids`` merged into ``[start, stop)`` runs; ids closer than ``max_gap`` (default: a chunk's rows,
@@ -115,6 +122,16 @@ class TrainsetReader:
         ids = np.asarray(ids, dtype=np.int64)
         if len(ids) and (ids.min() < 0 or ids.max() >= self.n_samples):
             raise IndexError(f"{self.path}: sample ids must be in [0, {self.n_samples}), got {ids.min()}..{ids.max()}")
+        if self.direct is not None:
+            unique, back = np.unique(ids, return_inverse=True)
+            try:
+                rows = self.direct.read(unique)
+            except OSError as error:
+                raise ValueError(f"{self.path}: samples {unique[0]}..{unique[-1]} unreadable ({error})") from None
+            self.read_calls = self.direct.read_calls
+            self.samples_read += len(ids)
+            identity = len(unique) == len(ids) and np.array_equal(back, np.arange(len(ids)))
+            return rows if identity else {key: value[back] for key, value in rows.items()}
         out = {key: np.empty((len(ids), *ds.shape[1:]), dtype=ds.dtype) for key, ds in self.datasets.items()}
         order = np.argsort(ids, kind="stable")
         sorted_ids = ids[order]
@@ -132,10 +149,16 @@ class TrainsetReader:
 
     @property
     def bytes_read(self) -> int | None:
-        """Bytes the file system delivered (``uncached`` readers only)."""
+        """Bytes the file system delivered (``uncached`` or direct readers)."""
+        if self.direct is not None:
+            return self.direct.bytes_read + (self._raw.bytes_read if self._raw is not None else 0)
         return self._raw.bytes_read if self._raw is not None else None
 
     def close(self) -> None:
+        if self.direct is not None:
+            self.direct.close()
         self.h5.close()
         if self._raw is not None:
             self._raw.close()
+        elif self._fd is not None:
+            os.close(self._fd)

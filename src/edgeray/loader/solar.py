@@ -44,6 +44,16 @@ class LoaderBatch:
     step: int
 
 
+def network_input(frames: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``sqrt(frames / scale)`` ``(n, H, W)`` float32 from counts ``(n, H, W)`` (any dtype; negatives count as 0) and
+    ``scale`` ``(n,)``, in one new array."""
+    out = frames.astype(np.float32)
+    if frames.dtype.kind == "f":
+        np.maximum(out, 0, out=out)
+    out *= (1.0 / np.maximum(scale.astype(np.float32), 1e-12))[:, None, None]
+    return np.sqrt(out, out=out)
+
+
 class SolarLoader:
     """Iterate a training set as rank ``rank`` of ``world_size``, with SOLAR's schedule, buffer and reads.
 
@@ -87,7 +97,7 @@ class SolarLoader:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
         self.path, self.rank, self.world_size, self.uncached = Path(path), rank, world_size, uncached
-        probe = TrainsetReader(self.path)
+        probe = TrainsetReader(self.path, direct=False)
         self.n_samples, self.frame_shape, sample_bytes = probe.n_samples, probe.frame_shape, probe.sample_bytes
         rows_per_chunk = probe.rows_per_chunk
         self.dtypes = {key: ds.dtype for key, ds in probe.datasets.items()}
@@ -123,8 +133,9 @@ class SolarLoader:
             buffer = {
                 key: np.empty((slots, *reader.datasets[key].shape[1:]), dtype) for key, dtype in self.dtypes.items()
             }
-            slot_of: dict[int, int] = {}
-            free = list(range(slots - 1, -1, -1))
+            slot_of = np.full(self.n_samples, -1, dtype=np.int64)  # buffer slot of each file sample, -1: none
+            free = np.arange(slots - 1, -1, -1, dtype=np.int64)  # a stack of free slots: free[:n_free]
+            n_free, buffered = slots, 0
             steps = self.schedule.steps()
             for t, (samples, reads, store, evict) in enumerate(self.plan.steps):
                 if stop.is_set():
@@ -134,27 +145,29 @@ class SolarLoader:
                 batch = {key: np.empty((len(samples), *reader.datasets[key].shape[1:]), dtype)
                          for key, dtype in self.dtypes.items()}  # fmt: skip
                 hit_rows = np.flatnonzero(~reads)
-                hit_slots = np.array([slot_of[s] for s in samples[hit_rows].tolist()], dtype=np.int64)
+                hit_slots = slot_of[samples[hit_rows]]
                 read_rows = np.searchsorted(fetch, samples[reads])
                 for key in batch:
                     if len(hit_rows):
                         batch[key][hit_rows] = buffer[key][hit_slots]
                     if fresh is not None:
                         batch[key][reads] = fresh[key][read_rows]
-                for sample in evict.tolist():  # buffer updates after the batch has its copies
-                    free.append(slot_of.pop(sample))
+                if len(evict):  # buffer updates after the batch has its copies
+                    free[n_free : n_free + len(evict)] = slot_of[evict]
+                    n_free += len(evict)
+                    slot_of[evict] = -1
                 if len(store):
-                    store_slots = np.array([free.pop() for _ in range(len(store))], dtype=np.int64)
-                    slot_of.update(zip(store.tolist(), store_slots.tolist(), strict=True))
+                    store_slots = free[n_free - len(store) : n_free].copy()
+                    n_free -= len(store)
+                    slot_of[store] = store_slots
                     store_rows = np.searchsorted(fetch, store)
                     for key in buffer:
                         buffer[key][store_slots] = fresh[key][store_rows]
-                self.stats["peak_buffered"] = max(self.stats["peak_buffered"], len(slot_of))
+                buffered += len(store) - len(evict)
+                self.stats["peak_buffered"] = max(self.stats["peak_buffered"], buffered)
                 self.stats["hits"] += len(hit_rows)
                 self.stats["reads"] += int(reads.sum())
-                frames = torch.from_numpy(batch["frames"].astype(np.float32))
-                scale = torch.from_numpy(batch["scale"].astype(np.float32)).clamp_min(1e-12)[:, None, None]
-                inputs = torch.sqrt(frames.clamp_min(0) / scale)[:, None]
+                inputs = torch.from_numpy(network_input(batch["frames"], batch["scale"]))[:, None]
                 share = LoaderBatch(
                     inputs, torch.from_numpy(batch["amplitude"])[:, None], torch.from_numpy(batch["phase"])[:, None],
                     samples, self.world_size * len(samples) / max(self.global_sizes[t], 1), steps[t][0], t,

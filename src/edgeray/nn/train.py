@@ -44,7 +44,7 @@ class TrainsetDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self._h5 is None:
             self._h5 = h5py.File(self.path, "r")
-        frame = torch.from_numpy(self._h5["frames"][index])
+        frame = torch.from_numpy(self._h5["frames"][index].astype(np.float32))  # counts may be stored as uint16
         scale = float(self._h5["scale"][index])
         x = torch.sqrt(frame.clamp_min(0) / max(scale, 1e-12))[None]
         amplitude = torch.from_numpy(self._h5["amplitude"][index])[None]

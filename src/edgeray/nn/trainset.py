@@ -1,9 +1,9 @@
 """Training sets (HDF5): frames with their amplitude and phase patches, from simulations or reconstructions.
 
-Layout (DESIGN.md, plus ``scale``): ``frames (N, H, W)`` float32 raw counts, ``amplitude``/``phase`` ``(N, H, W)``
-float32 labels on the frame's object window, ``scale (N,)`` float32 the mean count per pixel of each frame's scan
-(the network input is ``sqrt(frames / scale)``), chunked in row blocks of about 1 MiB; attributes describe the
-provenance (source, probe, geometry).
+Layout (DESIGN.md, plus ``scale``): ``frames (N, H, W)`` raw counts (uint16 when whole counts, else float32),
+``amplitude``/``phase`` ``(N, H, W)`` float32 labels on the frame's object window, ``scale (N,)`` float32 the
+mean count per pixel of each frame's scan (the network input is ``sqrt(frames / scale)``), chunked in row blocks
+of about 1 MiB; attributes describe the provenance (source, probe, geometry).
 """
 
 from __future__ import annotations
@@ -113,11 +113,22 @@ def samples_from_reconstruction(scan: PtychoScan, product: Product) -> dict[str,
     return {"frames": frames, "amplitude": np.abs(patches), "phase": np.angle(patches), "scale": scale}
 
 
-def write_trainset(path: str | Path, samples: list[dict[str, np.ndarray]], attrs: dict) -> Path:
-    """Concatenate sample dicts and write them as a training set (atomically)."""
-    data = {key: np.concatenate([s[key] for s in samples]).astype(np.float32) for key in DATASETS}
+def write_trainset(
+    path: str | Path, samples: list[dict[str, np.ndarray]], attrs: dict, rows_per_chunk: int | None = None
+) -> Path:
+    """Concatenate sample dicts and write them as a training set (atomically).
+
+    Frames that are whole counts from 0 to 65535 are stored as uint16 (half the bytes of float32; readers
+    convert), other frames as float32. ``rows_per_chunk``: samples per HDF5 chunk (default: chunks of
+    about 1 MiB; 1 suits random access one sample at a time).
+    """
+    data = {key: np.concatenate([s[key] for s in samples]) for key in DATASETS}
+    frames = data.pop("frames")
+    counts = frames.size and np.all(frames >= 0) and np.all(frames <= 65535) and np.all(frames == np.round(frames))
+    data = {key: value.astype(np.float32) for key, value in data.items()}
+    data["frames"] = frames.astype(np.uint16 if counts else np.float32)
     n, height, width = data["frames"].shape
-    rows = min(n, frames_per_chunk((height, width), 4))
+    rows = min(max(n, 1), rows_per_chunk or frames_per_chunk((height, width), 4))
     with atomic_h5(path) as h5:
         for key in ("frames", "amplitude", "phase"):
             h5.create_dataset(key, data=data[key], chunks=(rows, height, width))
