@@ -58,6 +58,11 @@ class UncachedSamples(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.n
 
+    def __del__(self) -> None:  # HDF5 first, then the file under it (the other order crashes a worker at exit)
+        if self.h5 is not None:
+            self.h5.close()
+            self.raw.close()
+
     def __getitem__(self, index: int):
         if self.h5 is None:
             self.raw = DroppingFile(self.path)
@@ -96,7 +101,7 @@ def worker(rank: int, world_size: int, store: str, args: dict, out: str) -> None
             batch_sampler=sampler,
             num_workers=workers,
             prefetch_factor=4 if workers else None,
-            multiprocessing_context="spawn" if workers else None,
+            multiprocessing_context="forkserver" if workers else None,
         )
         dist.barrier()
         start, samples = time.perf_counter(), 0
