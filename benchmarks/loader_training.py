@@ -108,10 +108,10 @@ def run(loader: str, model: str, world_size: int, args: dict, folder: Path) -> l
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="6,000 samples, 2 ranks, 2 epochs")
+    parser.add_argument("--quick", action="store_true", help="3,000 samples, 2 ranks, 2 epochs")
     parser.add_argument("--dir", type=Path, default=None, help="where to write the training sets (default: /tmp)")
     args = parser.parse_args()
-    n_samples, rank_counts, epochs = (6000, [2], 2) if args.quick else (24000, [2, 4], 3)
+    n_samples, rank_counts, epochs = (3000, [2], 2) if args.quick else (24000, [2, 4], 3)
     sample_bytes = 64 * 64 * (2 + 4 + 4) + 4
     emit({"benchmark": "loader_training", "date": time.strftime("%Y-%m-%d"), "samples": n_samples,
           "epochs": epochs, "cores": os.cpu_count(), "buffers": "a quarter of the set"})  # fmt: skip
