@@ -3,13 +3,15 @@ each on both file layouts, best against best.
 
 A training set four times all ranks' buffers together (full: 2.4 GB against 0.6 GB; quick: 0.4 GB against 0.1 GB;
 frames stored as uint16 counts, amplitude and phase float32) is written twice, with the same samples: one sample
-per HDF5 chunk (what a user of random access would choose) and 64 samples per chunk (1 MiB chunks). Before each
+per HDF5 chunk (what a user of random access would choose) and 64 samples per chunk (1 MiB chunks), uncompressed
+chunks written as ``write_trainset`` writes them, a sample's frames, amplitude and phase side by side. Before each
 loader's run the file's pages are dropped from the page cache, and during the run every loader reads through a
 file object that drops each range right after reading it (``posix_fadvise(DONTNEED)``), so storage behaves like a
 parallel file system whose data is far larger than memory (SOLAR's setting) and no loader is helped by the page
-cache. The disk's sequential read rate is measured in the same run, on the same file, the same way. Ranks are
-real processes (2 and 4; quick: 2) sharing this machine's 2 cores, with the same schedule (epochs, global batch,
-seed) for every loader:
+cache. The disk's sequential read rate (8 MiB reads) and random read rate (one sample's bytes at random places, 8
+threads or 256 reads announced at a time: the most a loader reading samples at random can get) are measured in the
+same run, on the same file, the same way. Ranks are real processes (2 and 4; quick: 2) sharing this machine's 2
+cores, with the same schedule (epochs, global batch, seed) for every loader:
 
 - ``torch``: ``torch.utils.data.DataLoader`` over a Dataset that opens the file lazily in its process and reads
   one sample per ``__getitem__`` (frames, amplitude, phase, scale), rank ``r`` taking ``batch[r::R]`` of each
@@ -21,8 +23,9 @@ seed) for every loader:
 One JSON line per loader, layout and rank count: ``loader``, ``layout``, ``samples_per_s`` (all ranks' samples
 over the slowest rank's time), storage ``bytes_read``, ``read_calls``, ``hit_rate`` and ``belady_hit_rate`` (the
 optimal policy on that loader's own accesses); then per rank count the headline, each loader on its best layout:
-``solar_vs_torch_best``, ``solar_vs_cache_best`` and ``disk_fraction`` (SOLAR's samples per second times the bytes
-of a sample, over the disk's sequential read rate).
+``solar_vs_torch_best``, ``solar_vs_cache_best``, ``disk_fraction`` (SOLAR's samples per second times the bytes
+of a sample, over the disk's sequential read rate) and ``storage_vs_random_reads`` (SOLAR's bytes from storage per
+second over the random read rate).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import json
 import os
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import h5py
@@ -41,6 +45,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from edgeray.loader import DroppingFile, Schedule, SolarLoader, drop_cache, even_split
+from edgeray.nn.trainset import write_interleaved
 
 
 def emit(record: dict) -> None:
@@ -165,6 +170,38 @@ def sequential_rate(path: Path, block: int = 8 << 20) -> float:
     return raw.bytes_read / seconds
 
 
+def random_rate(path: Path, record_bytes: int, reads: int = 6000) -> float:
+    """The disk's random read rate, bytes/s: ``reads`` reads of ``record_bytes`` (one sample's bytes) at random
+    places in the file, pages dropped before and after each read; the better of 8 threads reading and of 256 reads at
+    a time announced to the kernel (``posix_fadvise(WILLNEED)``) then read in order: what a loader reading samples
+    at random can get at most."""
+    fd = os.open(path, os.O_RDONLY)
+    places = np.random.default_rng(1).choice(os.fstat(fd).st_size // record_bytes, reads, replace=False) * record_bytes
+
+    def read_share(share: np.ndarray, announce: bool = False) -> None:
+        buffer = bytearray(record_bytes)
+        if announce:
+            for offset in share.tolist():
+                os.posix_fadvise(fd, offset, record_bytes, os.POSIX_FADV_WILLNEED)
+        for offset in share.tolist():
+            os.preadv(fd, [buffer], offset)
+            os.posix_fadvise(fd, offset, record_bytes, os.POSIX_FADV_DONTNEED)
+
+    rates = []
+    for announced in (False, True):
+        drop_cache(path)
+        start = time.perf_counter()
+        if announced:
+            for share in np.array_split(places, reads // 256):
+                read_share(share, announce=True)
+        else:
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(read_share, np.array_split(places, 8)))
+        rates.append(reads * record_bytes / (time.perf_counter() - start))
+    os.close(fd)
+    return max(rates)
+
+
 LAYOUTS = {"1 per chunk": (1, False), "64 per chunk": (64, False), "1 per chunk, frames bitshuffle-LZ4": (1, True)}
 """layout name -> (samples per chunk, frames compressed); the compressed layout runs the DataLoader (no workers) and
 SOLAR only: it tells whether compression beats this disk."""
@@ -190,6 +227,8 @@ def main() -> None:
         emit({"file_bytes": {layout: path.stat().st_size for layout, path in paths.items()}})
         disk = max(sequential_rate(paths["64 per chunk"]) for _ in range(2))
         emit({"disk_sequential_bytes_per_s": disk, "file": "the 64-per-chunk set, 8 MiB reads"})
+        disk_random = max(random_rate(paths["64 per chunk"], sample_bytes) for _ in range(2))
+        emit({"disk_random_bytes_per_s": disk_random, "file": "the 64-per-chunk set, one sample's bytes at a time"})
         for world_size in rank_counts:
             results: dict[str, list[dict]] = {"torch": [], "lru": [], "frequency": [], "solar": []}
             for layout, path in paths.items():
@@ -211,6 +250,7 @@ def main() -> None:
                 "solar_vs_torch_best": solar["samples_per_s"] / best["torch"]["samples_per_s"],
                 "solar_vs_cache_best": solar["samples_per_s"] / cache["samples_per_s"],
                 "disk_fraction": solar["samples_per_s"] * sample_bytes / disk,
+                "storage_vs_random_reads": solar["bytes_read"] / solar["seconds"] / disk_random,
                 "best_layouts": {kind: record["layout"] for kind, record in best.items()},
                 "torch_best_workers": best["torch"]["workers"], "cache_best": cache["loader"],
                 "solar_hit_rate_minus_belady": solar["hit_rate"] - solar["belady_hit_rate"],
@@ -234,11 +274,17 @@ def write_big_set(path: Path, n_samples: int, rows_per_chunk: int, compressed: b
         for key in ("amplitude", "phase"):
             h5.create_dataset(key, shape=(n_samples, 64, 64), dtype=np.float32, chunks=(rows_per_chunk, 64, 64))
         h5["scale"] = np.full(n_samples, 50, np.float32)
+        datasets = {key: h5[key] for key in ("frames", "amplitude", "phase")}
         for start in range(0, n_samples, block):
             stop = min(start + block, n_samples)
-            h5["frames"][start:stop] = rng.poisson(50, (stop - start, 64, 64)).astype(np.uint16)
-            h5["amplitude"][start:stop] = rng.random((stop - start, 64, 64), dtype=np.float32)
-            h5["phase"][start:stop] = rng.random((stop - start, 64, 64), dtype=np.float32)
+            rows = {"frames": rng.poisson(50, (stop - start, 64, 64)).astype(np.uint16),
+                    "amplitude": rng.random((stop - start, 64, 64), dtype=np.float32),
+                    "phase": rng.random((stop - start, 64, 64), dtype=np.float32)}  # fmt: skip
+            if compressed:
+                for key, value in rows.items():
+                    datasets[key][start:stop] = value
+            else:  # as write_trainset writes: each sample's chunks side by side
+                write_interleaved(datasets, start, rows)
         h5.attrs["source"] = "benchmark"
     return path
 

@@ -10,7 +10,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from edgeray.loader import Schedule, SolarLoader, TrainsetReader, belady_hits, make_plans
-from edgeray.nn.trainset import write_trainset
+from edgeray.loader.direct import DirectRows
+from edgeray.nn.trainset import write_interleaved, write_trainset
 
 FRAME = (8, 8)
 SAMPLE_BYTES = 8 * 8 * (2 + 8) + 4  # uint16 counts, float32 amplitude and phase, float32 scale
@@ -136,18 +137,30 @@ def write_layout(path, samples: dict, layout: str):
                 h5[key] = data
             elif layout == "gzip":
                 h5.create_dataset(key, data=data, chunks=(16, *FRAME), compression="gzip")
+            elif layout.startswith("interleaved"):
+                continue
             else:
                 h5.create_dataset(key, data=data, chunks=(int(layout.split("-")[1]), *FRAME))
+        if layout.startswith("interleaved"):
+            rows = int(layout.split("-")[1])
+            chunked = {key: h5.create_dataset(key, shape=(len(samples[key]), *FRAME), chunks=(rows, *FRAME),
+                                              dtype=np.uint16 if key == "frames" else np.float32)
+                       for key in ("frames", "amplitude", "phase")}  # fmt: skip
+            write_interleaved(chunked, 0, {key: samples[key] for key in chunked})
         h5["scale"] = samples["scale"]
     return path
 
 
-@pytest.mark.parametrize("layout", ["chunks-1", "chunks-7", "chunks-64", "contiguous", "gzip"])
-def test_reads_by_byte_offset_equal_hdf5_reads(tmp_path, layout):
+LAYOUTS = ["chunks-1", "chunks-7", "chunks-64", "interleaved-1", "interleaved-7", "contiguous", "gzip"]
+
+
+@pytest.mark.parametrize("in_flight", [0, 4])  # reads announced to the kernel; reads on 4 threads
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_reads_by_byte_offset_equal_hdf5_reads(tmp_path, layout, in_flight):
     samples = make_samples(300, seed=3)
     path = write_layout(tmp_path / f"{layout}.h5", samples, layout)
     ids = np.random.default_rng(1).integers(0, 300, 120)  # any order, repeats allowed
-    direct, plain = TrainsetReader(path, uncached=True), TrainsetReader(path, direct=False)
+    direct, plain = TrainsetReader(path, uncached=True, in_flight=in_flight), TrainsetReader(path, direct=False)
     assert (direct.direct is None) == (layout == "gzip")  # compressed chunks go through h5py
     got, wanted = direct.read(ids), plain.read(ids)
     for key in ("frames", "amplitude", "phase", "scale"):
@@ -158,6 +171,22 @@ def test_reads_by_byte_offset_equal_hdf5_reads(tmp_path, layout):
         assert direct.read_calls < 4 * len(np.unique(ids)) and direct.bytes_read >= np.unique(ids).size * 8 * 8 * 10
     direct.close()
     plain.close()
+
+
+@pytest.mark.parametrize("layout, calls_per_sample", [("interleaved-1", 1), ("chunks-1", 3)])
+def test_a_sample_written_interleaved_is_one_read(tmp_path, layout, calls_per_sample):
+    samples = make_samples(400, seed=4)
+    path = write_layout(tmp_path / f"{layout}.h5", samples, layout)
+    ids = np.arange(5, 400, 80)  # 80 samples (10 KiB of any one dataset) apart: never merged with a neighbour
+    with h5py.File(path) as h5, open(path, "rb") as raw:
+        reader = DirectRows.for_datasets(raw.fileno(), {k: h5[k] for k in ("frames", "amplitude", "phase", "scale")},
+                                         max_gap_bytes=8192)  # fmt: skip
+        rows = reader.read(ids)
+        reader.close()
+    assert set(reader.resident) == {"scale"}  # read once, whole
+    assert reader.read_calls == calls_per_sample * len(ids)
+    for key in ("frames", "amplitude", "phase", "scale"):
+        np.testing.assert_array_equal(rows[key], samples[key][ids].astype(rows[key].dtype))
 
 
 def test_integer_counts_are_stored_in_half_the_bytes(tmp_path):
@@ -189,6 +218,16 @@ def test_both_layouts_give_the_same_samples_in_the_same_order(tmp_path, policy):
                 order = [np.argsort(i) for i in ids]
                 assert np.array_equal(ids[0][order[0]], ids[1][order[1]])
                 assert torch.equal(inputs[0][order[0]], inputs[1][order[1]])
+
+
+def test_reads_issued_steps_ahead_change_nothing(tmp_path):
+    path = make_set(tmp_path / "set.h5", 300, rows_per_chunk=1)
+    kwargs = {"batch_size": 32, "epochs": 2, "seed": 3, "buffer_bytes": 50 * SAMPLE_BYTES, "rank": 0, "world_size": 1}
+    runs = [list(SolarLoader(path, reads_ahead=ahead, **kwargs)) for ahead in (1, 5)]
+    assert len(runs[0]) == len(runs[1]) == 2 * -(-300 // 32)
+    for one, other in zip(*runs, strict=True):
+        assert np.array_equal(one.samples, other.samples) and torch.equal(one.inputs, other.inputs)
+        assert torch.equal(one.phase, other.phase)
 
 
 def test_bad_files_give_clear_errors(tmp_path):

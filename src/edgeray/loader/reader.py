@@ -74,7 +74,7 @@ class TrainsetReader:
         ValueError: the file is not a training set (a dataset missing, shapes that disagree) or is truncated.
     """
 
-    def __init__(self, path: str | Path, uncached: bool = False, direct: bool = True, in_flight: int = 8):
+    def __init__(self, path: str | Path, uncached: bool = False, direct: bool = True, in_flight: int = 0):
         self.path = Path(path)
         self._raw = DroppingFile(self.path) if uncached else None
         try:

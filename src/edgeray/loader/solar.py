@@ -1,8 +1,9 @@
 """The SOLAR loader: executes a rank's plan with a fixed-size buffer and a background prefetch thread.
 
 The plan (:mod:`edgeray.loader.plan`) says, step by step, which samples this rank processes, which are reads and
-what the buffer keeps or drops. One thread executes it ahead of training (``prefetch`` steps): it reads each step's
-misses in coalesced runs, updates the buffer and assembles the batch; training takes finished batches. Batches
+what the buffer keeps or drops. One thread executes it ahead of training (``prefetch`` steps): it updates the buffer
+and assembles each batch from buffer hits and the step's reads, which another thread has issued ``reads_ahead`` steps
+earlier (coalesced, several in flight), so reading overlaps assembling; training takes finished batches. Batches
 are assembled in order by that one thread, so an eviction can never overtake a batch that still needs the sample.
 """
 
@@ -10,7 +11,9 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +70,7 @@ class SolarLoader:
         policy: ``solar`` (default), ``lru``, ``frequency`` or ``none`` (for comparison).
         imbalance: the most a rank's share may differ from the even split, samples (default 1/8 of it).
         prefetch: steps prepared ahead.
+        reads_ahead: steps whose reads are issued before the current step is assembled (reads overlap assembly).
         uncached: read through :class:`~edgeray.loader.reader.DroppingFile` (benchmarks).
         indices: the file's samples to use (e.g. a training split; default all); ``samples`` in batches are
             file ids either way.
@@ -84,6 +88,7 @@ class SolarLoader:
         policy: str = "solar",
         imbalance: int | None = None,
         prefetch: int = 4,
+        reads_ahead: int = 2,
         uncached: bool = False,
         drop_last: bool = False,
         indices: np.ndarray | None = None,
@@ -114,7 +119,7 @@ class SolarLoader:
             plan.steps = [(self.indices[s], r, self.indices[k], self.indices[e]) for s, r, k, e in plan.steps]
         self.plan: RankPlan = plans[rank]
         self.global_sizes = [sum(len(p.steps[t][0]) for p in plans) for t in range(len(self.plan.steps))]
-        self.prefetch = prefetch
+        self.prefetch, self.reads_ahead = prefetch, max(1, reads_ahead)
         self.policy = policy
         self.stats = {"hits": 0, "reads": 0, "read_calls": 0, "bytes_read": 0, "peak_buffered": 0}
 
@@ -128,6 +133,7 @@ class SolarLoader:
 
     def _produce(self, out: queue.Queue, stop: threading.Event) -> None:
         reader = TrainsetReader(self.path, uncached=self.uncached)  # opened in this thread, this process
+        ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="solar-read")  # one reader: reads in step order
         try:
             slots = min(self.capacity, len(self.indices))
             buffer = {
@@ -137,11 +143,22 @@ class SolarLoader:
             free = np.arange(slots - 1, -1, -1, dtype=np.int64)  # a stack of free slots: free[:n_free]
             n_free, buffered = slots, 0
             steps = self.schedule.steps()
+            pending: deque = deque()  # (samples to fetch, their read) of the next steps, oldest first
+
+            def read_ahead(t: int) -> None:
+                samples, reads, store, _ = self.plan.steps[t]
+                fetch = np.unique(np.concatenate([samples[reads], store]))
+                pending.append((fetch, ahead.submit(reader.read, fetch) if len(fetch) else None))
+
+            for t in range(min(self.reads_ahead, len(self.plan.steps))):
+                read_ahead(t)
             for t, (samples, reads, store, evict) in enumerate(self.plan.steps):
                 if stop.is_set():
                     return
-                fetch = np.unique(np.concatenate([samples[reads], store]))
-                fresh = reader.read(fetch) if len(fetch) else None
+                fetch, reading = pending.popleft()
+                if t + self.reads_ahead < len(self.plan.steps):
+                    read_ahead(t + self.reads_ahead)  # in flight while this step is assembled
+                fresh = reading.result() if reading is not None else None
                 batch = {key: np.empty((len(samples), *reader.datasets[key].shape[1:]), dtype)
                          for key, dtype in self.dtypes.items()}  # fmt: skip
                 hit_rows = np.flatnonzero(~reads)
@@ -183,6 +200,7 @@ class SolarLoader:
         except BaseException as error:  # hand the failure to the consumer
             out.put(error)
         finally:
+            ahead.shutdown(wait=True, cancel_futures=True)
             reader.close()
             out.put(None)
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from edgeray.io import Product, PtychoScan
@@ -116,7 +117,8 @@ def samples_from_reconstruction(scan: PtychoScan, product: Product) -> dict[str,
 def write_trainset(
     path: str | Path, samples: list[dict[str, np.ndarray]], attrs: dict, rows_per_chunk: int | None = None
 ) -> Path:
-    """Concatenate sample dicts and write them as a training set (atomically).
+    """Concatenate sample dicts and write them as a training set (atomically), the chunks of frames, amplitude and
+    phase side by side (:func:`write_interleaved`).
 
     Frames that are whole counts from 0 to 65535 are stored as uint16 (half the bytes of float32; readers
     convert), other frames as float32. ``rows_per_chunk``: samples per HDF5 chunk (default: chunks of
@@ -130,12 +132,35 @@ def write_trainset(
     n, height, width = data["frames"].shape
     rows = min(max(n, 1), rows_per_chunk or frames_per_chunk((height, width), 4))
     with atomic_h5(path) as h5:
-        for key in ("frames", "amplitude", "phase"):
-            h5.create_dataset(key, data=data[key], chunks=(rows, height, width))
+        chunked = {
+            key: h5.create_dataset(key, shape=data[key].shape, dtype=data[key].dtype, chunks=(rows, height, width))
+            for key in ("frames", "amplitude", "phase")
+        }
+        write_interleaved(chunked, 0, {key: data[key] for key in chunked})
         h5["scale"] = data["scale"]
         for key, value in attrs.items():
             h5.attrs[key] = value if isinstance(value, str | int | float) else json.dumps(value)
     return Path(path)
+
+
+def write_interleaved(datasets: dict[str, h5py.Dataset], start: int, rows: dict[str, np.ndarray]) -> None:
+    """Write ``rows[key]`` ``(n, ...)`` into ``datasets[key]`` (unfiltered h5py datasets chunked alike, whole rows
+    per chunk) from row ``start`` (a chunk boundary), chunk by chunk, taking the datasets in turn: HDF5 places chunks
+    in the order they are written, so a sample's rows of every dataset lie side by side in the file and a reader by
+    byte offset (:mod:`edgeray.loader.direct`) fetches the whole sample in one read."""
+    per_chunk = {ds.chunks[0] for ds in datasets.values()}
+    if len(per_chunk) != 1 or start % next(iter(per_chunk)):
+        raise ValueError(
+            f"datasets must share a chunk row count and start on a chunk (chunks {per_chunk}, start {start})"
+        )
+    step = per_chunk.pop()
+    n = len(next(iter(rows.values())))
+    for first in range(0, n, step):
+        for key, ds in datasets.items():
+            block = np.ascontiguousarray(rows[key][first : first + step], dtype=ds.dtype)
+            if len(block) < step:  # the last chunk: HDF5 stores chunks whole
+                block = np.concatenate([block, np.zeros((step - len(block), *block.shape[1:]), ds.dtype)])
+            ds.id.write_direct_chunk((start + first, *[0] * (ds.ndim - 1)), block.tobytes())
 
 
 def probe_fingerprint(config: PtychoSimConfig) -> dict:
