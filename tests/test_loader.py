@@ -230,6 +230,29 @@ def test_reads_issued_steps_ahead_change_nothing(tmp_path):
         assert torch.equal(one.phase, other.phase)
 
 
+def test_any_sample_set_reads_by_keys(tmp_path):
+    rng = np.random.default_rng(8)
+    rows = {"noisy": rng.random((90, 3, 6, 6), dtype=np.float32), "clean": rng.random((90, 1, 6, 6), dtype=np.float32)}
+    path = tmp_path / "patches.h5"
+    with h5py.File(path, "w") as h5:
+        chunked = {key: h5.create_dataset(key, shape=value.shape, dtype=value.dtype, chunks=(1, *value.shape[1:]))
+                   for key, value in rows.items()}  # fmt: skip
+        write_interleaved(chunked, 0, rows)
+    loader = SolarLoader(path, 16, 2, seed=1, rank=0, world_size=1, buffer_bytes=20 * 4 * 36 * 4,
+                         keys=("noisy", "clean"))  # fmt: skip
+    batches = list(loader)
+    for epoch in range(2):
+        ids = np.concatenate([b.samples for b in batches if b.epoch == epoch])
+        assert sorted(ids.tolist()) == list(range(90))
+    assert 0 < loader.stats["hits"] < 180
+    for batch in batches:
+        assert batch.inputs is None and batch.arrays["noisy"].shape == (len(batch.samples), 3, 6, 6)
+        for key, value in rows.items():
+            np.testing.assert_array_equal(batch.arrays[key].numpy(), value[batch.samples])
+    with pytest.raises(ValueError, match="missing truth"):
+        SolarLoader(path, 16, 1, keys=("noisy", "truth"))
+
+
 def test_bad_files_give_clear_errors(tmp_path):
     path = make_set(tmp_path / "set.h5", 100)
     truncated = tmp_path / "truncated.h5"

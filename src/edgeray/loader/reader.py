@@ -70,35 +70,48 @@ def drop_cache(path: str | Path) -> None:
 class TrainsetReader:
     """Reads samples of a training set by id; one instance per process (never shared across a fork).
 
+    ``keys``: the per-sample datasets to read (default: a ptychography training set's, DESIGN.md); any
+    ``(N, ...)`` datasets of one file work (e.g. a denoiser's patch pairs).
+
     Raises:
         ValueError: the file is not a training set (a dataset missing, shapes that disagree) or is truncated.
     """
 
-    def __init__(self, path: str | Path, uncached: bool = False, direct: bool = True, in_flight: int = 0):
+    def __init__(
+        self,
+        path: str | Path,
+        uncached: bool = False,
+        direct: bool = True,
+        in_flight: int = 0,
+        keys: tuple[str, ...] | None = None,
+    ):
         self.path = Path(path)
         self._raw = DroppingFile(self.path) if uncached else None
         try:
             self.h5 = h5py.File(self._raw if self._raw is not None else self.path, "r")
         except OSError as error:
             raise ValueError(f"{self.path}: cannot open as HDF5 ({error}); truncated or not a training set") from None
-        missing = [key for key in DATASETS if key not in self.h5]
+        self.keys = tuple(keys or DATASETS)
+        missing = [key for key in self.keys if key not in self.h5]
         if missing:
-            raise ValueError(f"{self.path}: not a training set: missing {', '.join(missing)} (see docs/formats.md)")
-        self.datasets = {key: self.h5[key] for key in DATASETS}
-        self.n_samples = self.datasets["frames"].shape[0]
-        self.frame_shape = tuple(self.datasets["frames"].shape[1:])
-        for key in ("amplitude", "phase"):
-            if self.datasets[key].shape != (self.n_samples, *self.frame_shape):
-                raise ValueError(f"{self.path}: {key} is {self.datasets[key].shape}, frames are "
-                                 f"{self.datasets['frames'].shape}")  # fmt: skip
-        if self.datasets["scale"].shape != (self.n_samples,):
-            raise ValueError(f"{self.path}: scale is {self.datasets['scale'].shape}, expected ({self.n_samples},)")
-        chunks = self.datasets["frames"].chunks
+            what = "a training set" if keys is None else "a sample set"
+            raise ValueError(f"{self.path}: not {what}: missing {', '.join(missing)} (see docs/formats.md)")
+        self.datasets = {key: self.h5[key] for key in self.keys}
+        first = self.datasets[self.keys[0]]
+        self.n_samples = first.shape[0]
+        self.frame_shape = tuple(first.shape[1:])
+        for key, ds in self.datasets.items():
+            if keys is None and key in ("amplitude", "phase") and ds.shape != first.shape:
+                raise ValueError(f"{self.path}: {key} is {ds.shape}, frames are {first.shape}")
+            if keys is None and key == "scale" and ds.shape != (self.n_samples,):
+                raise ValueError(f"{self.path}: scale is {ds.shape}, expected ({self.n_samples},)")
+            if len(ds.shape) == 0 or ds.shape[0] != self.n_samples:
+                raise ValueError(f"{self.path}: {key} is {ds.shape}, expected ({self.n_samples}, ...)")
+        chunks = first.chunks
         self.rows_per_chunk = chunks[0] if chunks else 1
         self.read_calls = 0
         self.samples_read = 0
-        pixels = int(np.prod(self.frame_shape))
-        self.sample_bytes = pixels * (self.datasets["frames"].dtype.itemsize + 8) + 4
+        self.sample_bytes = sum(int(np.prod(ds.shape[1:])) * ds.dtype.itemsize for ds in self.datasets.values())
         self._fd = None
         self.direct = None
         if direct:  # unfiltered layouts: reads by byte offset, several in flight (edgeray.loader.direct)

@@ -14,7 +14,7 @@ import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,8 @@ class LoaderBatch:
     """One rank's share of a global batch.
 
     Attributes:
-        inputs, amplitude, phase: ``(n, 1, H, W)`` float32 (inputs = ``sqrt(frames / scale)``).
+        inputs, amplitude, phase: ``(n, 1, H, W)`` float32 (inputs = ``sqrt(frames / scale)``) from a training set;
+            None from other sample sets (``keys``), whose datasets are in ``arrays``.
         samples: ``(n,)`` sample ids.
         loss_scale: multiply the mean loss over this share by it: ``world_size * n / global_n``, so that after
             DDP averages the ranks' gradients the result is the gradient of the mean over the global batch,
@@ -38,13 +39,14 @@ class LoaderBatch:
         epoch, step: which epoch and which step (in processing order).
     """
 
-    inputs: torch.Tensor
-    amplitude: torch.Tensor
-    phase: torch.Tensor
+    inputs: torch.Tensor | None
+    amplitude: torch.Tensor | None
+    phase: torch.Tensor | None
     samples: np.ndarray
     loss_scale: float
     epoch: int
     step: int
+    arrays: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def network_input(frames: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -74,6 +76,8 @@ class SolarLoader:
         uncached: read through :class:`~edgeray.loader.reader.DroppingFile` (benchmarks).
         indices: the file's samples to use (e.g. a training split; default all); ``samples`` in batches are
             file ids either way.
+        keys: read these ``(N, ...)`` datasets of any sample set instead of a training set's (batches carry them
+            in ``arrays``, as stored).
     """
 
     def __init__(
@@ -92,6 +96,7 @@ class SolarLoader:
         uncached: bool = False,
         drop_last: bool = False,
         indices: np.ndarray | None = None,
+        keys: tuple[str, ...] | None = None,
     ):
         if rank is None or world_size is None:
             distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -102,7 +107,8 @@ class SolarLoader:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
         self.path, self.rank, self.world_size, self.uncached = Path(path), rank, world_size, uncached
-        probe = TrainsetReader(self.path, direct=False)
+        self.keys = keys
+        probe = TrainsetReader(self.path, direct=False, keys=keys)
         self.n_samples, self.frame_shape, sample_bytes = probe.n_samples, probe.frame_shape, probe.sample_bytes
         rows_per_chunk = probe.rows_per_chunk
         self.dtypes = {key: ds.dtype for key, ds in probe.datasets.items()}
@@ -132,7 +138,7 @@ class SolarLoader:
         return belady_hits(self.plan, self.capacity, self.n_samples) / max(accesses, 1)
 
     def _produce(self, out: queue.Queue, stop: threading.Event) -> None:
-        reader = TrainsetReader(self.path, uncached=self.uncached)  # opened in this thread, this process
+        reader = TrainsetReader(self.path, uncached=self.uncached, keys=self.keys)  # in this thread, this process
         ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="solar-read")  # one reader: reads in step order
         try:
             slots = min(self.capacity, len(self.indices))
@@ -184,11 +190,14 @@ class SolarLoader:
                 self.stats["peak_buffered"] = max(self.stats["peak_buffered"], buffered)
                 self.stats["hits"] += len(hit_rows)
                 self.stats["reads"] += int(reads.sum())
-                inputs = torch.from_numpy(network_input(batch["frames"], batch["scale"]))[:, None]
-                share = LoaderBatch(
-                    inputs, torch.from_numpy(batch["amplitude"])[:, None], torch.from_numpy(batch["phase"])[:, None],
-                    samples, self.world_size * len(samples) / max(self.global_sizes[t], 1), steps[t][0], t,
-                )  # fmt: skip
+                loss_scale = self.world_size * len(samples) / max(self.global_sizes[t], 1)
+                if self.keys is None:
+                    inputs = torch.from_numpy(network_input(batch["frames"], batch["scale"]))[:, None]
+                    labels = [torch.from_numpy(batch[key])[:, None] for key in ("amplitude", "phase")]
+                    share = LoaderBatch(inputs, *labels, samples, loss_scale, steps[t][0], t)
+                else:
+                    arrays = {key: torch.from_numpy(value) for key, value in batch.items()}
+                    share = LoaderBatch(None, None, None, samples, loss_scale, steps[t][0], t, arrays)
                 while not stop.is_set():
                     try:
                         out.put(share, timeout=0.1)
