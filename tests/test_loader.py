@@ -189,6 +189,13 @@ def test_a_sample_written_interleaved_is_one_read(tmp_path, layout, calls_per_sa
         np.testing.assert_array_equal(rows[key], samples[key][ids].astype(rows[key].dtype))
 
 
+def test_interleaved_writes_refuse_compressed_chunks(tmp_path):
+    with h5py.File(tmp_path / "gzip.h5", "w") as h5:
+        packed = h5.create_dataset("frames", (4, *FRAME), np.float32, chunks=(1, *FRAME), compression="gzip")
+        with pytest.raises(ValueError, match="unfiltered chunked datasets only; not frames"):
+            write_interleaved({"frames": packed}, 0, {"frames": np.zeros((4, *FRAME), np.float32)})
+
+
 def test_integer_counts_are_stored_in_half_the_bytes(tmp_path):
     path = make_set(tmp_path / "set.h5", 50)
     with h5py.File(path) as h5:

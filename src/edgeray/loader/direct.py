@@ -1,8 +1,8 @@
 """Sample rows read straight from the file's bytes: where HDF5 stores a dataset unfiltered (contiguous, or in chunks
 that span whole samples), the byte offset of every sample is known once the chunk index is read, so a batch's
-samples become a few large ``preadv`` calls (several in flight, on threads that release the GIL) instead of one
-HDF5 selection per run and dataset. All reads of a call are announced to the kernel before the first is made, so
-the device works on all of them at once while one thread copies them out in order.
+samples become a few large ``preadv`` calls instead of one HDF5 selection per run and dataset. All reads of a call
+are announced to the kernel before the first is made, so the device works on all of them at once while one thread
+copies them out in order (or, ``in_flight=N``, N threads issue them).
 
 The rows of all datasets are planned together, in file order: rows at most ``max_gap_bytes`` apart are read in one
 call, gap included (one larger read beats two small ones), whichever dataset they belong to, so a file whose

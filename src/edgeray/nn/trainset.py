@@ -148,6 +148,9 @@ def write_interleaved(datasets: dict[str, h5py.Dataset], start: int, rows: dict[
     per chunk) from row ``start`` (a chunk boundary), chunk by chunk, taking the datasets in turn: HDF5 places chunks
     in the order they are written, so a sample's rows of every dataset lie side by side in the file and a reader by
     byte offset (:mod:`edgeray.loader.direct`) fetches the whole sample in one read."""
+    filtered = [key for key, ds in datasets.items() if ds.chunks is None or ds.id.get_create_plist().get_nfilters()]
+    if filtered:
+        raise ValueError(f"write_interleaved writes unfiltered chunked datasets only; not {', '.join(filtered)}")
     per_chunk = {ds.chunks[0] for ds in datasets.values()}
     if len(per_chunk) != 1 or start % next(iter(per_chunk)):
         raise ValueError(
