@@ -55,10 +55,12 @@ def emit(record: dict) -> None:
 class UncachedSamples(torch.utils.data.Dataset):
     """One sample per ``__getitem__``, the file opened lazily in the reading process, pages dropped after reads."""
 
+    counted = "frames"  # the dataset whose length is the sample count
+
     def __init__(self, path: Path):
         self.path, self.h5, self.raw = path, None, None
         with h5py.File(path) as h5:
-            self.n = h5["frames"].shape[0]
+            self.n = h5[self.counted].shape[0]
 
     def __len__(self) -> int:
         return self.n
@@ -68,14 +70,19 @@ class UncachedSamples(torch.utils.data.Dataset):
             self.h5.close()
             self.raw.close()
 
-    def __getitem__(self, index: int):
+    def file(self) -> h5py.File:
+        """The file, opened in this process at first use."""
         if self.h5 is None:
             self.raw = DroppingFile(self.path)
             self.h5 = h5py.File(self.raw, "r")
-        scale = float(self.h5["scale"][index])
-        frame = torch.from_numpy(self.h5["frames"][index].astype(np.float32))
-        return (torch.sqrt(frame.clamp_min(0) / scale)[None], torch.from_numpy(self.h5["amplitude"][index])[None],
-                torch.from_numpy(self.h5["phase"][index])[None])  # fmt: skip
+        return self.h5
+
+    def __getitem__(self, index: int):
+        h5 = self.file()
+        scale = float(h5["scale"][index])
+        frame = torch.from_numpy(h5["frames"][index].astype(np.float32))
+        return (torch.sqrt(frame.clamp_min(0) / scale)[None], torch.from_numpy(h5["amplitude"][index])[None],
+                torch.from_numpy(h5["phase"][index])[None])  # fmt: skip
 
 
 class StepSampler(torch.utils.data.Sampler):

@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from edgeray.loader import DroppingFile, Schedule, SolarLoader, drop_cache
+from edgeray.loader import Schedule, SolarLoader, drop_cache
 from loader import StepSampler, UncachedSamples  # benchmarks/loader.py's DataLoader side (this folder is on the path)
 
 
@@ -57,31 +57,22 @@ def make_sets(folder: Path, n_train: int, n_val: int, families: set[str]) -> dic
 
 
 def write_patch_pairs(path: Path, n_patches: int, seed: int, size: int = 64, in_slices: int = 3) -> Path:
-    """``n_patches`` random ``size``-pixel patch pairs, as TomoGAN's training draws them: low-dose (60 photons)
+    """``n_patches`` random ``size``-pixel patch pairs, drawn as TomoGAN's training draws them: low-dose (60 photons)
     gridrec slices with their neighbours ``(n, in_slices, s, s)`` and the full-dose slice ``(n, 1, s, s)``, each
     volume normalized as :func:`edgeray.nn.denoise.train_denoiser` does; one sample per chunk, side by side."""
     import h5py
     import numpy as np
 
-    from edgeray.nn.denoise import simulated_pairs
-    from edgeray.nn.tomogan import normalize_slices, stack_neighbours
+    from edgeray.nn.denoise import _patches, normalized_pairs, simulated_pairs, stacked_volumes
     from edgeray.nn.trainset import write_interleaved
 
     slices, volumes = 8, max(2, n_patches // 250)
     pairs = simulated_pairs(volumes, size=128, slices=slices, angles=180, target="full", seed=seed)
-    noisy, clean = [], []
-    for first in range(0, len(pairs["noisy"]), slices):
-        part = slice(first, first + slices)
-        normalized, low, high = normalize_slices(pairs["noisy"][part])
-        noisy.append(stack_neighbours(normalized, in_slices))
-        clean.append(((pairs["clean"][part] - low) / (high - low))[:, None].astype(np.float32))
-    noisy, clean = np.concatenate(noisy), np.concatenate(clean)
-    rng = np.random.default_rng(seed)
-    index = rng.integers(len(noisy), size=n_patches)
-    top, left = rng.integers(128 - size + 1, size=(2, n_patches))
-    rows, cols = top[:, None] + np.arange(size), left[:, None] + np.arange(size)
-    window = (index[:, None, None], slice(None), rows[:, :, None], cols[:, None, :])
-    patches = {"noisy": noisy[window].transpose(0, 3, 1, 2), "clean": clean[window].transpose(0, 3, 1, 2)}
+    noisy, clean = normalized_pairs(pairs["noisy"], pairs["clean"], slices)
+    inputs, targets = _patches(torch.from_numpy(stacked_volumes(noisy, slices, in_slices)),
+                               torch.from_numpy(clean[:, None]), size, n_patches,
+                               torch.Generator().manual_seed(seed))  # fmt: skip
+    patches = {"noisy": inputs.numpy(), "clean": targets.numpy()}
     with h5py.File(path, "w") as h5:
         datasets = {key: h5.create_dataset(key, shape=value.shape, dtype=np.float32, chunks=(1, *value.shape[1:]))
                     for key, value in patches.items()}  # fmt: skip
@@ -89,26 +80,14 @@ def write_patch_pairs(path: Path, n_patches: int, seed: int, size: int = 64, in_
     return path
 
 
-class UncachedPatches(torch.utils.data.Dataset):
-    """One patch pair per ``__getitem__`` (``noisy``, ``clean``), the file opened lazily, pages dropped after reads."""
+class UncachedPatches(UncachedSamples):
+    """One patch pair per ``__getitem__`` (``noisy``, ``clean``), read as :class:`UncachedSamples` reads."""
 
-    def __init__(self, path: Path):
-        import h5py
-
-        self.path, self.h5, self.raw = path, None, None
-        with h5py.File(path) as h5:
-            self.n = h5["noisy"].shape[0]
-
-    def __len__(self) -> int:
-        return self.n
+    counted = "noisy"
 
     def __getitem__(self, index: int):
-        import h5py
-
-        if self.h5 is None:
-            self.raw = DroppingFile(self.path)
-            self.h5 = h5py.File(self.raw, "r")
-        return torch.from_numpy(self.h5["noisy"][index]), torch.from_numpy(self.h5["clean"][index])
+        h5 = self.file()
+        return torch.from_numpy(h5["noisy"][index]), torch.from_numpy(h5["clean"][index])
 
 
 def loss_of(model, tomogan: bool, data: tuple) -> torch.Tensor:

@@ -229,6 +229,22 @@ def _patches(noisy: torch.Tensor, clean: torch.Tensor, size: int, count: int, ge
     return inputs.contiguous(), targets.contiguous()
 
 
+def normalized_pairs(noisy: np.ndarray, clean: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Slice pairs ``(N, H, W)`` as training sees them, float32: each volume of ``block`` slices mapped by one affine
+    map, its noisy slices' 0.5/99.5 percentiles -> 0/1, applied to both (as :func:`denoise_volume` normalizes)."""
+    noisy_out, clean_out = np.empty_like(noisy, np.float32), np.empty_like(clean, np.float32)
+    for first in range(0, len(noisy), block):
+        part = slice(first, first + block)
+        noisy_out[part], low, high = normalize_slices(noisy[part])
+        clean_out[part] = (clean[part] - low) / (high - low)
+    return noisy_out, clean_out
+
+
+def stacked_volumes(slices: np.ndarray, block: int, in_slices: int) -> np.ndarray:
+    """``(N, H, W)`` -> ``(N, in_slices, H, W)``: each slice with its neighbours, never across a volume of ``block``."""
+    return np.concatenate([stack_neighbours(slices[i : i + block], in_slices) for i in range(0, len(slices), block)])
+
+
 def train_denoiser(
     pairs_path: str | Path,
     out_dir: str | Path,
@@ -253,15 +269,9 @@ def train_denoiser(
     torch.manual_seed(options.seed)
     generator = torch.Generator().manual_seed(options.seed)
     block = int(pairs["attrs"].get("block", len(pairs["noisy"])))  # slices of one volume, normalized together
-    noisy, clean = np.empty_like(pairs["noisy"], np.float32), np.empty_like(pairs["clean"], np.float32)
-    for first in range(0, len(noisy), block):  # as denoise_volume will: each volume by its own percentiles
-        part = slice(first, first + block)
-        noisy[part], low, high = normalize_slices(pairs["noisy"][part])
-        clean[part] = (pairs["clean"][part] - low) / (high - low)
+    noisy, clean = normalized_pairs(pairs["noisy"], pairs["clean"], block)
     n_train = max(1, round(len(noisy) * (1 - options.holdout)))
-    stacked = torch.from_numpy(
-        np.concatenate([stack_neighbours(noisy[i : i + block], config.in_slices) for i in range(0, len(noisy), block)])
-    ).to(device)
+    stacked = torch.from_numpy(stacked_volumes(noisy, block, config.in_slices)).to(device)
     targets = torch.from_numpy(clean[:, None]).to(device)
     features = _feature_net(options, clean[:n_train])
     if features is not None:
