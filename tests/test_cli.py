@@ -217,4 +217,4 @@ def test_edge_model_train_finetune_evaluate_from_the_command_line(tmp_path):
 
     save_model(compact, build_model(ModelConfig("compact", 4, 3, 64)), {"config": ModelConfig("compact", 4).to_dict()})
     refused = edgeray("nn", "finetune", str(scan), "--model", str(compact), "-o", str(tmp_path / "x"), check=False)
-    assert refused.returncode == 2 and "needs an edge model" in refused.stderr
+    assert refused.returncode == 2 and "needs an edge or group model" in refused.stderr

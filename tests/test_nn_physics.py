@@ -146,7 +146,8 @@ def test_fine_tuning_on_frames_alone_lowers_the_held_out_deviance(tmp_path):
     save_model(tmp_path / "start", model, {"config": ModelConfig("edge", 4, 3, 32).to_dict()})
     probe = scan.ground_truth.probe
     np.save(tmp_path / "probe.npy", probe)
-    options = FinetuneOptions(epochs=6, groups_per_step=8, learning_rate=3e-3, group_radius_px=8.0)
+    options = FinetuneOptions(regime="physics", group_size=1, epochs=6, groups_per_step=8, learning_rate=3e-3,
+                              group_radius_px=8.0)  # fmt: skip
     result = finetune_on_scan(scan, tmp_path / "start", tmp_path / "tuned", tmp_path / "probe.npy", options)
     assert result.holdout_after < 0.8 * result.holdout_before  # frames never trained on are explained better
     tuned, card = load_model(tmp_path / "tuned")

@@ -268,31 +268,39 @@ def cmd_nn_infer(args: argparse.Namespace) -> int:
 
 def add_nn_finetune(commands: argparse._SubParsersAction) -> None:
     """The arguments of ``cmd_nn_finetune``."""
-    f = commands.add_parser("finetune", help="fine-tune an edge model on a scan's own frames (no labels)")
+    from edgeray.nn.finetune import REGIMES, FinetuneOptions
+
+    d = FinetuneOptions()
+    f = commands.add_parser("finetune", help="teach a model a scan's sample (labels from LSQML and/or physics)")
     f.add_argument("scan", type=Path, help="a scan (CXI)")
     f.add_argument("-o", "--output", type=Path, required=True, help="new model directory")
-    f.add_argument("--model", type=Path, default=None, help="edge model to start from (default: the shipped one)")
+    f.add_argument("--model", type=Path, default=None, help="edge or group model to start from (default: shipped)")
     f.add_argument("--probe", type=Path, default=None,
                    help="probe (product, CXI, .npy) when the scan has none; else estimated from the data")  # fmt: skip
-    f.add_argument("--epochs", type=int, default=3, help="passes over the scan's frames")
-    f.add_argument("--lr", type=float, default=3e-4)
-    f.add_argument("--overlap-weight", type=float, default=1.0, help="weight of the neighbours' overlap term")
-    f.add_argument("--device", default="cpu")
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--regime", choices=REGIMES, default=d.regime,
+                   help="physics (label-free), labels (LSQML of the frames), both; auto: both")  # fmt: skip
+    f.add_argument("--group-size", type=int, default=d.group_size, help="frames per group (1: single-frame model)")
+    f.add_argument("--epochs", type=int, default=d.epochs, help="passes over the scan's frames")
+    f.add_argument("--lr", type=float, default=d.learning_rate)
+    f.add_argument("--overlap-weight", type=float, default=d.overlap_weight, help="weight of the overlap term")
+    f.add_argument("--lsqml-epochs", type=int, default=d.lsqml_epochs, help="LSQML epochs for the labels")
+    f.add_argument("--device", default=d.device)
+    f.add_argument("--seed", type=int, default=d.seed)
     add_cxi_flags(f)
     f.set_defaults(func=cmd_nn_finetune)
 
 
 def cmd_nn_finetune(args: argparse.Namespace) -> int:
-    """Fine-tune an edge model on a scan's own frames (physics only, no labels)."""
+    """Teach a model a scan's sample: LSQML labels of its frames and/or the physics of its frames."""
     from edgeray.io import CXIFile
     from edgeray.nn.finetune import FinetuneOptions, finetune_on_scan
     from edgeray.nn.report import write_corpus_card
 
     with CXIFile(args.scan, **cxi_options(args)) as cxi:
         scan = cxi.load()
-    options = FinetuneOptions(epochs=args.epochs, learning_rate=args.lr, overlap_weight=args.overlap_weight,
-                              device=args.device, seed=args.seed)  # fmt: skip
+    options = FinetuneOptions(regime=args.regime, group_size=args.group_size, epochs=args.epochs,
+                              learning_rate=args.lr, overlap_weight=args.overlap_weight,
+                              lsqml_epochs=args.lsqml_epochs, device=args.device, seed=args.seed)  # fmt: skip
     with progress_bar(f"fine-tuning on {args.scan.name}'s frames", None) as update:
         result = finetune_on_scan(scan, args.model, args.output, args.probe, options,
                                   progress=lambda step, total, loss: update(step, total))  # fmt: skip

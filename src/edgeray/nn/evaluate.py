@@ -79,20 +79,34 @@ def score_scan(model_dir: str | Path | None, scan: PtychoScan, lsqml_epochs: int
 def onnx_frames_per_s(model_dir: str | Path | None, threads: int = 2, batch: int = 256, repeats: int = 10) -> float:
     """Frames/s of the model through ONNX Runtime on ``threads`` CPU threads (input normalization included)."""
     from edgeray.nn.checkpoint import load_model
-    from edgeray.nn.infer import cpu_runtime
+    from edgeray.nn.group import GroupNet
+    from edgeray.nn.infer import cpu_runtime, group_runtime
     from edgeray.nn.models import normalize_frames
 
     model, card = load_model(model_dir)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        runtime = cpu_runtime(model, card, model_dir, "onnx")
         size = card["config"]["frame_size"]
         counts = torch.poisson(torch.full((batch, size, size), 20.0))
-        runtime(normalize_frames(counts))
+        if isinstance(model, GroupNet):  # each frame the anchor of a group of its neighbours
+            runtime = group_runtime(model, card, model_dir)
+            k = card["config"]["group_size"]
+            offsets = torch.randn(batch, k, 2) * 4
+            offsets[:, 0] = 0
+
+            def call() -> None:
+                runtime(normalize_frames(counts)[:, 0, None].expand(-1, k, -1, -1), offsets)
+        else:
+            runtime = cpu_runtime(model, card, model_dir, "onnx")
+
+            def call() -> None:
+                runtime(normalize_frames(counts))
+
+        call()
         start = time.perf_counter()
         for _ in range(repeats):
-            runtime(normalize_frames(counts))
+            call()
         return batch * repeats / (time.perf_counter() - start)
     finally:
         torch.set_num_threads(previous)

@@ -57,6 +57,38 @@ class OnnxModel:
         return self
 
 
+def export_group_onnx(model: nn.Module, path: str | Path, frame_size: int, group_size: int) -> Path:
+    """Write a group model (:class:`edgeray.nn.group.GroupNet`) as ONNX (opset 17, dynamic batch): inputs
+    ``frames`` (N, K, H, W) and ``offsets`` (N, K, 2) float32, outputs ``amplitude``, ``phase`` (N, 1, H, W)."""
+    path = Path(path)
+    example = (torch.rand(2, group_size, frame_size, frame_size), torch.zeros(2, group_size, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            model.eval().cpu(),
+            example,
+            str(path),
+            input_names=["frames", "offsets"],
+            output_names=["amplitude", "phase"],
+            dynamic_axes={name: {0: "batch"} for name in ("frames", "offsets", "amplitude", "phase")},
+            opset_version=17,
+            dynamo=False,
+        )
+    return path
+
+
+class OnnxGroupModel(OnnxModel):
+    """ONNX Runtime session with a group model's call signature: ``(frames (N, K, H, W), offsets (N, K, 2))``."""
+
+    takes_groups = True
+
+    def __call__(self, frames: torch.Tensor, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feeds = {"frames": np.ascontiguousarray(frames.cpu().numpy(), dtype=np.float32),
+                 "offsets": np.ascontiguousarray(offsets.cpu().numpy(), dtype=np.float32)}  # fmt: skip
+        amplitude, phase = self.session.run(None, feeds)
+        return torch.from_numpy(amplitude), torch.from_numpy(phase)
+
+
 class _FromCounts(nn.Module):
     """A model fed detector counts: ``counts (N, H, W)`` (any integer or float dtype) and the scan's mean count per
     pixel ``scale (1,)`` -> the model's outputs, the normalization ``sqrt(counts / scale)`` inside the graph."""

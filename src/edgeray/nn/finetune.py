@@ -25,15 +25,19 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy.spatial import cKDTree
+from torch import nn
 
 from edgeray.device import resolve_device
 from edgeray.io import PtychoScan
 from edgeray.nn.checkpoint import load_model, save_model
+from edgeray.nn.group import GroupNet, group_indices
 from edgeray.nn.models import EdgeNet
 from edgeray.nn.physics import far_field_intensity, poisson_deviance, probe_weights
 from edgeray.nn.stitch import subpixel_shift
 from edgeray.ptycho.ops import split_positions
 from edgeray.ptycho.problem import object_grid
+
+REGIMES = ("auto", "physics", "labels", "both")
 
 
 @dataclass
@@ -41,23 +45,34 @@ class FinetuneOptions:
     """Options of :func:`finetune_on_scan`.
 
     Attributes:
+        regime: what the network learns the sample from: ``physics`` (label-free: each frame's Poisson deviance and
+            the overlap of neighbours, as PtychoPINN), ``labels`` (an LSQML reconstruction of the training frames
+            themselves, as edgePtychoNN), ``both`` (labels plus physics), ``auto`` (``both``: measured best, see
+            docs/benchmarks.md).
+        group_size: frames per group of the multi-frame model made from the starting edge model (1: keep the
+            single-frame model); a group model given as ``model_dir`` keeps its own.
         epochs: passes over the training frames (each frame anchors one group per epoch).
-        groups_per_step: groups per optimizer step; group_size: frames per group (the anchor and its nearest
-            neighbours within ``group_radius_px``).
-        learning_rate: AdamW's (a fine-tune: small).
-        overlap_weight: weight of the overlap term (the single-frame term has weight 1).
+        groups_per_step: groups per optimizer step.
+        group_radius_px: farthest neighbour in a group, object pixels.
+        learning_rate: AdamW's peak (cosine to 0).
+        overlap_weight: weight of the overlap term (physics regimes).
+        physics_weight: weight of the Poisson terms when labels are used.
+        lsqml_epochs: LSQML epochs on the training frames for the labels.
         holdout_fraction: share of frames kept out of training, to measure the gain on.
         probe_epochs: LSQML epochs when the probe must be estimated from the data.
         seed: frame split, group order.
         device: ``cpu``, ``cuda`` or ``auto``.
     """
 
-    epochs: int = 3
-    groups_per_step: int = 16
+    regime: str = "auto"
     group_size: int = 4
+    epochs: int = 40
+    groups_per_step: int = 32
     group_radius_px: float = 16.0
-    learning_rate: float = 3e-4
+    learning_rate: float = 1e-3
     overlap_weight: float = 1.0
+    physics_weight: float = 0.1
+    lsqml_epochs: int = 30
     holdout_fraction: float = 0.1
     probe_epochs: int = 10
     seed: int = 0
@@ -80,17 +95,6 @@ def scan_probe(scan: PtychoScan, probe_file: str | Path | None = None, epochs: i
 
     result = run(scan, "lsqml", epochs)
     return result.product.probe[0], f"estimated from the data ({epochs} LSQML epochs)"
-
-
-def neighbour_groups(positions_px: np.ndarray, anchors: np.ndarray, size: int, radius_px: float) -> np.ndarray:
-    """``(len(anchors), size)`` frame indices: each anchor and its ``size - 1`` nearest frames (an anchor repeats
-    itself where fewer lie within ``radius_px``)."""
-    tree = cKDTree(positions_px)
-    distances, neighbours = tree.query(positions_px[anchors], k=min(size, len(positions_px)))
-    neighbours = np.where(distances <= radius_px, neighbours, anchors[:, None])
-    if neighbours.shape[1] < size:
-        neighbours = np.concatenate([neighbours, np.repeat(anchors[:, None], size - neighbours.shape[1], 1)], 1)
-    return neighbours
 
 
 def extract_subpixel(canvas: torch.Tensor, corners: torch.Tensor, fractions: torch.Tensor, shape) -> torch.Tensor:
@@ -167,17 +171,78 @@ class FinetuneResult:
     seconds: float
 
 
-def holdout_deviance(model: EdgeNet, inputs: torch.Tensor, valid: torch.Tensor | None, batch: int = 256) -> float:
-    """Mean single-frame deviance of ``inputs`` ``(N, 1, H, W)`` under ``model``."""
-    probe = model.complex_probe()
-    total = 0.0
+def predict_groups(
+    model: nn.Module, inputs: torch.Tensor, groups: np.ndarray, positions_px: np.ndarray, batch: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(amplitude, phase)`` ``(len(groups), 1, H, W)`` of each group's anchor: ``inputs`` ``(N, 1, H, W)``,
+    ``groups`` ``(G, K)`` indices into them (anchor first), ``positions_px`` ``(N, 2)``. A single-frame model
+    takes the anchors alone."""
+    amplitudes, phases = [], []
     with torch.inference_mode():
-        for start in range(0, len(inputs), batch):
-            x = inputs[start : start + batch]
-            amplitude, phase = model(x)
-            intensity = far_field_intensity(torch.polar(amplitude[:, 0], phase[:, 0]), probe)
-            total += float(poisson_deviance(intensity, x[:, 0] ** 2, valid).sum())
-    return total / max(len(inputs), 1)
+        for start in range(0, len(groups), batch):
+            chosen = groups[start : start + batch]
+            if isinstance(model, GroupNet) or getattr(model, "takes_groups", False):
+                x = inputs[torch.from_numpy(chosen.reshape(-1))].reshape(*chosen.shape, *inputs.shape[-2:])
+                offsets = torch.from_numpy(positions_px[chosen] - positions_px[chosen[:, :1]]).float()
+                amplitude, phase = model(x, offsets)
+            else:
+                amplitude, phase = model(inputs[torch.from_numpy(chosen[:, 0])])
+            amplitudes.append(amplitude)
+            phases.append(phase)
+    return torch.cat(amplitudes), torch.cat(phases)
+
+
+def holdout_deviance(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    valid: torch.Tensor | None,
+    groups: np.ndarray | None = None,
+    positions_px: np.ndarray | None = None,
+) -> float:
+    """Mean single-frame Poisson deviance of the anchors of ``groups`` (default: every frame of ``inputs``
+    ``(N, 1, H, W)`` alone) under ``model``."""
+    if groups is None:
+        groups = np.arange(len(inputs))[:, None]
+        positions_px = np.zeros((len(inputs), 2))
+    amplitude, phase = predict_groups(model, inputs, groups, positions_px)
+    probe = model.complex_probe()
+    intensity = far_field_intensity(torch.polar(amplitude[:, 0], phase[:, 0]), probe)
+    measured = inputs[torch.from_numpy(groups[:, 0])][:, 0] ** 2
+    return float(poisson_deviance(intensity, measured, valid).mean()) if len(groups) else 0.0
+
+
+def lsqml_labels(scan: PtychoScan, frames: np.ndarray, probe: np.ndarray, epochs: int) -> torch.Tensor:
+    """``(len(frames), H, W)`` complex64 labels: the patches of an LSQML reconstruction (``epochs``, starting from
+    ``probe``) of the scan's ``frames`` alone, relative to the mean transmission, mean phase removed."""
+    from edgeray.io.cxi import PtychoScan as Scan
+    from edgeray.nn.trainset import samples_from_reconstruction
+    from edgeray.ptycho.reconstruct import run
+
+    part = Scan(frames=np.asarray(scan.frames[np.sort(frames)]), positions_m=scan.positions_m[np.sort(frames)],
+                geometry=scan.geometry, mask=scan.mask)  # fmt: skip
+    product = run(part, "lsqml", epochs, probe=probe).product
+    samples = samples_from_reconstruction(part, product)
+    labels = torch.polar(torch.from_numpy(samples["amplitude"]), torch.from_numpy(samples["phase"]))
+    order = np.argsort(np.argsort(frames))  # back to the order of ``frames``
+    return labels[torch.from_numpy(order)]
+
+
+def start_model(model_dir: str | Path | None, group_size: int, device) -> tuple[nn.Module, dict]:
+    """The model to fine-tune: ``model_dir``'s (an edge or group model); an edge model becomes a group model of
+    ``group_size`` frames (its weights the per-frame branch) unless ``group_size`` is 1."""
+    from edgeray.nn.models import ModelConfig
+
+    model, card = load_model(model_dir, device)
+    if isinstance(model, EdgeNet) and group_size > 1:
+        config = ModelConfig(**{**card["config"], "kind": "group", "group_size": group_size})
+        grouped = GroupNet(config, model.complex_probe())
+        grouped.frame.load_state_dict(model.state_dict())
+        card = {**card, "config": config.to_dict()}
+        model = grouped.to(device)
+    if not isinstance(model, EdgeNet | GroupNet):
+        raise ValueError(f"{model_dir}: fine-tuning on frames needs an edge or group model (physics conventions), "
+                         f"this is {card['config']['kind']}")  # fmt: skip
+    return model, card
 
 
 def finetune_on_scan(
@@ -188,73 +253,75 @@ def finetune_on_scan(
     options: FinetuneOptions | None = None,
     progress: Callable[[int, int, float], None] | None = None,
 ) -> FinetuneResult:
-    """Fine-tune an edge model on ``scan``'s frames (no labels) and write it to ``output``.
+    """Teach a model ``scan``'s sample (see :class:`FinetuneOptions` for the regimes) and write it to ``output``.
 
-    ``progress(step, steps, loss)`` after each optimizer step. Raises ValueError for a model that is not an edge
-    model or a scan whose frames it does not take.
+    ``progress(step, steps, loss)`` after each optimizer step. Raises ValueError for a model that is not an edge or
+    group model, a scan whose frames it does not take, or an unknown regime.
     """
     options = options or FinetuneOptions()
+    if options.regime not in REGIMES:
+        raise ValueError(f"regime must be one of {', '.join(REGIMES)}, not {options.regime!r}")
+    regime = "both" if options.regime == "auto" else options.regime
     device = resolve_device(options.device)
-    model, card = load_model(model_dir, device)
-    if not isinstance(model, EdgeNet):
-        raise ValueError(f"{model_dir}: fine-tuning on frames needs an edge model (physics conventions), this is "
-                         f"{card['config']['kind']}")  # fmt: skip
+    model, card = start_model(model_dir, options.group_size, device)
     size = card["config"]["frame_size"]
     if tuple(scan.frames.shape[-2:]) != (size, size):
         raise ValueError(f"the scan's frames are {tuple(scan.frames.shape[-2:])}, the model takes ({size}, {size})")
+    group_size = card["config"]["group_size"] if isinstance(model, GroupNet) else 1
     started = time.perf_counter()
     probe, probe_source = scan_probe(scan, probe_file, options.probe_epochs)
     model.set_probe(torch.from_numpy(probe))
     model.to(device)
     probe_t = model.complex_probe()
+    weights = probe_weights(probe_t)
     counts = torch.from_numpy(np.asarray(scan.frames, dtype=np.float32))
     inputs = torch.sqrt(counts / counts.mean().clamp_min(1e-12))[:, None].to(device)
     valid = None if scan.mask is None else torch.from_numpy(~np.asarray(scan.mask, dtype=bool)).float().to(device)
     positions_px = object_grid(scan).positions_px
     rng = np.random.default_rng(options.seed)
+    torch.manual_seed(options.seed)
     order = rng.permutation(scan.n_frames)
     n_holdout = round(options.holdout_fraction * scan.n_frames)
-    holdout, train_frames = np.sort(order[:n_holdout]), order[n_holdout:]
-    model.eval()
-    before = holdout_deviance(model, inputs[holdout], valid)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=options.learning_rate, weight_decay=0.0)
+    holdout, train_frames = np.sort(order[:n_holdout]), np.sort(order[n_holdout:])
     train_positions = positions_px[train_frames]
+    train_groups = group_indices(train_positions, group_size, options.group_radius_px)  # into train_frames
+    holdout_groups = _holdout_groups(positions_px, holdout, train_frames, group_size, options.group_radius_px)
+    model.eval()
+    before = holdout_deviance(model, inputs, valid, holdout_groups, positions_px)
+    labels = None
+    if regime in ("labels", "both"):
+        labels = lsqml_labels(scan, train_frames, probe, options.lsqml_epochs).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=options.learning_rate, weight_decay=0.0)
     steps_per_epoch = max(1, len(train_frames) // options.groups_per_step)
     total_steps = options.epochs * steps_per_epoch
+    radius = float(torch.sqrt((weights * _radius_sq(size)).sum() / weights.sum()))
     history = []
     model.train()
     step = 0
     for _ in range(options.epochs):
         anchors = rng.permutation(len(train_frames))
         for start in range(0, steps_per_epoch * options.groups_per_step, options.groups_per_step):
-            chosen = anchors[start : start + options.groups_per_step]
-            groups = neighbour_groups(train_positions, chosen, options.group_size, options.group_radius_px)
-            frames = torch.from_numpy(train_frames[groups])  # (G, K) scan frame indices
-            x = inputs[frames.reshape(-1)]
-            amplitude, phase = model(x)
-            patches = torch.polar(amplitude[:, 0], phase[:, 0])
-            single = poisson_deviance(far_field_intensity(patches, probe_t), x[:, 0] ** 2, valid).mean()
-            offsets = torch.from_numpy(train_positions[groups] - train_positions[groups[:, :1]])
-            measured = (x[:, 0] ** 2).reshape(*groups.shape, size, size)
-            shared = overlap_deviance(patches.reshape(*groups.shape, size, size), offsets, measured, probe_t, valid,
-                                      options.group_radius_px).mean()  # fmt: skip
-            loss = single + options.overlap_weight * shared
+            groups = train_groups[anchors[start : start + options.groups_per_step]]  # (G, K) into train_frames
+            terms = _group_loss(model, inputs, train_frames, train_positions, groups, labels, probe_t, weights,
+                                valid, radius, regime, options)  # fmt: skip
+            loss = sum(terms.values())
             for group in optimizer.param_groups:
                 group["lr"] = options.learning_rate * 0.5 * (1 + math.cos(math.pi * step / max(total_steps, 1)))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step += 1
-            history.append({"step": step, "single": float(single.detach()), "overlap": float(shared.detach())})
+            history.append({"step": step, **{name: float(value.detach()) for name, value in terms.items()}})
             if progress:
                 progress(step, total_steps, float(loss.detach()))
     model.eval()
-    after = holdout_deviance(model, inputs[holdout], valid)
+    after = holdout_deviance(model, inputs, valid, holdout_groups, positions_px)
     seconds = time.perf_counter() - started
     new_card = {
         **{k: v for k, v in card.items() if k not in ("history", "evaluation", "recipe")},
         "finetuned": {
             "from": Path(model_dir).name if model_dir is not None else "shipped",
+            "regime": regime,
             "scan_frames": scan.n_frames,
             "probe": probe_source,
             "options": asdict(options),
@@ -268,3 +335,70 @@ def finetune_on_scan(
     new_card["valid_for"] = {**(card.get("valid_for") or {}), "probe": f"fine-tuned: {probe_source}"}
     save_model(output, model.cpu(), new_card)
     return FinetuneResult(new_card, before, after, seconds)
+
+
+def _radius_sq(size: int) -> torch.Tensor:
+    axis = torch.arange(size, dtype=torch.float32) - size // 2
+    return axis[:, None] ** 2 + axis[None, :] ** 2
+
+
+def _holdout_groups(
+    positions_px: np.ndarray, holdout: np.ndarray, train_frames: np.ndarray, group_size: int, radius_px: float
+) -> np.ndarray:
+    """Groups ``(len(holdout), K)`` (scan frame indices) of the held-out frames, neighbours from the training frames."""
+    if group_size == 1 or not len(holdout):
+        return holdout[:, None]
+    pool = np.concatenate([holdout, train_frames])
+    local = np.stack([np.arange(len(holdout))] + [np.zeros(len(holdout), int)] * (group_size - 1), 1)
+    distances, neighbours = cKDTree(positions_px[train_frames]).query(positions_px[holdout], k=group_size - 1)
+    neighbours = neighbours.reshape(len(holdout), -1) + len(holdout)
+    near = distances.reshape(len(holdout), -1) <= radius_px
+    local[:, 1:] = np.where(near, neighbours, local[:, :1])
+    return pool[local]
+
+
+def _group_loss(model, inputs, train_frames, train_positions, groups, labels, probe, weights, valid, radius,
+                regime, options) -> dict[str, torch.Tensor]:  # fmt: skip
+    """The loss terms of one step over ``groups`` ``(G, K)`` (indices into ``train_frames``)."""
+    from edgeray.nn.physics import slope_loss, supervised_losses
+
+    size = inputs.shape[-1]
+    frames = torch.from_numpy(train_frames[groups])  # (G, K) scan frame indices
+    x = inputs[frames.reshape(-1)]
+    measured = x[:, 0] ** 2
+    offsets = torch.from_numpy(train_positions[groups] - train_positions[groups[:, :1]]).float()
+    if isinstance(model, GroupNet):
+        parts = model.frame_patches(x.reshape(*groups.shape, size, size))  # (G, K, 2, H, W)
+        patches = torch.complex(parts[:, :, 0], parts[:, :, 1]).reshape(-1, size, size)
+        amplitude, phase = model.fuse_patches(parts, offsets)
+    else:
+        amplitude, phase = model(x)
+        patches = torch.polar(amplitude[:, 0], phase[:, 0])
+        amplitude, phase = amplitude.reshape(*groups.shape, size, size)[:, :1], phase.reshape(*groups.shape, size,
+                                                                                             size)[:, :1]  # fmt: skip
+    anchor = torch.polar(amplitude[:, 0], phase[:, 0])
+    anchor_measured = measured.reshape(*groups.shape, size, size)[:, 0]
+    single = poisson_deviance(far_field_intensity(patches, probe), measured, valid).mean()
+    grouped = poisson_deviance(far_field_intensity(anchor, probe), anchor_measured, valid).mean()
+    terms = {}
+    if regime == "physics":
+        terms["single"] = single
+        if isinstance(model, GroupNet):
+            terms["group"] = grouped
+        if groups.shape[1] > 1:
+            shared = overlap_deviance(patches.reshape(*groups.shape, size, size), offsets.double(),
+                                      measured.reshape(*groups.shape, size, size), probe, valid,
+                                      options.group_radius_px).mean()  # fmt: skip
+            terms["overlap"] = options.overlap_weight * shared
+        return terms
+    target = labels[torch.from_numpy(groups[:, 0])]
+    loss_amplitude, loss_phase = supervised_losses(amplitude[:, 0], phase[:, 0], target, weights)
+    terms["amplitude"] = loss_amplitude.mean()
+    terms["phase"] = loss_phase.mean()
+    terms["slope"] = slope_loss(amplitude[:, 0], phase[:, 0], target, weights, radius).mean()
+    member_target = labels[torch.from_numpy(groups.reshape(-1))]
+    member_amplitude, member_phase = supervised_losses(patches.abs(), torch.angle(patches), member_target, weights)
+    terms["members"] = 0.5 * (member_amplitude + member_phase).mean()
+    if regime == "both":
+        terms["physics"] = options.physics_weight * (single + grouped)
+    return terms

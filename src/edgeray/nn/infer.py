@@ -13,6 +13,7 @@ from torch import nn
 
 from edgeray.io import Product, PtychoScan
 from edgeray.nn.checkpoint import load_model
+from edgeray.nn.group import AloneGroup, GroupNet, group_indices
 from edgeray.nn.models import EdgeNet, normalize_frames
 from edgeray.nn.physics import probe_weights
 from edgeray.nn.stitch import centre_weights, stitch, to_complex
@@ -33,7 +34,7 @@ def predict(model: nn.Module, inputs: torch.Tensor, batch_size: int = 256) -> tu
 def stitch_weights(model: nn.Module, frame_shape: tuple[int, int]) -> torch.Tensor:
     """``(H, W)`` weights of a model's patches when stitched: its probe's intensity for the edge model (where the
     frame says something), a centred Hann window for models without a probe."""
-    if isinstance(model, EdgeNet):
+    if isinstance(model, EdgeNet | GroupNet | AloneGroup):
         return probe_weights(model.complex_probe())
     return centre_weights(frame_shape)
 
@@ -102,12 +103,14 @@ def infer_scan(
     """
     model, card = load_model(model_dir, device)
     weights = stitch_weights(model, scan.frames.shape[-2:])
+    grid = object_grid(scan)
+    if isinstance(model, GroupNet):
+        return infer_groups(scan, model, card, model_dir, grid, weights, batch_size, backend)
     if torch.device(device).type == "cpu":
         model = cpu_runtime(model, card, model_dir, backend)
     mismatches = geometry_mismatches(scan, card)
     if mismatches:
         warnings.warn("the model was trained for another geometry: " + "; ".join(mismatches), stacklevel=2)
-    grid = object_grid(scan)
     frames = torch.from_numpy(np.asarray(scan.frames, dtype=np.float32)).to(device)
     start = time.perf_counter()
     amplitude, phase = predict(model, normalize_frames(frames), batch_size)
@@ -117,6 +120,55 @@ def infer_scan(
     product = mosaic_product(obj.cpu().numpy(), scan, grid, f"edgeray nn {card['config']['kind']}",
                              {"engine": "nn", "model": str(model_dir or "shipped"), "seconds": seconds})  # fmt: skip
     return InferenceResult(product, seconds, scan.n_frames / seconds, mismatches)
+
+
+def infer_groups(
+    scan: PtychoScan,
+    model: GroupNet,
+    card: dict,
+    model_dir: str | Path | None,
+    grid: ObjectGrid,
+    weights: torch.Tensor,
+    batch_size: int = 256,
+    backend: str = "auto",
+) -> InferenceResult:
+    """:func:`infer_scan` for a multi-frame model: each frame with its nearest neighbours (the whole scan is
+    known here), each group's output stitched at its anchor's position."""
+    from edgeray.nn.finetune import predict_groups
+
+    mismatches = geometry_mismatches(scan, card)
+    config = card["config"]
+    frames = torch.from_numpy(np.asarray(scan.frames, dtype=np.float32))
+    start = time.perf_counter()
+    groups = group_indices(grid.positions_px, config["group_size"], config["group_radius_px"])
+    runtime = model if backend == "torch" else group_runtime(model, card, model_dir)
+    amplitude, phase = predict_groups(runtime, normalize_frames(frames), groups, grid.positions_px, batch_size)
+    obj, _ = stitch(to_complex(amplitude, phase), torch.from_numpy(grid.positions_px), grid.object_shape, weights)
+    seconds = time.perf_counter() - start
+    product = mosaic_product(obj.numpy(), scan, grid, f"edgeray nn group of {config['group_size']}",
+                             {"engine": "nn", "model": str(model_dir or "shipped"), "seconds": seconds})  # fmt: skip
+    return InferenceResult(product, seconds, scan.n_frames / seconds, mismatches)
+
+
+def group_runtime(model: GroupNet, card: dict, model_dir: str | Path | None) -> nn.Module:
+    """The group model as it runs on the CPU: ONNX Runtime, exported beside the weights (or in a temporary folder
+    for a read-only install), as :func:`cpu_runtime` does for single-frame models."""
+    from edgeray.nn.checkpoint import SHIPPED
+    from edgeray.nn.export import EXPORT_VERSION, OnnxGroupModel, export_group_onnx
+
+    config = card["config"]
+    directory = Path(model_dir) if model_dir is not None else SHIPPED
+    onnx_path = directory / f"model.export{EXPORT_VERSION}.onnx"
+    weights = directory / "model.safetensors"
+    if not onnx_path.exists() or onnx_path.stat().st_mtime < weights.stat().st_mtime:
+        try:
+            export_group_onnx(model, onnx_path, config["frame_size"], config["group_size"])
+        except OSError:
+            import tempfile
+
+            onnx_path = Path(tempfile.mkdtemp()) / onnx_path.name
+            export_group_onnx(model, onnx_path, config["frame_size"], config["group_size"])
+    return OnnxGroupModel(onnx_path, threads=torch.get_num_threads())
 
 
 def mosaic_product(

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-MODELS = ("edge", "compact", "ptychonn")
+MODELS = ("edge", "group", "compact", "ptychonn")
 
 
 def normalize_frames(counts: torch.Tensor, scale: float | None = None) -> torch.Tensor:
@@ -51,6 +51,9 @@ class ModelConfig:
             :class:`edgeray.sim.PtychoSimConfig` names it (a model fine-tuned to a measured probe carries that probe
             in its weights; these then only record where it started).
         dense: ``edge`` only: width of a dense layer that mixes the whole encoded frame (0: none).
+        group_size: ``group`` only: frames per group (the anchor and its nearest neighbours; 1 allowed).
+        group_radius_px: ``group`` only: farthest neighbour, object pixels.
+        fusion_width: ``group`` only: channels of the real-space network that fuses the group's patches.
     """
 
     kind: str = "compact"
@@ -60,6 +63,9 @@ class ModelConfig:
     probe: str = "focused"
     probe_diameter_px: float | None = None
     dense: int = 0
+    group_size: int = 4
+    group_radius_px: float = 16.0
+    fusion_width: int = 16
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -226,6 +232,10 @@ def build_model(config: ModelConfig) -> nn.Module:
         raise ValueError(f"frame_size {config.frame_size} is not divisible by 2 ** depth = {2**config.depth}")
     if config.kind == "edge":
         return EdgeNet(config)
+    if config.kind == "group":
+        from edgeray.nn.group import GroupNet
+
+        return GroupNet(config)
     if config.kind == "compact":
         return CompactNet(config.width, config.depth)
     if config.kind == "ptychonn":

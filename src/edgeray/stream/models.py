@@ -19,6 +19,7 @@ import torch
 
 from edgeray.nn.checkpoint import SHIPPED, load_model
 from edgeray.nn.export import CountsRuntime
+from edgeray.nn.group import AloneGroup, GroupNet
 from edgeray.nn.infer import stitch_weights
 
 log = logging.getLogger("edgeray.edge")
@@ -38,6 +39,9 @@ class LoadedModel:
     def __init__(self, model_dir: Path | None, dtype: str = "uint16", threads: int = 1):
         self.model_dir = model_dir
         model, self.card = load_model(model_dir, "cpu")
+        if isinstance(model, GroupNet):
+            log.info("%s: a group model; the edge inverts each frame as a group of one", model_dir)
+            model = AloneGroup(model)
         size = self.card["config"]["frame_size"]
         self.weights = stitch_weights(model, (size, size))
         self.probe = model.complex_probe() if hasattr(model, "complex_probe") else None
@@ -64,7 +68,7 @@ class LoadedModel:
             raise ValueError("non-finite outputs on the validation batch")
         if amplitude.min() < 0:
             raise ValueError("negative amplitudes on the validation batch")
-        if self.kind != "edge" and (amplitude.max() > 1 or phase.abs().max() > np.pi + 1e-4):
+        if self.kind not in ("edge", "group") and (amplitude.max() > 1 or phase.abs().max() > np.pi + 1e-4):
             raise ValueError("outputs outside the amplitude [0, 1] / phase [-pi, pi] ranges")
 
 

@@ -126,7 +126,8 @@ def finetune_physics(
 
     torch.set_num_threads(1)
     result = finetune_on_scan(read_cxi(scan_path), init_model, out_dir, product_path,
-                              FinetuneOptions(epochs=epochs, seed=seed))  # fmt: skip
+                              FinetuneOptions(regime="physics", group_size=1, epochs=epochs,
+                                              learning_rate=3e-4, groups_per_step=16, seed=seed))  # fmt: skip
     return _record("finetune", start, model=out_dir, init=init_model, scan=scan_path,
                    holdout_deviance_before=result.holdout_before,
                    holdout_deviance_after=result.holdout_after)  # fmt: skip
