@@ -12,7 +12,7 @@ On each, the shipped network, the learned network, and LSQML (true probe, 30 epo
 models: the better one is its score) on the same frames; phase SSIM against the ground truth. Prints one JSON
 object per line, the last a summary with the differences.
 
-    python benchmarks/ptychonn_same_sample.py --quick   # 900 dense frames, steps 1x/4x, dose 1e3 (~4 min)
+    python benchmarks/ptychonn_same_sample.py --quick   # 900 dense frames, steps 1x/4x, dose 1e3, 10 epochs
     python benchmarks/ptychonn_same_sample.py           # 1600 dense frames, steps 1x-4x, doses 1e4-1e2
 """
 
@@ -100,8 +100,9 @@ def main() -> None:
         models = {"shipped": None}
         for regime in args.regimes.split(","):
             options = FinetuneOptions(regime=regime, group_size=args.group_size)
-            if args.epochs:
-                options = replace(options, epochs=args.epochs)
+            epochs = args.epochs or (10 if args.quick else None)
+            if epochs:
+                options = replace(options, epochs=epochs)
             start = time.perf_counter()
             result = finetune_on_scan(learn, None, Path(work) / regime, None, options)
             emit({"learn": regime, "frames": learn.n_frames, "group_size": args.group_size, "epochs": options.epochs,
