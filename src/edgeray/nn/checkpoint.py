@@ -14,6 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from edgeray.nn.group import GroupNet
 from edgeray.nn.models import ModelConfig, build_model
 
 SHIPPED = Path(__file__).parent / "shipped" / "edge"
@@ -63,7 +64,8 @@ def load_model(directory: str | Path | None = None, device: str | torch.device =
         config = ModelConfig(**card["config"])
     except (KeyError, TypeError) as exc:
         raise ValueError(f"{directory / 'model.json'}: unreadable model card ({exc})") from exc
-    model = fit_weights(build_model(config), weights, directory, config.kind)
+    model = fit_weights(GroupNet(config) if config.kind == "group" else build_model(config), weights, directory,
+                        config.kind)  # fmt: skip
     return model.to(device).eval(), card
 
 

@@ -233,9 +233,7 @@ def build_model(config: ModelConfig) -> nn.Module:
     if config.kind == "edge":
         return EdgeNet(config)
     if config.kind == "group":
-        from edgeray.nn.group import GroupNet
-
-        return GroupNet(config)
+        raise ValueError("group models are built by edgeray.nn.group.GroupNet (load_model builds any kind)")
     if config.kind == "compact":
         return CompactNet(config.width, config.depth)
     if config.kind == "ptychonn":
