@@ -80,7 +80,7 @@ def onnx_frames_per_s(model_dir: str | Path | None, threads: int = 2, batch: int
     """Frames/s of the model through ONNX Runtime on ``threads`` CPU threads (input normalization included)."""
     from edgeray.nn.checkpoint import load_model
     from edgeray.nn.group import GroupNet
-    from edgeray.nn.infer import cpu_runtime, group_runtime
+    from edgeray.nn.infer import cpu_runtime
     from edgeray.nn.models import normalize_frames
 
     model, card = load_model(model_dir)
@@ -90,7 +90,7 @@ def onnx_frames_per_s(model_dir: str | Path | None, threads: int = 2, batch: int
         size = card["config"]["frame_size"]
         counts = torch.poisson(torch.full((batch, size, size), 20.0))
         if isinstance(model, GroupNet):  # each frame the anchor of a group of its neighbours
-            runtime = group_runtime(model, card, model_dir)
+            runtime = cpu_runtime(model, card, model_dir, "onnx")
             k = card["config"]["group_size"]
             offsets = torch.randn(batch, k, 2) * 4
             offsets[:, 0] = 0

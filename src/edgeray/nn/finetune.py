@@ -181,7 +181,7 @@ def predict_groups(
     with torch.inference_mode():
         for start in range(0, len(groups), batch):
             chosen = groups[start : start + batch]
-            if isinstance(model, GroupNet) or getattr(model, "takes_groups", False):
+            if getattr(model, "takes_groups", False):  # GroupNet and its ONNX runtime
                 x = inputs[torch.from_numpy(chosen.reshape(-1))].reshape(*chosen.shape, *inputs.shape[-2:])
                 offsets = torch.from_numpy(positions_px[chosen] - positions_px[chosen[:, :1]]).float()
                 amplitude, phase = model(x, offsets)
@@ -214,17 +214,14 @@ def holdout_deviance(
 def lsqml_labels(scan: PtychoScan, frames: np.ndarray, probe: np.ndarray, epochs: int) -> torch.Tensor:
     """``(len(frames), H, W)`` complex64 labels: the patches of an LSQML reconstruction (``epochs``, starting from
     ``probe``) of the scan's ``frames`` alone, relative to the mean transmission, mean phase removed."""
-    from edgeray.io.cxi import PtychoScan as Scan
     from edgeray.nn.trainset import samples_from_reconstruction
     from edgeray.ptycho.reconstruct import run
 
-    part = Scan(frames=np.asarray(scan.frames[np.sort(frames)]), positions_m=scan.positions_m[np.sort(frames)],
-                geometry=scan.geometry, mask=scan.mask)  # fmt: skip
+    part = PtychoScan(frames=np.asarray(scan.frames[frames]), positions_m=scan.positions_m[frames],
+                      geometry=scan.geometry, mask=scan.mask)  # fmt: skip
     product = run(part, "lsqml", epochs, probe=probe).product
     samples = samples_from_reconstruction(part, product)
-    labels = torch.polar(torch.from_numpy(samples["amplitude"]), torch.from_numpy(samples["phase"]))
-    order = np.argsort(np.argsort(frames))  # back to the order of ``frames``
-    return labels[torch.from_numpy(order)]
+    return torch.polar(torch.from_numpy(samples["amplitude"]), torch.from_numpy(samples["phase"]))
 
 
 def start_model(model_dir: str | Path | None, group_size: int, device) -> tuple[nn.Module, dict]:

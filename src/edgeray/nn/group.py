@@ -59,6 +59,8 @@ class GroupNet(nn.Module):
     them, anchor first), ``offsets_px`` ``(B, K, 2)`` float -> ``(amplitude, phase)`` each ``(B, 1, H, W)``.
     """
 
+    takes_groups = True
+
     def __init__(self, config: ModelConfig, probe: torch.Tensor | None = None):
         super().__init__()
         self.frame = EdgeNet(config, probe)

@@ -65,24 +65,39 @@ class InferenceResult:
 
 def cpu_runtime(model: nn.Module, card: dict, model_dir: str | Path | None, backend: str):
     """The model to run on the CPU: ONNX Runtime (``onnx``; ``auto`` picks it, measured 2x faster than torch eager
-    for the compact model on 2 cores) or torch (``torch``)."""
+    for the compact model on 2 cores) or torch (``torch``). Group models take ``(frames, offsets)``."""
     if backend == "torch":
         return model
+    from edgeray.nn.export import OnnxGroupModel, OnnxModel, export_group_onnx, export_onnx
+
+    config = card["config"]
+    if isinstance(model, GroupNet):
+        path = cached_onnx(
+            model_dir, lambda to: export_group_onnx(model, to, config["frame_size"], config["group_size"])
+        )
+        return OnnxGroupModel(path, threads=torch.get_num_threads())
+    path = cached_onnx(model_dir, lambda to: export_onnx(model, to, config["frame_size"]))
+    return OnnxModel(path, threads=torch.get_num_threads())
+
+
+def cached_onnx(model_dir: str | Path | None, export) -> Path:
+    """The model's ONNX file beside its weights (default: the shipped model), written by ``export(path)`` when
+    missing or older than the weights; in a temporary folder when the model's folder is read-only."""
     from edgeray.nn.checkpoint import SHIPPED
-    from edgeray.nn.export import EXPORT_VERSION, OnnxModel, export_onnx
+    from edgeray.nn.export import EXPORT_VERSION
 
     directory = Path(model_dir) if model_dir is not None else SHIPPED
     onnx_path = directory / f"model.export{EXPORT_VERSION}.onnx"
     weights = directory / "model.safetensors"
     if not onnx_path.exists() or onnx_path.stat().st_mtime < weights.stat().st_mtime:
         try:
-            export_onnx(model, onnx_path, card["config"]["frame_size"])
+            export(onnx_path)
         except OSError:  # a read-only install: export beside a temporary name instead
             import tempfile
 
             onnx_path = Path(tempfile.mkdtemp()) / onnx_path.name
-            export_onnx(model, onnx_path, card["config"]["frame_size"])
-    return OnnxModel(onnx_path, threads=torch.get_num_threads())
+            export(onnx_path)
+    return onnx_path
 
 
 def infer_scan(
@@ -141,34 +156,13 @@ def infer_groups(
     frames = torch.from_numpy(np.asarray(scan.frames, dtype=np.float32))
     start = time.perf_counter()
     groups = group_indices(grid.positions_px, config["group_size"], config["group_radius_px"])
-    runtime = model if backend == "torch" else group_runtime(model, card, model_dir)
+    runtime = cpu_runtime(model, card, model_dir, backend)
     amplitude, phase = predict_groups(runtime, normalize_frames(frames), groups, grid.positions_px, batch_size)
     obj, _ = stitch(to_complex(amplitude, phase), torch.from_numpy(grid.positions_px), grid.object_shape, weights)
     seconds = time.perf_counter() - start
     product = mosaic_product(obj.numpy(), scan, grid, f"edgeray nn group of {config['group_size']}",
                              {"engine": "nn", "model": str(model_dir or "shipped"), "seconds": seconds})  # fmt: skip
     return InferenceResult(product, seconds, scan.n_frames / seconds, mismatches)
-
-
-def group_runtime(model: GroupNet, card: dict, model_dir: str | Path | None) -> nn.Module:
-    """The group model as it runs on the CPU: ONNX Runtime, exported beside the weights (or in a temporary folder
-    for a read-only install), as :func:`cpu_runtime` does for single-frame models."""
-    from edgeray.nn.checkpoint import SHIPPED
-    from edgeray.nn.export import EXPORT_VERSION, OnnxGroupModel, export_group_onnx
-
-    config = card["config"]
-    directory = Path(model_dir) if model_dir is not None else SHIPPED
-    onnx_path = directory / f"model.export{EXPORT_VERSION}.onnx"
-    weights = directory / "model.safetensors"
-    if not onnx_path.exists() or onnx_path.stat().st_mtime < weights.stat().st_mtime:
-        try:
-            export_group_onnx(model, onnx_path, config["frame_size"], config["group_size"])
-        except OSError:
-            import tempfile
-
-            onnx_path = Path(tempfile.mkdtemp()) / onnx_path.name
-            export_group_onnx(model, onnx_path, config["frame_size"], config["group_size"])
-    return OnnxGroupModel(onnx_path, threads=torch.get_num_threads())
 
 
 def mosaic_product(
