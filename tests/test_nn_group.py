@@ -138,3 +138,26 @@ def test_the_edge_runs_a_group_model_frame_by_frame(tmp_path):
         expected_amplitude, expected_phase = model(frames, torch.zeros(6, 1, 2))
     torch.testing.assert_close(amplitude, expected_amplitude, atol=1e-4, rtol=1e-4)
     assert float(torch.angle(torch.polar(torch.ones_like(phase), phase - expected_phase)).abs().max()) < 1e-3
+
+
+def test_onnx_runs_the_group_model_as_torch_does_each_frame_once(tmp_path):
+    """The exported pair of graphs (per-frame branch, fusion) gives torch's outputs for every group."""
+    from edgeray.nn.export import OnnxGroupModel, export_group_onnx
+    from edgeray.nn.finetune import predict_groups
+
+    torch.manual_seed(0)
+    model = GroupNet(SMALL, unit_probe(32)).eval()
+    for parameter in model.fuse.parameters():
+        torch.nn.init.normal_(parameter, std=0.05)
+    runtime = OnnxGroupModel(export_group_onnx(model, tmp_path / "g.onnx", 32, 4), threads=1)
+    positions = np.random.default_rng(0).uniform(0, 20, size=(40, 2))
+    groups = group_indices(positions, 4, radius_px=8.0)
+    inputs = torch.rand(40, 1, 32, 32) * 2
+    onnx_amplitude, onnx_phase = predict_groups(runtime, inputs, groups[5:], positions, batch=16)
+    torch_amplitude, torch_phase = predict_groups(model, inputs, groups[5:], positions, batch=16)
+    torch.testing.assert_close(onnx_amplitude, torch_amplitude, atol=1e-4, rtol=1e-4)
+    assert float(torch.angle(torch.polar(torch.ones_like(onnx_phase), onnx_phase - torch_phase)).abs().max()) < 1e-3
+    with torch.no_grad():  # the one-pass path equals the model called group by group
+        x = inputs[torch.from_numpy(groups[5:]).reshape(-1)].reshape(35, 4, 32, 32)
+        direct, _ = model(x, torch.from_numpy(positions[groups[5:]] - positions[groups[5:, :1]]).float())
+    torch.testing.assert_close(direct, torch_amplitude, atol=1e-5, rtol=1e-5)

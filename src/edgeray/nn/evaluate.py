@@ -89,14 +89,17 @@ def onnx_frames_per_s(model_dir: str | Path | None, threads: int = 2, batch: int
     try:
         size = card["config"]["frame_size"]
         counts = torch.poisson(torch.full((batch, size, size), 20.0))
-        if isinstance(model, GroupNet):  # each frame the anchor of a group of its neighbours
+        if isinstance(model, GroupNet):  # each frame inverted once, then fused with its neighbours
+            from edgeray.nn.finetune import predict_groups
+            from edgeray.nn.group import group_indices
+
             runtime = cpu_runtime(model, card, model_dir, "onnx")
-            k = card["config"]["group_size"]
-            offsets = torch.randn(batch, k, 2) * 4
-            offsets[:, 0] = 0
+            side = int(np.ceil(np.sqrt(batch)))
+            positions = np.stack(np.divmod(np.arange(batch), side), 1) * 4.0  # a raster, 4 px apart
+            groups = group_indices(positions, card["config"]["group_size"], card["config"]["group_radius_px"])
 
             def call() -> None:
-                runtime(normalize_frames(counts)[:, 0, None].expand(-1, k, -1, -1), offsets)
+                predict_groups(runtime, normalize_frames(counts), groups, positions, batch)
         else:
             runtime = cpu_runtime(model, card, model_dir, "onnx")
 

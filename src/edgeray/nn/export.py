@@ -57,36 +57,87 @@ class OnnxModel:
         return self
 
 
-def export_group_onnx(model: nn.Module, path: str | Path, frame_size: int, group_size: int) -> Path:
-    """Write a group model (:class:`edgeray.nn.group.GroupNet`) as ONNX (opset 17, dynamic batch): inputs
-    ``frames`` (N, K, H, W) and ``offsets`` (N, K, 2) float32, outputs ``amplitude``, ``phase`` (N, 1, H, W)."""
+class _FrameBranch(nn.Module):
+    """A group model's per-frame branch: ``frames (N, 1, H, W)`` -> ``patches (N, 2, H, W)`` (real, imaginary)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.model.frame_patches(frames)[:, 0]
+
+
+class _Fusion(nn.Module):
+    """A group model's fusion: ``patches (N, K, 2, H, W)``, ``offsets (N, K, 2)`` -> ``(amplitude, phase)``."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, patches: torch.Tensor, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.fuse_patches(patches, offsets)
+
+
+def group_onnx_paths(path: str | Path) -> tuple[Path, Path]:
+    """The two files of an exported group model: its per-frame branch and its fusion."""
     path = Path(path)
-    example = (torch.rand(2, group_size, frame_size, frame_size), torch.zeros(2, group_size, 2))
+    return path.with_suffix(".frame.onnx"), path.with_suffix(".fuse.onnx")
+
+
+def export_group_onnx(model: nn.Module, path: str | Path, frame_size: int, group_size: int) -> Path:
+    """Write a group model (:class:`edgeray.nn.group.GroupNet`) as two ONNX graphs (opset 17, dynamic batch), so that
+    each frame runs through the per-frame branch once however many groups it belongs to: ``PATH.frame.onnx``
+    (``frames`` (N, 1, H, W) -> ``patches`` (N, 2, H, W)) and ``PATH.fuse.onnx`` (``patches`` (N, K, 2, H, W),
+    ``offsets`` (N, K, 2) -> ``amplitude``, ``phase`` (N, 1, H, W)). Writes ``path`` last (an empty marker)."""
+    frame_path, fuse_path = group_onnx_paths(path)
+    model = model.eval().cpu()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            model.eval().cpu(),
-            example,
-            str(path),
-            input_names=["frames", "offsets"],
-            output_names=["amplitude", "phase"],
-            dynamic_axes={name: {0: "batch"} for name in ("frames", "offsets", "amplitude", "phase")},
-            opset_version=17,
-            dynamo=False,
-        )
-    return path
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the group size is fixed in the graph, as meant
+        torch.onnx.export(_FrameBranch(model), (torch.rand(2, 1, frame_size, frame_size),), str(frame_path),
+                          input_names=["frames"], output_names=["patches"],
+                          dynamic_axes={"frames": {0: "batch"}, "patches": {0: "batch"}}, opset_version=17,
+                          dynamo=False)  # fmt: skip
+        example = (torch.rand(2, group_size, 2, frame_size, frame_size), torch.zeros(2, group_size, 2))
+        torch.onnx.export(_Fusion(model), example, str(fuse_path), input_names=["patches", "offsets"],
+                          output_names=["amplitude", "phase"],
+                          dynamic_axes={name: {0: "batch"} for name in ("patches", "offsets", "amplitude", "phase")},
+                          opset_version=17, dynamo=False)  # fmt: skip
+    Path(path).write_bytes(b"")
+    return Path(path)
 
 
-class OnnxGroupModel(OnnxModel):
-    """ONNX Runtime session with a group model's call signature: ``(frames (N, K, H, W), offsets (N, K, 2))``."""
+class OnnxGroupModel:
+    """ONNX Runtime sessions with a group model's interface: ``frame_patches``, ``fuse_patches`` and the call
+    ``(frames (N, K, H, W), offsets (N, K, 2)) -> (amplitude, phase)``; ``path`` as :func:`export_group_onnx`
+    wrote it."""
 
     takes_groups = True
 
-    def __call__(self, frames: torch.Tensor, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feeds = {"frames": np.ascontiguousarray(frames.cpu().numpy(), dtype=np.float32),
+    def __init__(self, path: str | Path, threads: int | None = None):
+        frame_path, fuse_path = group_onnx_paths(path)
+        self.frame, self.fuse = OnnxModel(frame_path, threads).session, OnnxModel(fuse_path, threads).session
+
+    def frame_patches(self, frames: torch.Tensor) -> torch.Tensor:
+        """``(B, K, H, W)`` -> ``(B, K, 2, H, W)``."""
+        b, k, height, width = frames.shape
+        flat = np.ascontiguousarray(frames.reshape(b * k, 1, height, width).cpu().numpy(), dtype=np.float32)
+        (patches,) = self.frame.run(None, {"frames": flat})
+        return torch.from_numpy(patches).reshape(b, k, 2, height, width)
+
+    def fuse_patches(self, patches: torch.Tensor, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feeds = {"patches": np.ascontiguousarray(patches.cpu().numpy(), dtype=np.float32),
                  "offsets": np.ascontiguousarray(offsets.cpu().numpy(), dtype=np.float32)}  # fmt: skip
-        amplitude, phase = self.session.run(None, feeds)
+        wanted = {node.name for node in self.fuse.get_inputs()}  # a group of one has no use for offsets
+        amplitude, phase = self.fuse.run(None, {name: value for name, value in feeds.items() if name in wanted})
         return torch.from_numpy(amplitude), torch.from_numpy(phase)
+
+    def __call__(self, frames: torch.Tensor, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.fuse_patches(self.frame_patches(frames), offsets)
+
+    def eval(self) -> OnnxGroupModel:
+        return self
 
 
 class _FromCounts(nn.Module):

@@ -175,16 +175,22 @@ def predict_groups(
     model: nn.Module, inputs: torch.Tensor, groups: np.ndarray, positions_px: np.ndarray, batch: int = 256
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(amplitude, phase)`` ``(len(groups), 1, H, W)`` of each group's anchor: ``inputs`` ``(N, 1, H, W)``,
-    ``groups`` ``(G, K)`` indices into them (anchor first), ``positions_px`` ``(N, 2)``. A single-frame model
-    takes the anchors alone."""
+    ``groups`` ``(G, K)`` indices into them (anchor first), ``positions_px`` ``(N, 2)``. A group model (or its ONNX
+    runtime) inverts each frame once, then fuses each group; a single-frame model takes the anchors alone."""
     amplitudes, phases = [], []
     with torch.inference_mode():
+        if getattr(model, "takes_groups", False):  # GroupNet and its ONNX runtime
+            used, inverse = np.unique(groups, return_inverse=True)  # only the frames the groups hold, each once
+            groups = inverse.reshape(groups.shape)
+            frames = inputs[torch.from_numpy(used)]
+            patches = torch.cat([model.frame_patches(frames[start : start + batch, 0][:, None])[:, 0]
+                                 for start in range(0, len(frames), batch)])  # fmt: skip
+            positions_px = positions_px[used]
         for start in range(0, len(groups), batch):
             chosen = groups[start : start + batch]
-            if getattr(model, "takes_groups", False):  # GroupNet and its ONNX runtime
-                x = inputs[torch.from_numpy(chosen.reshape(-1))].reshape(*chosen.shape, *inputs.shape[-2:])
+            if getattr(model, "takes_groups", False):
                 offsets = torch.from_numpy(positions_px[chosen] - positions_px[chosen[:, :1]]).float()
-                amplitude, phase = model(x, offsets)
+                amplitude, phase = model.fuse_patches(patches[torch.from_numpy(chosen)], offsets)
             else:
                 amplitude, phase = model(inputs[torch.from_numpy(chosen[:, 0])])
             amplitudes.append(amplitude)

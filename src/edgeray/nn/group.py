@@ -96,7 +96,10 @@ class GroupNet(nn.Module):
         b, k, _, height, width = patches.shape
         power = self.frame.probe.square().sum(0)
         weight = (power / power.max())[None, None, None].expand(b, k, 1, height, width)
-        moved = shift_onto_anchor(torch.cat([patches, weight], 2), offsets_px)
+        maps = torch.cat([patches, weight], 2)
+        if k > 1:  # the anchor stays where it is; only its neighbours move
+            maps = torch.cat([maps[:, :1], shift_onto_anchor(maps[:, 1:], offsets_px[:, 1:])], 1)
+        moved = maps
         re, im, w = moved[:, :, 0], moved[:, :, 1], moved[:, :, 2]
         anchor_re, anchor_im = re[:, :1], im[:, :1]
         # each member's constant phase turned to the anchor's (no gradient through the turn, as in stitching)
