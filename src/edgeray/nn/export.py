@@ -165,6 +165,7 @@ def export_counts_onnx(model: nn.Module, path: str | Path, frame_size: int, dtyp
     example = (torch.zeros(2, frame_size, frame_size, dtype=traced_dtype), torch.ones(1))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # a group model's group size is fixed in the graph
         torch.onnx.export(
             _FromCounts(model.eval().cpu()),
             example,
