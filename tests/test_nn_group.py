@@ -161,3 +161,23 @@ def test_onnx_runs_the_group_model_as_torch_does_each_frame_once(tmp_path):
         x = inputs[torch.from_numpy(groups[5:]).reshape(-1)].reshape(35, 4, 32, 32)
         direct, _ = model(x, torch.from_numpy(positions[groups[5:]] - positions[groups[5:, :1]]).float())
     torch.testing.assert_close(direct, torch_amplitude, atol=1e-5, rtol=1e-5)
+
+
+def test_learning_that_does_not_help_hands_back_the_starting_model(tmp_path, small_scan):
+    """A learning rate that wrecks the weights: every epoch scores worse on the held-out labels than the start, so
+    the starting weights are what is written (the edge swaps only to a better model)."""
+    start = GroupNet(SMALL, unit_probe(32))
+    save_model(tmp_path / "start", start, {"config": SMALL.to_dict()})
+    scan = small_scan
+    scan.probe = scan.ground_truth.probe
+    options = FinetuneOptions(regime="labels", epochs=2, groups_per_step=8, learning_rate=50.0, group_radius_px=8.0,
+                              lsqml_epochs=5)  # fmt: skip
+    result = finetune_on_scan(scan, tmp_path / "start", tmp_path / "tuned", None, options)
+    tuned, card = load_model(tmp_path / "tuned")
+    assert card["finetuned"]["kept_epoch"] == 0 and card["finetuned"]["validation"] == "held-out label error"
+    scores = card["finetuned"]["validation_by_epoch"]
+    assert len(scores) == 3 and min(scores[1:]) > scores[0]
+    start.set_probe(tuned.complex_probe())  # the probe is the scan's either way
+    for name, value in start.state_dict().items():
+        torch.testing.assert_close(tuned.state_dict()[name], value)
+    assert result.holdout_after == pytest.approx(result.holdout_before)

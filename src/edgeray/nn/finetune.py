@@ -16,6 +16,7 @@ the frames is held out: the command reports their deviance before and after, so 
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from edgeray.io import PtychoScan
 from edgeray.nn.checkpoint import load_model, save_model
 from edgeray.nn.group import GroupNet, group_indices
 from edgeray.nn.models import EdgeNet
-from edgeray.nn.physics import far_field_intensity, poisson_deviance, probe_weights
+from edgeray.nn.physics import far_field_intensity, poisson_deviance, probe_weights, slope_loss, supervised_losses
 from edgeray.nn.stitch import subpixel_shift
 from edgeray.ptycho.ops import split_positions
 from edgeray.ptycho.problem import object_grid
@@ -58,7 +59,8 @@ class FinetuneOptions:
         overlap_weight: weight of the overlap term (physics regimes).
         physics_weight: weight of the Poisson terms when labels are used.
         lsqml_epochs: LSQML epochs on the training frames for the labels.
-        holdout_fraction: share of frames kept out of training, to measure the gain on.
+        holdout_fraction: share of frames kept out of training: the gain is measured and the best epoch chosen
+            on them.
         probe_epochs: LSQML epochs when the probe must be estimated from the data.
         seed: frame split, group order.
         device: ``cpu``, ``cuda`` or ``auto``.
@@ -258,6 +260,10 @@ def finetune_on_scan(
 ) -> FinetuneResult:
     """Teach a model ``scan``'s sample (see :class:`FinetuneOptions` for the regimes) and write it to ``output``.
 
+    After each epoch the held-out frames are scored (their label error where labels exist, else their deviance); the
+    weights of the best epoch are written, the starting model's among them: learning never hands back a model that
+    scores worse on frames it did not train on.
+
     ``progress(step, steps, loss)`` after each optimizer step. Raises ValueError for a model that is not an edge or
     group model, a scan whose frames it does not take, or an unknown regime.
     """
@@ -291,13 +297,27 @@ def finetune_on_scan(
     holdout_groups = _holdout_groups(positions_px, holdout, train_frames, group_size, options.group_radius_px)
     model.eval()
     before = holdout_deviance(model, inputs, valid, holdout_groups, positions_px)
-    labels = None
-    if regime in ("labels", "both"):
-        labels = lsqml_labels(scan, train_frames, probe, options.lsqml_epochs).to(device)
+    labels = holdout_labels = None
+    if regime in ("labels", "both"):  # one reconstruction of every frame; the held-out frames' labels only score
+        all_labels = lsqml_labels(scan, np.arange(scan.n_frames), probe, options.lsqml_epochs).to(device)
+        labels, holdout_labels = all_labels[train_frames], all_labels[holdout]
+    radius = float(torch.sqrt((weights * _radius_sq(size)).sum() / weights.sum()))
+
+    def validation() -> float:
+        """The held-out frames' score, lower is better: their label error where there are labels, else their
+        Poisson deviance (which falls also where the image does not improve; labels are the better guide)."""
+        if holdout_labels is None or not len(holdout):
+            return holdout_deviance(model, inputs, valid, holdout_groups, positions_px)
+        amplitude, phase = predict_groups(model, inputs, holdout_groups, positions_px)
+        errors = supervised_losses(amplitude[:, 0], phase[:, 0], holdout_labels, weights)
+        slope = slope_loss(amplitude[:, 0], phase[:, 0], holdout_labels, weights, radius)
+        return float((errors[0] + errors[1] + slope).mean())
+
+    scores = [validation()]  # epoch 0: the starting model, kept unless learning beats it
+    best_state = copy.deepcopy(model.state_dict())
     optimizer = torch.optim.AdamW(model.parameters(), lr=options.learning_rate, weight_decay=0.0)
     steps_per_epoch = max(1, len(train_frames) // options.groups_per_step)
     total_steps = options.epochs * steps_per_epoch
-    radius = float(torch.sqrt((weights * _radius_sq(size)).sum() / weights.sum()))
     history = []
     model.train()
     step = 0
@@ -317,6 +337,12 @@ def finetune_on_scan(
             history.append({"step": step, **{name: float(value.detach()) for name, value in terms.items()}})
             if progress:
                 progress(step, total_steps, float(loss.detach()))
+        model.eval()
+        scores.append(validation())
+        if scores[-1] == min(scores):
+            best_state = copy.deepcopy(model.state_dict())
+        model.train()
+    model.load_state_dict(best_state)
     model.eval()
     after = holdout_deviance(model, inputs, valid, holdout_groups, positions_px)
     seconds = time.perf_counter() - started
@@ -331,6 +357,9 @@ def finetune_on_scan(
             "holdout_frames": int(n_holdout),
             "holdout_deviance_before": before,
             "holdout_deviance_after": after,
+            "validation": "held-out label error" if holdout_labels is not None else "held-out Poisson deviance",
+            "validation_by_epoch": scores,
+            "kept_epoch": int(np.argmin(scores)),
             "seconds": seconds,
             "history": history[:: max(1, len(history) // 200)],
         },
@@ -363,8 +392,6 @@ def _holdout_groups(
 def _group_loss(model, inputs, train_frames, train_positions, groups, labels, probe, weights, valid, radius,
                 regime, options) -> dict[str, torch.Tensor]:  # fmt: skip
     """The loss terms of one step over ``groups`` ``(G, K)`` (indices into ``train_frames``)."""
-    from edgeray.nn.physics import slope_loss, supervised_losses
-
     size = inputs.shape[-1]
     frames = torch.from_numpy(train_frames[groups])  # (G, K) scan frame indices
     x = inputs[frames.reshape(-1)]
