@@ -59,10 +59,10 @@ class FinetuneOptions:
         overlap_weight: weight of the overlap term (physics regimes).
         physics_weight: weight of the Poisson terms when labels are used.
         lsqml_epochs: LSQML epochs on the training frames for the labels.
-        holdout_fraction: share of frames kept out of training: the gain is measured and the best epoch chosen
-            on them.
+        holdout_fraction: share of frames kept out of training, one region of the scan (:func:`holdout_region`):
+            the gain is measured and the best epoch chosen on them.
         probe_epochs: LSQML epochs when the probe must be estimated from the data.
-        seed: frame split, group order.
+        seed: group order, initialization.
         device: ``cpu``, ``cuda`` or ``auto``.
     """
 
@@ -289,9 +289,8 @@ def finetune_on_scan(
     positions_px = object_grid(scan).positions_px
     rng = np.random.default_rng(options.seed)
     torch.manual_seed(options.seed)
-    order = rng.permutation(scan.n_frames)
     n_holdout = round(options.holdout_fraction * scan.n_frames)
-    holdout, train_frames = np.sort(order[:n_holdout]), np.sort(order[n_holdout:])
+    holdout, train_frames = holdout_region(positions_px, n_holdout)
     train_positions = positions_px[train_frames]
     train_groups = group_indices(train_positions, group_size, options.group_radius_px)  # into train_frames
     holdout_groups = _holdout_groups(positions_px, holdout, train_frames, group_size, options.group_radius_px)
@@ -367,6 +366,14 @@ def finetune_on_scan(
     new_card["valid_for"] = {**(card.get("valid_for") or {}), "probe": f"fine-tuned: {probe_source}"}
     save_model(output, model.cpu(), new_card)
     return FinetuneResult(new_card, before, after, seconds)
+
+
+def holdout_region(positions_px: np.ndarray, n_holdout: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(held-out, training)`` sorted frame indices: the ``n_holdout`` frames farthest along the scan's rows
+    (largest y, ties by x), one region the training never sees, as the rest of a scan is when a network images it;
+    frames scattered among the training ones would be scored on what their neighbours taught."""
+    order = np.lexsort((positions_px[:, 1], positions_px[:, 0]))[::-1]
+    return np.sort(order[:n_holdout]), np.sort(order[n_holdout:])
 
 
 def _radius_sq(size: int) -> torch.Tensor:
