@@ -14,6 +14,7 @@ object per line, the last a summary with the differences.
 
     python benchmarks/ptychonn_same_sample.py --quick   # 900 dense frames, steps 1x/4x, dose 1e3, 10 epochs
     python benchmarks/ptychonn_same_sample.py           # 1600 dense frames, steps 1x-4x, doses 1e4-1e2
+    python benchmarks/ptychonn_same_sample.py --replot run.jsonl --plot docs/img/ptychonn_same_sample.png
 """
 
 from __future__ import annotations
@@ -74,6 +75,34 @@ def lsqml_best(scan: PtychoScan, epochs: int) -> tuple[float, str, float]:
     return best
 
 
+def plot(records: list[dict], path: Path) -> Path:
+    """Bars of phase SSIM per case (rows never trained on): each network column and LSQML's."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = [r for r in records if "case" in r]
+    columns = [k for k in cases[0] if (k in ("shipped", "lsqml") or k.startswith("learned ")) and "per_s" not in k]
+    columns = [c for c in columns if c != "lsqml"] + ["lsqml"]
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    width = 0.8 / len(columns)
+    for k, column in enumerate(columns):
+        label = "LSQML (best noise model)" if column == "lsqml" else f"network, {column}"
+        ax.bar(np.arange(len(cases)) + (k - (len(columns) - 1) / 2) * width, [c[column] for c in cases], width,
+               label=label)  # fmt: skip
+    ax.set_xticks(np.arange(len(cases)), [c["case"] for c in cases])
+    ax.set_ylabel("phase SSIM, unseen rows")
+    ax.set_ylim(0, 1.12)
+    ax.tick_params(axis="x", labelsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncol=len(columns), loc="upper center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller scan, fewer cases")
@@ -81,7 +110,13 @@ def main() -> None:
     parser.add_argument("--group-size", type=int, default=FinetuneOptions.group_size)
     parser.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: the command's)")
     parser.add_argument("--lsqml-epochs", type=int, default=30)
+    parser.add_argument("--plot", type=Path, default=None, help="write the bar chart of the cases here (PNG)")
+    parser.add_argument("--replot", type=Path, default=None, help="only draw --plot from this run's JSONL output")
     args = parser.parse_args()
+    if args.replot is not None:
+        records = [json.loads(line) for line in args.replot.read_text().splitlines() if line.strip()]
+        plot(records, args.plot or args.replot.with_suffix(".png"))
+        return
     torch.set_num_threads(2)
     side = 180.0 if args.quick else 240.0
     steps = (1, 4) if args.quick else (1, 2, 3, 4)
@@ -95,7 +130,7 @@ def main() -> None:
     cases = {f"step {k}x": simulate(side, k * DENSE_STEP_PX, 1e5) for k in steps}
     cases.update({f"dose {d:.0e}": simulate(side, DENSE_STEP_PX, d) for d in doses})
     cases = {name: frames_of(scan, rows_from(scan, cut)) for name, scan in cases.items()}
-    summary = {}
+    summary, records = {}, []
     with tempfile.TemporaryDirectory() as work:
         models = {"shipped": None}
         for regime in args.regimes.split(","):
@@ -120,7 +155,10 @@ def main() -> None:
             record["best network - lsqml"] = best_nn - record["lsqml"]
             summary[name] = {"network": best_nn, "lsqml": record["lsqml"]}
             emit(record)
+            records.append(record)
     emit({"summary": summary})
+    if args.plot is not None:
+        plot(records, args.plot)
 
 
 if __name__ == "__main__":

@@ -204,6 +204,7 @@ def test_edge_model_train_finetune_evaluate_from_the_command_line(tmp_path):
     summary = json.loads((tuned / "finetune.json").read_text())
     assert summary["holdout_frames"] == 8 and summary["seconds"] > 0
     assert summary["probe"].startswith("estimated from the data")  # no probe in the file, none given
+    assert "- Regime: twin, learned from frames simulated" in (tuned / "MODEL_CARD.md").read_text()  # the default
     table = tmp_path / "eval.json"
     edgeray("nn", "evaluate", str(tuned), "--quick", "--pairs", "1", "--frames", "60", "--lsqml-epochs", "2",
             "-o", str(table))  # fmt: skip

@@ -84,14 +84,14 @@ def test_groups_are_nearest_neighbours_and_causal_at_the_edge():
     assert sorted(set(causal[i, 1:]) - {i}) == sorted(expected)
 
 
-@pytest.mark.parametrize("regime", ["physics", "both"])
+@pytest.mark.parametrize("regime", ["physics", "both", "twin"])
 def test_learning_the_sample_lowers_the_held_out_deviance(tmp_path, small_scan, regime):
     start = build_model(ModelConfig("edge", 4, 3, 32))
     save_model(tmp_path / "start", start, {"config": ModelConfig("edge", 4, 3, 32).to_dict()})
     scan = small_scan
     scan.probe = scan.ground_truth.probe
     options = FinetuneOptions(regime=regime, group_size=3, epochs=5, groups_per_step=8, learning_rate=3e-3,
-                              group_radius_px=8.0, lsqml_epochs=10)  # fmt: skip
+                              group_radius_px=8.0, lsqml_epochs=10, twin_steps=20, twin_batch=32)  # fmt: skip
     result = finetune_on_scan(scan, tmp_path / "start", tmp_path / "tuned", None, options)
     assert result.holdout_after < 0.8 * result.holdout_before
     tuned, card = load_model(tmp_path / "tuned")

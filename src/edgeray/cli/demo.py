@@ -42,6 +42,7 @@ def add_demo(commands: argparse._SubParsersAction) -> None:
     demo.add_argument("--model", type=Path, default=None, help="edge model directory (default: the shipped one)")
     demo.add_argument("--no-refine", action="store_true", help="the network's image only (no live refinement)")
     demo.add_argument("--refine-tail-s", type=float, default=60.0, help="seconds of refinement after the last frame")
+    demo.add_argument("--no-learn", action="store_true", help="no continual learning of the sample at the edge")
     demo.set_defaults(func=cmd_demo)
 
 
@@ -65,6 +66,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                "--publish", "off", "--scans", "1", "--hold", str(args.hold)]  # fmt: skip
     if not args.no_refine:
         command += ["--refine", "--refine-tail-s", str(args.refine_tail_s)]
+    if not args.no_learn:
+        command += ["--learn", "--learn-tail-s", str(args.refine_tail_s)]
     if args.model is not None:
         command += ["--model", str(args.model)]
     edge = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)

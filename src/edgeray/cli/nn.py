@@ -278,9 +278,11 @@ def add_nn_finetune(commands: argparse._SubParsersAction) -> None:
     f.add_argument("--probe", type=Path, default=None,
                    help="probe (product, CXI, .npy) when the scan has none; else estimated from the data")  # fmt: skip
     f.add_argument("--regime", choices=REGIMES, default=d.regime,
-                   help="physics (label-free), labels (LSQML of the frames), both; auto: both")  # fmt: skip
+                   help="physics (label-free), labels (LSQML of the frames), both, twin (frames simulated from that "
+                   "LSQML reconstruction); auto: twin")  # fmt: skip
     f.add_argument("--group-size", type=int, default=d.group_size, help="frames per group (1: single-frame model)")
-    f.add_argument("--epochs", type=int, default=d.epochs, help="passes over the scan's frames")
+    f.add_argument("--epochs", type=int, default=d.epochs,
+                   help=f"passes over the scan's frames (twin: rounds of {d.twin_steps} steps)")  # fmt: skip
     f.add_argument("--lr", type=float, default=d.learning_rate)
     f.add_argument("--overlap-weight", type=float, default=d.overlap_weight, help="weight of the overlap term")
     f.add_argument("--lsqml-epochs", type=int, default=d.lsqml_epochs, help="LSQML epochs for the labels")

@@ -263,6 +263,8 @@ def _edge_tomo(args: argparse.Namespace) -> int:
 
 def add_edge(commands: argparse._SubParsersAction) -> None:
     """The arguments of ``cmd_edge``."""
+    from edgeray.stream.learn import LearnOptions
+
     e = commands.add_parser("edge", help="the edge service: receive, write, infer, stitch, live view")
     e.add_argument(
         "--mode",
@@ -310,23 +312,33 @@ def add_edge(commands: argparse._SubParsersAction) -> None:
     e.add_argument("--refine-seed", choices=("network-detail", "network", "flat"), default="network-detail",
                    help="where the refinement starts: the mosaic without its large-scale phase (default), "
                    "the mosaic, or a flat object")  # fmt: skip
+    e.add_argument("--learn", action="store_true",
+                   help="learn each scan's sample from its frames in the spare CPU time; swap in a model that fits "
+                   "held-out frames better (written to OUT/learned/) and make the mosaic again with it")  # fmt: skip
+    e.add_argument("--learn-start-frames", type=int, default=LearnOptions.start_frames,
+                   help="frames received before learning starts")  # fmt: skip
+    e.add_argument("--learn-tail-s", type=float, default=LearnOptions.tail_s,
+                   help="seconds of learning after a scan's end")  # fmt: skip
     e.set_defaults(func=cmd_edge)
 
 
 def cmd_edge(args: argparse.Namespace) -> int:
     from edgeray.stream import Dashboard, EdgeOptions, EdgeService
+    from edgeray.stream.learn import LearnOptions
     from edgeray.stream.refine import RefineOptions
 
     if args.mode == "tomo":
         return _edge_tomo(args)
-    refine = None
+    refine = learn = None
     if args.refine:
         refine = RefineOptions(engine=args.refine_engine, tail_s=args.refine_tail_s, seed=args.refine_seed)
+    if args.learn:
+        learn = LearnOptions(start_frames=args.learn_start_frames, tail_s=args.learn_tail_s)
     options = EdgeOptions(
         listen=_listen(args), out=args.out, model=args.model, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
         publish=None if args.publish == "off" else args.publish, scans=args.scans, curve_keys=args.curve_keys,
         infer_threads=args.infer_threads, infer_workers=args.infer_workers, registry=args.registry, refine=refine,
-        refine_probe=args.refine_probe, ring_frames=args.ring_frames,
+        refine_probe=args.refine_probe, ring_frames=args.ring_frames, learn=learn,
     )  # fmt: skip
     return _serve(EdgeService(options).start(), Dashboard, args, "edge")
 

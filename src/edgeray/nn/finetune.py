@@ -29,16 +29,17 @@ from scipy.spatial import cKDTree
 from torch import nn
 
 from edgeray.device import resolve_device
-from edgeray.io import PtychoScan
+from edgeray.io import Product, PtychoScan
 from edgeray.nn.checkpoint import load_model, save_model
 from edgeray.nn.group import GroupNet, group_indices
 from edgeray.nn.models import EdgeNet
 from edgeray.nn.physics import far_field_intensity, poisson_deviance, probe_weights, slope_loss, supervised_losses
 from edgeray.nn.stitch import subpixel_shift
+from edgeray.nn.twin import TwinFrames, twin_losses
 from edgeray.ptycho.ops import split_positions
 from edgeray.ptycho.problem import object_grid
 
-REGIMES = ("auto", "physics", "labels", "both")
+REGIMES = ("auto", "physics", "labels", "both", "twin")
 
 
 @dataclass
@@ -48,17 +49,22 @@ class FinetuneOptions:
     Attributes:
         regime: what the network learns the sample from: ``physics`` (label-free: each frame's Poisson deviance and
             the overlap of neighbours, as PtychoPINN), ``labels`` (an LSQML reconstruction of the training frames
-            themselves, as edgePtychoNN), ``both`` (labels plus physics), ``auto`` (``both``: measured best, see
-            docs/benchmarks.md).
-        group_size: frames per group of the multi-frame model made from the starting edge model (1: keep the
-            single-frame model); a group model given as ``model_dir`` keeps its own.
-        epochs: passes over the training frames (each frame anchors one group per epoch).
+            themselves, as edgePtychoNN), ``both`` (labels plus physics), ``twin`` (frames simulated from that LSQML
+            reconstruction, :class:`TwinFrames`, beside the procedural corpus lit by the scan's probe), ``auto``
+            (``twin``: measured best, see docs/benchmarks.md).
+        group_size: frames per group of the multi-frame model made from the starting edge model (1, the default:
+            keep the single-frame model, measured the better of the two in accuracy and far faster, see
+            docs/benchmarks.md); a group model given as ``model_dir`` keeps its own.
+        epochs: passes over the training frames (each frame anchors one group per epoch); ``twin``:
+            ``twin_steps`` optimizer steps of ``twin_batch`` simulated frames each.
         groups_per_step: groups per optimizer step.
         group_radius_px: farthest neighbour in a group, object pixels.
         learning_rate: AdamW's peak (cosine to 0).
         overlap_weight: weight of the overlap term (physics regimes).
         physics_weight: weight of the Poisson terms when labels are used.
         lsqml_epochs: LSQML epochs on the training frames for the labels.
+        twin_steps, twin_batch: ``twin`` only, see ``epochs``; twin_share: the share of each batch simulated from
+            the scan's reconstruction (the rest from the procedural corpus).
         holdout_fraction: share of frames kept out of training, one region of the scan (:func:`holdout_region`):
             the gain is measured and the best epoch chosen on them.
         probe_epochs: LSQML epochs when the probe must be estimated from the data.
@@ -67,7 +73,7 @@ class FinetuneOptions:
     """
 
     regime: str = "auto"
-    group_size: int = 4
+    group_size: int = 1
     epochs: int = 40
     groups_per_step: int = 32
     group_radius_px: float = 16.0
@@ -75,6 +81,9 @@ class FinetuneOptions:
     overlap_weight: float = 1.0
     physics_weight: float = 0.1
     lsqml_epochs: int = 30
+    twin_steps: int = 100
+    twin_batch: int = 128
+    twin_share: float = 0.75
     holdout_fraction: float = 0.1
     probe_epochs: int = 10
     seed: int = 0
@@ -219,17 +228,35 @@ def holdout_deviance(
     return float(poisson_deviance(intensity, measured, valid).mean()) if len(groups) else 0.0
 
 
-def lsqml_labels(scan: PtychoScan, frames: np.ndarray, probe: np.ndarray, epochs: int) -> torch.Tensor:
-    """``(len(frames), H, W)`` complex64 labels: the patches of an LSQML reconstruction (``epochs``, starting from
-    ``probe``) of the scan's ``frames`` alone, relative to the mean transmission, mean phase removed."""
-    from edgeray.nn.trainset import samples_from_reconstruction
+def lsqml_product(scan: PtychoScan, frames: np.ndarray, probe: np.ndarray, epochs: int) -> Product:
+    """An LSQML reconstruction (``epochs``, starting from ``probe``) of the scan's ``frames`` alone."""
     from edgeray.ptycho.reconstruct import run
 
     part = PtychoScan(frames=np.asarray(scan.frames[frames]), positions_m=scan.positions_m[frames],
                       geometry=scan.geometry, mask=scan.mask)  # fmt: skip
-    product = run(part, "lsqml", epochs, probe=probe).product
-    samples = samples_from_reconstruction(part, product)
+    return run(part, "lsqml", epochs, probe=probe).product
+
+
+def product_labels(scan: PtychoScan, product: Product) -> torch.Tensor:
+    """``(N, H, W)`` complex64 labels of the scan's frames: the patches of ``product`` (a reconstruction of all of
+    them), relative to the mean transmission, mean phase removed."""
+    from edgeray.nn.trainset import samples_from_reconstruction
+
+    samples = samples_from_reconstruction(scan, product)
     return torch.polar(torch.from_numpy(samples["amplitude"]), torch.from_numpy(samples["phase"]))
+
+
+def lsqml_labels(scan: PtychoScan, frames: np.ndarray, probe: np.ndarray, epochs: int) -> torch.Tensor:
+    """``(len(frames), H, W)`` complex64 labels: the patches of an LSQML reconstruction (``epochs``, starting from
+    ``probe``) of the scan's ``frames`` alone, relative to the mean transmission, mean phase removed."""
+    part = PtychoScan(frames=np.asarray(scan.frames[frames]), positions_m=scan.positions_m[frames],
+                      geometry=scan.geometry, mask=scan.mask)  # fmt: skip
+    return product_labels(part, lsqml_product(scan, frames, probe, epochs))
+
+
+def model_frame(model: nn.Module) -> EdgeNet:
+    """The per-frame edge model: ``model`` itself, or a group model's per-frame branch."""
+    return model.frame if isinstance(model, GroupNet) else model
 
 
 def start_model(model_dir: str | Path | None, group_size: int, device) -> tuple[nn.Module, dict]:
@@ -257,6 +284,7 @@ def finetune_on_scan(
     probe_file: str | Path | None = None,
     options: FinetuneOptions | None = None,
     progress: Callable[[int, int, float], None] | None = None,
+    labels_from: Product | None = None,
 ) -> FinetuneResult:
     """Teach a model ``scan``'s sample (see :class:`FinetuneOptions` for the regimes) and write it to ``output``.
 
@@ -264,13 +292,15 @@ def finetune_on_scan(
     weights of the best epoch are written, the starting model's among them: learning never hands back a model that
     scores worse on frames it did not train on.
 
-    ``progress(step, steps, loss)`` after each optimizer step. Raises ValueError for a model that is not an edge or
+    ``labels_from``: a reconstruction of the whole scan (as the edge-to-HPC flow makes one): its patches are the
+    labels, instead of an LSQML run here. ``progress(step, steps, loss)`` after each optimizer step. Raises
+    ValueError for a model that is not an edge or
     group model, a scan whose frames it does not take, or an unknown regime.
     """
     options = options or FinetuneOptions()
     if options.regime not in REGIMES:
         raise ValueError(f"regime must be one of {', '.join(REGIMES)}, not {options.regime!r}")
-    regime = "both" if options.regime == "auto" else options.regime
+    regime = "twin" if options.regime == "auto" else options.regime
     device = resolve_device(options.device)
     model, card = start_model(model_dir, options.group_size, device)
     size = card["config"]["frame_size"]
@@ -297,8 +327,16 @@ def finetune_on_scan(
     model.eval()
     before = holdout_deviance(model, inputs, valid, holdout_groups, positions_px)
     labels = holdout_labels = None
-    if regime in ("labels", "both"):  # one reconstruction of every frame; the held-out frames' labels only score
-        all_labels = lsqml_labels(scan, np.arange(scan.n_frames), probe, options.lsqml_epochs).to(device)
+    twin = None
+    if regime in ("labels", "both", "twin"):  # one reconstruction of every frame; held-out frames' labels only score
+        if labels_from is not None:
+            all_labels = product_labels(scan, labels_from)
+        else:
+            labels_from = lsqml_product(scan, np.arange(scan.n_frames), probe, options.lsqml_epochs)
+            all_labels = product_labels(scan, labels_from)
+        all_labels = all_labels.to(device)
+        if regime == "twin":
+            twin = TwinFrames(labels_from, scan, train_frames, model_frame(model).complex_probe(), options.seed)
         labels, holdout_labels = all_labels[train_frames], all_labels[holdout]
     radius = float(torch.sqrt((weights * _radius_sq(size)).sum() / weights.sum()))
 
@@ -316,6 +354,9 @@ def finetune_on_scan(
     best_state = copy.deepcopy(model.state_dict())
     optimizer = torch.optim.AdamW(model.parameters(), lr=options.learning_rate, weight_decay=0.0)
     steps_per_epoch = max(1, len(train_frames) // options.groups_per_step)
+    if twin is not None:
+        steps_per_epoch = options.twin_steps
+        corpus = twin.corpus(model_frame(model).complex_probe().cpu(), options.seed)
     total_steps = options.epochs * steps_per_epoch
     history = []
     model.train()
@@ -323,10 +364,14 @@ def finetune_on_scan(
     for _ in range(options.epochs):
         anchors = rng.permutation(len(train_frames))
         for start in range(0, steps_per_epoch * options.groups_per_step, options.groups_per_step):
-            groups = train_groups[anchors[start : start + options.groups_per_step]]  # (G, K) into train_frames
-            terms = _group_loss(model, inputs, train_frames, train_positions, groups, labels, probe_t, weights,
-                                valid, radius, regime, options)  # fmt: skip
-            loss = sum(terms.values())
+            if twin is not None:
+                terms = twin_losses(model_frame(model), twin, corpus, options, device)
+                loss = terms.pop("total")
+            else:
+                groups = train_groups[anchors[start : start + options.groups_per_step]]  # (G, K) into train_frames
+                terms = _group_loss(model, inputs, train_frames, train_positions, groups, labels, probe_t, weights,
+                                    valid, radius, regime, options)  # fmt: skip
+                loss = sum(terms.values())
             for group in optimizer.param_groups:
                 group["lr"] = options.learning_rate * 0.5 * (1 + math.cos(math.pi * step / max(total_steps, 1)))
             optimizer.zero_grad(set_to_none=True)

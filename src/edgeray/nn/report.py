@@ -41,12 +41,29 @@ def write_corpus_card(directory: str | Path, card: dict) -> Path:
     ]
     tuned = card.get("finetuned")
     if tuned:
-        lines += ["## Fine-tuned on a scan's own frames (no labels)", "",
+        regime = tuned.get("regime", "physics")
+        learned_from = {"physics": "the frames' own physics (no labels)",
+                        "labels": "LSQML labels of the training frames", "both": "LSQML labels plus the physics",
+                        "twin": "frames simulated from an LSQML reconstruction of the training frames"}  # fmt: skip
+        lines += ["## Fine-tuned on a scan (`edgeray nn finetune`)", "",
                   f"- From: {tuned['from']}; {tuned['scan_frames']:,} frames, {tuned['options']['epochs']} epochs, "
                   f"{tuned['seconds']:.0f} s; probe: {tuned['probe']}",
+                  f"- Regime: {regime}, learned from {learned_from.get(regime, regime)}; groups of "
+                  f"{tuned['options'].get('group_size', 1)}",
                   f"- Poisson deviance of {tuned['holdout_frames']} held-out frames: "
-                  f"{tuned['holdout_deviance_before']:.4g} before, {tuned['holdout_deviance_after']:.4g} after",
-                  ""]  # fmt: skip
+                  f"{tuned['holdout_deviance_before']:.4g} before, "
+                  f"{tuned['holdout_deviance_after']:.4g} after"]  # fmt: skip
+        if "kept_epoch" in tuned:
+            lines.append(f"- Kept epoch {tuned['kept_epoch']} of {len(tuned['validation_by_epoch']) - 1} (0: the "
+                         f"starting model), chosen by the {tuned['validation']}")  # fmt: skip
+        lines.append("")
+    edge = card.get("learned_at_edge")
+    if edge:
+        lines += ["## Learned at the edge (`edgeray edge --learn`)", "",
+                  f"- Scan {edge['scan_id']}, from {edge['from']}, after {edge['step']} steps on {edge['frames']:,} "
+                  f"frames ({'with the live refinement as labels' if edge['labels'] else 'physics only'})",
+                  f"- Held-out frames ({edge['holdout_frames']}): deviance {edge['candidate']['deviance']:.4g} "
+                  f"against the serving model's {edge['serving']['deviance']:.4g}", ""]  # fmt: skip
     evaluation = card.get("evaluation")
     if evaluation:
         lines += [

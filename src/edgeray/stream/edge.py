@@ -12,9 +12,9 @@ The stages share no interpreter lock where it matters:
 - **inference** (a thread): takes batches straight from the ring (up to ``max_batch``, or what arrived within
   ``max_wait_ms``) as raw counts into ONNX Runtime (normalization inside the graph) and hands the patches on.
 - **stitching** (a thread): adds the patches into the scan's :class:`Mosaic` and the frames to the live
-  refinement (:mod:`edgeray.stream.refine`) when on, while the network works on the next batch (each stage of
-  the two then keeps a core half busy at 2 kHz, not one thread nine tenths: measured, the backlog of a stall
-  drained in seconds instead of lasting the scan).
+  refinement (:mod:`edgeray.stream.refine`) and the continual learning (:mod:`edgeray.stream.learn`) when on,
+  while the network works on the next batch (each stage of the two then keeps a core half busy at 2 kHz, not
+  one thread nine tenths: measured, the backlog of a stall drained in seconds instead of lasting the scan).
 
 At the end of a scan the service writes, in ``out/``: ``<scan>.cxi`` (the raw frames), ``<scan>_product.h5`` (the
 mosaic as a product), ``<scan>.png`` and ``<scan>.json`` (the summary: counts, rates, latency from arrival to
@@ -39,7 +39,9 @@ import torch
 import zmq
 
 from edgeray.io import CXIFile, Product, write_product
+from edgeray.nn.checkpoint import save_model
 from edgeray.stream import mosaic_kernel
+from edgeray.stream.learn import LearnOptions, LiveLearner
 from edgeray.stream.models import ModelHolder
 from edgeray.stream.mosaic import Mosaic
 from edgeray.stream.protocol import End, Frame, ProtocolError, Start, decode, geometry_of, object_pixel_size_m
@@ -85,6 +87,9 @@ class EdgeOptions:
         refine: live refinement of each scan's image in the spare CPU time (:mod:`edgeray.stream.refine`), or
             None; it needs the model's probe (an edge model) or ``refine_probe``.
         refine_probe: a probe file (product, CXI, .npy) for refinement instead of the model's.
+        learn: continual learning of each scan's sample (:mod:`edgeray.stream.learn`), or None: a better model is
+            swapped in during the scan (written to ``out/learned/``) and the mosaic made again with it; with
+            ``refine`` on, the refinement's object serves as labels.
         ring_frames: frames the shared-memory ring of a scan holds (a stall of writer or network up to that long
             costs nothing).
         spill_bytes: memory for frames beyond a full ring, bytes; past it frames are dropped and counted.
@@ -106,6 +111,7 @@ class EdgeOptions:
     registry_poll_s: float = 0.5
     refine: RefineOptions | None = None
     refine_probe: Path | None = None
+    learn: LearnOptions | None = None
     ring_frames: int = 8192
     spill_bytes: int = 256 << 20
 
@@ -155,6 +161,7 @@ class ScanRun:
     version_counts: dict = field(default_factory=dict)  # model version -> frames it inverted
     version_segments: list = field(default_factory=list)  # [first index, last index, model version]
     refiner: LiveRefiner | None = None
+    learner: LiveLearner | None = None
     busy_s: dict = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))  # wall seconds in each stage
     cpu_s: dict = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))  # CPU seconds of each stage's threads
     receive_cpu_mark: float = 0.0  # the receiving thread's CPU clock when the scan opened
@@ -190,6 +197,11 @@ class EdgeService:
         self.models = ModelHolder(options.model, options.registry, "uint16", options.infer_threads,
                                   options.registry_poll_s)  # fmt: skip
         mosaic_kernel.warm_up()  # compiled before the first frame can arrive, not on the first batch
+        if options.learn is not None and self.models.get().kind == "edge":
+            from edgeray.nn.checkpoint import load_model
+            from edgeray.stream.learn import warm_up
+
+            warm_up(load_model(self.models.get().model_dir, "cpu")[0])
         self.socket = self.context.socket(zmq.PULL)
         self.socket.setsockopt(zmq.RCVHWM, 0)  # never drop: the queue in front of us is memory
         self.socket.setsockopt(zmq.LINGER, 0)
@@ -526,6 +538,7 @@ class EdgeService:
                 model = self.models.get()
                 run.mosaic = Mosaic(run.start.shape, object_pixel_size_m(run.start), model.weights)
                 run.refiner = self._make_refiner(run, model.probe)
+                run.learner = self._make_learner(run, model)
             elif kind == "end":
                 while self._next_batch(item, drain=True):
                     pass
@@ -595,7 +608,8 @@ class EdgeService:
         else:
             run.version_segments.append([first, last, version])
         run.version_counts[version] = run.version_counts.get(version, 0) + len(counts)
-        frames = counts.copy() if run.refiner is not None else None  # a copy: the ring slots are reused
+        keep_frames = run.refiner is not None or run.learner is not None
+        frames = counts.copy() if keep_frames else None  # a copy: the ring slots are reused
         self.to_stitch.put(("batch", (run, amplitude, phase, positions, arrivals, frames, upto)))
 
     def _stitch(self) -> None:
@@ -619,8 +633,10 @@ class EdgeService:
     def _stitch_batch(self, run: ScanRun, amplitude: torch.Tensor, phase: torch.Tensor, positions: np.ndarray,
                       arrivals: np.ndarray, frames: np.ndarray | None, upto: int) -> None:  # fmt: skip
         began, cpu_began = time.perf_counter_ns(), time.thread_time()
-        with self.lock:
+        with self.lock:  # the learner's frames and the mosaic's patches stay in step (a new mosaic is made from them)
             run.mosaic.add_polar(amplitude, phase, positions)
+            if run.learner is not None:
+                run.learner.add(frames, positions)
         if run.refiner is not None:
             run.refiner.add(frames, positions)
         now = time.perf_counter_ns()
@@ -687,6 +703,94 @@ class EdgeService:
         return LiveRefiner(run.start.shape, probe, self.options.refine, mosaic, backlog,
                            tail_threads=self.torch_threads).start()  # fmt: skip
 
+    def _make_learner(self, run: ScanRun, model) -> LiveLearner | None:
+        """The scan's continual learner, when learning is on and the model is an edge model of the scan's frames
+        (else a warning, and none)."""
+        if self.options.learn is None:
+            return None
+        from edgeray.nn.checkpoint import load_model
+
+        size = model.card["config"]["frame_size"]
+        if model.kind != "edge" or tuple(run.start.shape) != (size, size):
+            log.warning("scan %s: no learning (it needs an edge model of %s frames, the model is a %s of %d)",
+                        run.start.scan_id, run.start.shape, model.kind, size)  # fmt: skip
+            return None
+        base_card = model.card
+        learner: LiveLearner | None = None
+
+        def labels(positions_m: np.ndarray) -> torch.Tensor | None:
+            refiner, needed = run.refiner, self.options.learn.label_epochs
+            if refiner is None or not needed or refiner.epochs < needed:
+                return None
+            from edgeray.nn.trainset import object_patches, relative_to_transmission
+
+            with refiner.lock:
+                if refiner.object is None:
+                    return None
+                positions_px = (positions_m - refiner.origin_m) / refiner.pixel_size_m
+                patches = object_patches(refiner.object.numpy(), positions_px, run.start.shape)
+                probe = None if refiner.probe is None else refiner.probe[0].numpy()
+            # the refinement's amplitude scale drifts once it refines its probe: labels are relative to the mean
+            # transmission, as the network's patches are
+            return torch.from_numpy(relative_to_transmission(patches, probe))
+
+        def swap(candidate, record: dict) -> bool:
+            directory = self.out / "learned" / f"{run.start.scan_id}-{learner.swaps + 1}"
+            card = {k: v for k, v in base_card.items() if k not in ("history", "evaluation")}
+            card["learned_at_edge"] = {"scan_id": run.start.scan_id, "from": model.version, **record}
+            save_model(directory, candidate, card)
+            try:
+                loaded = self.models.install(directory, {"source": "learned at the edge", "scan_id": run.start.scan_id,
+                                                         "step": record["step"]})  # fmt: skip
+            except (ValueError, OSError, RuntimeError) as error:
+                log.error("scan %s: the learned model %s was refused: %s", run.start.scan_id, directory, error)
+                return False
+            if learner.complete:
+                began = time.perf_counter()
+                self._reinvert(run, loaded)
+                record["reinvert_s"] = time.perf_counter() - began
+            return True
+
+        def backlog() -> int:
+            return run.published - run.stitched_upto
+
+        def network():  # loaded in the learner's own thread: the stream's start does not wait for it
+            return load_model(model.model_dir, "cpu")[0]
+
+        # after the scan's end the cores are shared with the refinement, when it runs (threads of the two beyond
+        # the cores slow both)
+        threads = max(1, self.torch_threads // 2) if run.refiner is not None else self.torch_threads
+        learner = LiveLearner(network, run.start.shape, run.start.dtype, self.options.learn, swap, labels, backlog,
+                              tail_threads=threads)  # fmt: skip
+        return learner.start()
+
+    def _reinvert(self, run: ScanRun, model) -> None:
+        """Make the scan's mosaic again from every frame so far with ``model`` (a swapped-in one): most frames
+        outside the lock, the last few under it, so the stitching waits only for those."""
+        learner = run.learner
+        mosaic = Mosaic(run.start.shape, object_pixel_size_m(run.start), model.weights)
+        with self.lock:  # on the old mosaic's grid, which the live refinement's object follows
+            old = run.mosaic
+            mosaic.origin_m = None if old.origin_m is None else old.origin_m.copy()
+            mosaic.numerator, mosaic.coverage = torch.zeros_like(old.numerator), torch.zeros_like(old.coverage)
+        done = 0
+        while True:
+            with self.lock:
+                stop = learner.stored
+                if stop - done <= self.options.max_batch:
+                    self._add_inverted(mosaic, model, learner, done, stop)
+                    run.mosaic = mosaic
+                    return
+            self._add_inverted(mosaic, model, learner, done, stop)
+            done = stop
+
+    @staticmethod
+    def _add_inverted(mosaic: Mosaic, model, learner: LiveLearner, first: int, stop: int, batch: int = 512) -> None:
+        for start in range(first, stop, batch):
+            counts, positions = learner.kept_at(np.arange(start, min(start + batch, stop)))
+            amplitude, phase = model.runtime(counts, learner.scale)
+            mosaic.add_polar(amplitude, phase, positions)
+
     # -- the end of a scan -----------------------------------------------------------------------------------
     def _record(self, summary: dict, path: Path) -> None:
         """Write a scan's summary and count it (the service stops after ``options.scans`` of them)."""
@@ -751,22 +855,34 @@ class EdgeService:
         log.info("scan %s: %d received, %d written, %d inferred, p99 latency %s ms, stream CPU %.2f cores -> could "
                  "have kept %s frames/s -> %s", scan_id, run.received, run.written, run.inferred,
                  summary["latency_ms_p99"], sum(cpu.values()), summary["max_rate_hz"], path)  # fmt: skip
-        if run.refiner is None:
+        if run.refiner is None and run.learner is None:
             self._record(summary, path)
             run.ring.close()
             return
-        run.refiner.end()  # refinement goes on for its tail in its own thread; the next scan need not wait
+        for helper in (run.refiner, run.learner):  # they go on for their tails in their own threads; the next
+            if helper is not None:  # scan need not wait
+                helper.end()
 
-        def finish_refinement() -> None:
-            run.refiner.done.wait()
-            summary["refinement"] = run.refiner.summary()
-            if run.refiner.object is not None and run.mosaic.n_patches:
-                files.update(self._write_product(run, refined=True))
-            log.info("scan %s refined: %.1f epochs, misfit %s", scan_id, run.refiner.epochs, run.refiner.misfit)
+        def finish_helpers() -> None:
+            if run.learner is not None:
+                run.learner.done.wait()
+                summary["learning"] = run.learner.summary()
+                if run.learner.swaps:
+                    summary["model_version"] = self.model_version
+                    summary["model_swaps"] = [s for s in self.swaps if s["unix_s"] >= run.started_wall]
+                    if run.learner.complete and run.mosaic.n_patches:  # the mosaic was made again: its product too
+                        files.update(self._write_product(run))
+                log.info("scan %s learned: %d steps, %d swaps", scan_id, run.learner.steps, run.learner.swaps)
+            if run.refiner is not None:
+                run.refiner.done.wait()
+                summary["refinement"] = run.refiner.summary()
+                if run.refiner.object is not None and run.mosaic.n_patches:
+                    files.update(self._write_product(run, refined=True))
+                log.info("scan %s refined: %.1f epochs, misfit %s", scan_id, run.refiner.epochs, run.refiner.misfit)
             self._record(summary, path)
             run.ring.close()
 
-        finisher = threading.Thread(target=finish_refinement, name="edge-refine-finish", daemon=True)
+        finisher = threading.Thread(target=finish_helpers, name="edge-scan-finish", daemon=True)
         self.finishers.append(finisher)
         finisher.start()
 

@@ -124,20 +124,36 @@ class ModelHolder:
                 if model_dir.resolve() == Path(self.registry.root / self.registry_version).resolve():
                     continue
                 candidate = LoadedModel(model_dir, self.dtype, self.threads)
-                size, ours = candidate.card["config"]["frame_size"], self.current.card["config"]["frame_size"]
-                if size != ours:
-                    raise ValueError(f"frame size {size}, the stream's model takes {ours}")
-                counts, scale = self.validation or (None, 1.0)
-                candidate.validate(counts, scale)
+                self._check(candidate)
             except (ValueError, OSError, RuntimeError) as error:
                 self.rejected[version] = str(error)
                 log.error("model %s rejected, %s stays: %s", version, self.current.version, error)
                 continue
-            previous = self.current.version
-            with self.lock:  # the inference stage picks up the whole model between two batches
-                self.current = candidate
+            self._install(candidate, {"registry_version": version}, started)
             self.registry_version = version
-            self.swaps.append({"from": previous, "to": candidate.version, "registry_version": version,
-                               "unix_s": time.time(), "load_s": time.perf_counter() - started})  # fmt: skip
-            log.info("model swapped: %s -> %s (%.2f s to load and validate)", previous, candidate.version,
-                     time.perf_counter() - started)  # fmt: skip
+
+    def _check(self, candidate: LoadedModel) -> None:
+        """Raise ValueError unless ``candidate`` takes the stream's frames and inverts the last ones seen."""
+        size, ours = candidate.card["config"]["frame_size"], self.current.card["config"]["frame_size"]
+        if size != ours:
+            raise ValueError(f"frame size {size}, the stream's model takes {ours}")
+        counts, scale = self.validation or (None, 1.0)
+        candidate.validate(counts, scale)
+
+    def _install(self, candidate: LoadedModel, record: dict, started: float) -> None:
+        previous = self.current.version
+        with self.lock:  # the inference stage picks up the whole model between two batches
+            self.current = candidate
+        self.swaps.append({"from": previous, "to": candidate.version, **record, "unix_s": time.time(),
+                           "load_s": time.perf_counter() - started})  # fmt: skip
+        log.info("model swapped: %s -> %s (%.2f s to load and validate)", previous, candidate.version,
+                 time.perf_counter() - started)  # fmt: skip
+
+    def install(self, model_dir: Path, record: dict) -> LoadedModel:
+        """Swap to the model in ``model_dir`` (one learned at the edge) once it passes validation; ``record`` goes
+        into the swap's entry. Raises ValueError (the current model stays) when it does not pass."""
+        started = time.perf_counter()
+        candidate = LoadedModel(model_dir, self.dtype, self.threads)
+        self._check(candidate)
+        self._install(candidate, record, started)
+        return candidate

@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 RECONSTRUCT, TRAIN = "reconstruct", "train"
 # labels go with the training: a short task on its input, never queued behind the next reconstruction
 STAGE_EXECUTOR = {"reconstruct": RECONSTRUCT, "make_labels": TRAIN, "finetune": TRAIN, "finetune_physics": TRAIN,
-                  "deploy": TRAIN}  # fmt: skip
-LABELS = ("lsqml", "physics")
+                  "finetune_sample": TRAIN, "deploy": TRAIN}  # fmt: skip
+LABELS = ("lsqml", "physics", "sample")
 
 
 def local_config(run_dir: str | Path, retries: int = 2, background: bool = True, heartbeat_s: float = 2.0):
@@ -92,8 +92,9 @@ def load_config(spec: str, run_dir: str | Path):
 class FlowOptions:
     """Flow settings: LSQML ``epochs`` per scan, fine-tuning ``finetune_epochs``, ``overlap`` the stages,
     ``replay``: frames from earlier scans mixed into each fine-tuning (None: all of them, so each run takes longer
-    than the last), and ``labels``: what the network learns from, ``lsqml`` (the reconstruction's patches) or
-    ``physics`` (the scan's own frames with the reconstruction's probe, no labels: edge models only)."""
+    than the last), and ``labels``: what the network learns from, ``lsqml`` (the reconstruction's patches),
+    ``physics`` (the scan's own frames with the reconstruction's probe, no labels: edge models only) or ``sample``
+    (both, as the edge's continual learning: :func:`edgeray.workflow.tasks.finetune_sample`; edge models only)."""
 
     epochs: int = 30
     finetune_epochs: int = 5
@@ -205,9 +206,10 @@ def run_flow(scans: Iterable[str | Path], registry: str | Path, work_dir: str | 
             trainset = str(work / f"scan{k}_labels.h5")
             recon = submit(f"reconstruct {k}", "reconstruct", scan, product, options.epochs, priority=10 + k)
             new_dir = str(work / f"model{k}")
-            if options.labels == "physics":
-                tuned = submit(f"finetune {k}", "finetune_physics", scan, product, model_dir, new_dir,
-                               options.finetune_epochs, inputs=[recon, *previous])  # fmt: skip
+            if options.labels in ("physics", "sample"):
+                task = "finetune_physics" if options.labels == "physics" else "finetune_sample"
+                tuned = submit(f"finetune {k}", task, scan, product, model_dir, new_dir, options.finetune_epochs,
+                               inputs=[recon, *previous])  # fmt: skip
             else:
                 labelled = submit(f"labels {k}", "make_labels", scan, product, trainset, inputs=[recon])
                 label_sets.append((trainset, labelled))

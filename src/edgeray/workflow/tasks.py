@@ -133,6 +133,34 @@ def finetune_physics(
                    holdout_deviance_after=result.holdout_after)  # fmt: skip
 
 
+def finetune_sample(
+    scan_path: str,
+    product_path: str,
+    init_model: str,
+    out_dir: str,
+    epochs: int = 5,
+    seed: int = 0,
+    inputs=(),
+    parsl_resource_specification=None,
+) -> dict:
+    """Teach the edge model ``init_model`` the scan's sample as the edge's continual learning does
+    (:mod:`edgeray.stream.learn`): labels from the reconstruction ``product_path`` plus the frames' own physics, one
+    frame at a time (the edge's way of inverting), the epoch kept that scores best on a held-out region."""
+    start = time.time()
+    import torch
+
+    from edgeray.io import read_cxi, read_product
+    from edgeray.nn.finetune import FinetuneOptions, finetune_on_scan
+
+    torch.set_num_threads(1)
+    result = finetune_on_scan(read_cxi(scan_path), init_model, out_dir, product_path,
+                              FinetuneOptions(regime="both", group_size=1, epochs=epochs, seed=seed),
+                              labels_from=read_product(product_path))  # fmt: skip
+    return _record("finetune", start, model=out_dir, init=init_model, scan=scan_path,
+                   holdout_deviance_before=result.holdout_before, holdout_deviance_after=result.holdout_after,
+                   kept_epoch=result.card["finetuned"]["kept_epoch"])  # fmt: skip
+
+
 def deploy(model_dir: str, registry: str, provenance: dict, inputs=(), parsl_resource_specification=None) -> dict:
     """Publish a model to the registry the edge follows (it swaps once the model passes validation)."""
     start = time.time()
