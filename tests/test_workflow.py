@@ -208,8 +208,8 @@ def test_cluster_configs_load_with_the_two_executors_the_flow_expects(tmp_path):
 
 
 def test_flow_learns_the_sample_as_the_edge_does_from_its_reconstruction(tmp_path):
-    """``--labels sample``: the fine-tuning takes the reconstruction's patches as labels plus the frames' physics,
-    one frame at a time, and keeps the epoch that scores best on a region it held out."""
+    """``--labels sample``: the fine-tuning learns from frames simulated from the flow's reconstruction, one frame at
+    a time, and keeps the round that scores best on a region it held out."""
     scan = write_cxi(tmp_path / "scan1.cxi", simulate_ptycho(PtychoSimConfig(n_positions=200, step_px=5, seed=3)))
     out = tmp_path / "work"
     status = main(["workflow", "run", str(scan), "--registry", str(tmp_path / "registry"), "--out", str(out),
@@ -220,7 +220,7 @@ def test_flow_learns_the_sample_as_the_edge_does_from_its_reconstruction(tmp_pat
     registry = Registry(tmp_path / "registry")
     _, card = load_model(registry.path(registry.current()))
     learned = card["finetuned"]
-    assert learned["regime"] == "both" and learned["validation"] == "held-out label error"
+    assert learned["regime"] == "twin" and learned["validation"] == "held-out label error"
     assert learned["options"]["group_size"] == 1 and card["config"]["kind"] == "edge"  # the edge's own kind
     scores = learned["validation_by_epoch"]
     assert len(scores) == 3 and scores[learned["kept_epoch"]] == min(scores)

@@ -32,8 +32,8 @@ def add_workflow_run(commands: argparse._SubParsersAction) -> None:
     wr.add_argument("--replay", default="all",
                     help="'all' labels in every fine-tuning, or N frames of earlier scans with the newest")  # fmt: skip
     wr.add_argument("--labels", choices=("lsqml", "physics", "sample"), default="lsqml",
-                    help="learn from LSQML's patches, from the scan's own frames (physics, no labels), or from both "
-                    "as the edge's continual learning does (sample; edge models)")  # fmt: skip
+                    help="learn from LSQML's patches, from the scan's own frames (physics, no labels), or from "
+                    "frames simulated from the reconstruction (sample: nn finetune's default)")  # fmt: skip
     wr.set_defaults(func=cmd_workflow_run)
 
 

@@ -94,7 +94,8 @@ class FlowOptions:
     ``replay``: frames from earlier scans mixed into each fine-tuning (None: all of them, so each run takes longer
     than the last), and ``labels``: what the network learns from, ``lsqml`` (the reconstruction's patches),
     ``physics`` (the scan's own frames with the reconstruction's probe, no labels: edge models only) or ``sample``
-    (both, as the edge's continual learning: :func:`edgeray.workflow.tasks.finetune_sample`; edge models only)."""
+    (frames simulated from the reconstruction, as ``nn finetune``'s default:
+    :func:`edgeray.workflow.tasks.finetune_sample`; edge models only)."""
 
     epochs: int = 30
     finetune_epochs: int = 5

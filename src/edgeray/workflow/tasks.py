@@ -143,9 +143,10 @@ def finetune_sample(
     inputs=(),
     parsl_resource_specification=None,
 ) -> dict:
-    """Teach the edge model ``init_model`` the scan's sample as the edge's continual learning does
-    (:mod:`edgeray.stream.learn`): labels from the reconstruction ``product_path`` plus the frames' own physics, one
-    frame at a time (the edge's way of inverting), the epoch kept that scores best on a held-out region."""
+    """Teach the edge model ``init_model`` the scan's sample from its reconstruction ``product_path``, as
+    ``edgeray nn finetune`` does at its defaults (the ``twin`` regime: frames simulated from the reconstruction beside
+    the procedural corpus, one frame at a time as the edge inverts), the round kept that scores best on a held-out
+    region (its label error)."""
     start = time.time()
     import torch
 
@@ -154,7 +155,7 @@ def finetune_sample(
 
     torch.set_num_threads(1)
     result = finetune_on_scan(read_cxi(scan_path), init_model, out_dir, product_path,
-                              FinetuneOptions(regime="both", group_size=1, epochs=epochs, seed=seed),
+                              FinetuneOptions(regime="twin", group_size=1, epochs=epochs, seed=seed),
                               labels_from=read_product(product_path))  # fmt: skip
     return _record("finetune", start, model=out_dir, init=init_model, scan=scan_path,
                    holdout_deviance_before=result.holdout_before, holdout_deviance_after=result.holdout_after,
