@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import queue
 import threading
 import time
 from collections import deque
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -220,12 +222,17 @@ class EdgeService:
             from concurrent.futures import ThreadPoolExecutor
 
             self.infer_pool = ThreadPoolExecutor(options.infer_workers, thread_name_prefix="edge-infer-worker")
+        self.pictures = None
+        if options.preview:  # PNGs are drawn in a process of their own: drawing holds the interpreter for long
+            self.pictures = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+            self.pictures.submit(_load_pictures).result()  # started (and matplotlib loaded) before any frame
         self.writer = WriterProcess(options.flush_s)
         self.writer.wait_ready()  # ready before the first frame can come: its start-up would delay the first ones
         self.writer_lock = threading.Lock()  # the receiver sends, the monitor restarts
         self.runs_in_writer: deque = deque()  # scans sent to the writer and not yet closed, oldest first
         self.control: queue.Queue = queue.Queue()  # start / end / stop, in order, for the inference
         self.to_stitch: queue.Queue = queue.Queue(STITCH_QUEUE_BATCHES)  # batches, end, stop: in order
+        self.to_finish: queue.Queue = queue.Queue()  # ended scans, then None
         self.frames_ready = threading.Condition()
         self.stopping = threading.Event()
         self.finished = threading.Event()
@@ -241,6 +248,7 @@ class EdgeService:
             threading.Thread(target=self._receive, name="edge-receive", daemon=True),
             threading.Thread(target=self._infer, name="edge-infer", daemon=True),
             threading.Thread(target=self._stitch, name="edge-stitch", daemon=True),
+            threading.Thread(target=self._finish_scans, name="edge-finish", daemon=True),
             threading.Thread(target=self._watch_writer, name="edge-writer-monitor", daemon=True),
         ]
         if self.publisher is not None:
@@ -278,6 +286,8 @@ class EdgeService:
             thread.join(timeout)
         if self.infer_pool is not None:
             self.infer_pool.shutdown(wait=True)
+        if self.pictures is not None:
+            self.pictures.shutdown(wait=True)
         self.writer.stop()
         self.socket.close(0)
         if self.publisher is not None:
@@ -622,13 +632,23 @@ class EdgeService:
                 self._stitch_batch(*item)
             elif kind == "upto":  # a batch of repeats only: nothing to stitch
                 item[0].stitched_upto = item[1]
-            elif kind == "end":
-                self._finish(item)
+            elif kind == "end":  # the scan's summary, products and pictures: on the finisher's thread, so the
+                self.to_finish.put(item)  # next scan's first batches never wait for them
             else:
-                for finisher in self.finishers:
-                    finisher.join()
-                self.finished.set()
+                self.to_finish.put(None)
                 return
+
+    def _finish_scans(self) -> None:
+        """The finisher thread: ended scans' summaries, products and pictures, in order; the service's end once
+        every scan's refinement and learning are done."""
+        while (run := self.to_finish.get()) is not None:
+            try:
+                self._finish(run)
+            except Exception:  # a scan that cannot be summarized must not stop the next ones being
+                log.exception("scan %s: its summary or products could not be written", run.start.scan_id)
+        for finisher in self.finishers:
+            finisher.join()
+        self.finished.set()
 
     def _stitch_batch(self, run: ScanRun, amplitude: torch.Tensor, phase: torch.Tensor, positions: np.ndarray,
                       arrivals: np.ndarray, frames: np.ndarray | None, upto: int) -> None:  # fmt: skip
@@ -928,10 +948,9 @@ class EdgeService:
         key = "refined" if refined else "product"
         files = {key: str(product_path)}
         if self.options.preview:
-            from edgeray.viz import save_preview
-
             png = self.out / (f"{stem}_refined.png" if refined else f"{stem}.png")
-            files[f"{key}_preview" if refined else "preview"] = str(save_preview(product_path, png))
+            drawn = self.pictures.submit(_draw_preview, str(product_path), str(png)).result()
+            files[f"{key}_preview" if refined else "preview"] = drawn
         return files
 
     # -- live state ------------------------------------------------------------------------------------------
@@ -999,3 +1018,15 @@ class EdgeService:
             coverage = run.mosaic.coverage[::step, ::step].numpy().copy()
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(coverage > 0, numerator / coverage, np.nan + 0j).astype(np.complex64)
+
+
+def _load_pictures() -> None:
+    """Import what drawing a preview needs (run in the pictures process when it starts)."""
+    import edgeray.viz  # noqa: F401
+
+
+def _draw_preview(product_path: str, png: str) -> str:
+    """A product's PNG preview (in the pictures process); returns its path."""
+    from edgeray.viz import save_preview
+
+    return str(save_preview(product_path, png))
