@@ -252,7 +252,7 @@ def test_several_inference_workers_invert_every_frame_as_one_would(tmp_path, sca
     service = start_service(tmp_path, scans=1, infer_workers=2)
     runtime = service.models.for_dtype("uint16").runtime
     counts = scan.frames[:100]
-    *split, workers_cpu_s = service._run_network(runtime, counts, 1e3)  # two parts, at once
+    *split, workers_cpu_s = service.inference.run_network(runtime, counts, 1e3)  # two parts, at once
     whole = runtime(counts, 1e3)
     for a, b in zip(split, whole, strict=True):
         torch.testing.assert_close(a, b)
@@ -641,3 +641,77 @@ def test_back_to_back_scans_never_wait_for_the_previous_scans_end(tmp_path, scan
         # the previous scan's 1.5 s end would show in every frame's latency had it run on the stream's threads
         assert summary["latency_ms_p99"] < 500, (scan_id, summary["latency_ms_p99_per_s"])
         assert Path(summary["files"]["preview"]).read_bytes()[:4] == b"\x89PNG"  # drawn in its own process
+
+
+def _ring_run(scan, capacity: int = 1024):
+    """A scan's run as the receiver leaves it: its frames in a ring, announced, with their arrival times."""
+    from edgeray.stream.ring import FrameRing
+    from edgeray.stream.scan import ScanRun
+
+    start = Start("alone", scan.frames.dtype.name, tuple(scan.frames.shape[1:]), scan_geometry(scan), scan.n_frames)
+    ring = FrameRing(capacity, start.shape, start.dtype)
+    n = scan.n_frames
+    ring.frames[:n], ring.positions_m[:n] = scan.frames, scan.positions_m
+    ring.index[:n], ring.infer[:n] = np.arange(n), True
+    ring.arrival_ns[:n] = time.perf_counter_ns()
+    run = ScanRun(start, time.time(), time.perf_counter_ns(), ring, stored=n, published=n)
+    ring.received = n
+    return run
+
+
+def test_the_inference_stage_alone_inverts_every_announced_frame_in_order(scan):
+    """Inference fed the receiver's messages by hand: its output is every frame, in batches in ring order, then the
+    scan's end, then the stop."""
+    import queue
+
+    from edgeray.stream.helpers import ScanHelpers
+    from edgeray.stream.inference import Inference
+    from edgeray.stream.models import ModelHolder
+    from edgeray.stream.scan import Inverted, ScanEnded, ScanStarted, Stop
+
+    options = EdgeOptions(max_batch=64)
+    models = ModelHolder(None)
+    control, to_stitch = queue.Queue(), queue.Queue()
+    helpers = ScanHelpers(options, models, threading.Lock(), 1)
+    stage = Inference(options, models, control, to_stitch, threading.Condition(), helpers.scan_started)
+    run = _ring_run(scan)
+    for message in (ScanStarted(run), ScanEnded(run), Stop()):
+        control.put(message)
+    stage.run()
+    out = [to_stitch.get_nowait() for _ in range(to_stitch.qsize())]
+    batches = [m for m in out if isinstance(m, Inverted)]
+    assert isinstance(out[-2], ScanEnded) and isinstance(out[-1], Stop) and len(out) == len(batches) + 2
+    assert [b.upto for b in batches] == sorted(b.upto for b in batches) and batches[-1].upto == scan.n_frames
+    assert sum(len(b.amplitude) for b in batches) == scan.n_frames and all(len(b.amplitude) <= 64 for b in batches)
+    np.testing.assert_allclose(np.concatenate([b.positions_m for b in batches]), scan.positions_m)
+    assert run.mosaic is not None and run.version_counts == {models.get().version: scan.n_frames}
+    run.ring.close()
+
+
+def test_the_stitcher_alone_builds_the_mosaic_and_passes_the_end_on(scan):
+    """Stitcher fed the inference's messages by hand (patches of the true object): every patch goes into the
+    mosaic with its latency, a batch of repeats only moves the handled count, and the end and stop go on to the
+    finisher in order."""
+    import queue
+
+    from edgeray.nn.trainset import object_patches
+    from edgeray.stream.protocol import object_pixel_size_m
+    from edgeray.stream.scan import Inverted, ScanEnded, Skipped, Stop
+    from edgeray.stream.stitcher import Stitcher
+
+    run = _ring_run(scan)
+    run.mosaic = Mosaic(run.start.shape, object_pixel_size_m(run.start))
+    truth = scan.ground_truth
+    patches = torch.from_numpy(object_patches(truth.object, truth.positions_px, (64, 64)))
+    to_stitch, to_finish = queue.Queue(), queue.Queue()
+    arrivals = np.full(300, time.perf_counter_ns())
+    to_stitch.put(Inverted(run, patches[:300].abs()[:, None], patches[:300].angle()[:, None], scan.positions_m[:300],
+                           arrivals, None, 300))  # fmt: skip
+    to_stitch.put(Skipped(run, 310))
+    for message in (ScanEnded(run), Stop()):
+        to_stitch.put(message)
+    Stitcher(to_stitch, to_finish, threading.Lock()).run()
+    assert isinstance(to_finish.get_nowait(), ScanEnded) and isinstance(to_finish.get_nowait(), Stop)
+    assert run.stitched == 300 and run.stitched_upto == 310 and run.mosaic.n_patches == 300
+    assert (run.latencies_ms[:300] >= 0).all()
+    run.ring.close()

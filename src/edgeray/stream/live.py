@@ -1,0 +1,96 @@
+"""The edge's live state: a snapshot of rates, latency, queues and counters, and the open scan's image, for the live
+view (:mod:`edgeray.stream.dashboard`) and the PUB socket.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import zmq
+
+from edgeray.stream.models import ModelHolder
+from edgeray.stream.receiver import Receiver
+from edgeray.stream.stitcher import Stitcher
+
+
+class LiveState:
+    """Reads the stages' state (never writes it).
+
+    Args:
+        receiver, stitcher: the stages whose counters it reads; summaries: the finisher's list of summaries.
+        models: the serving model. lock: the service's lock over the mosaics.
+        publisher: the PUB socket (None: no publishing); finished: ends the publishing.
+    """
+
+    def __init__(self, receiver: Receiver, stitcher: Stitcher, summaries: list, models: ModelHolder,
+                 lock: threading.Lock, publisher: zmq.Socket | None, finished: threading.Event):  # fmt: skip
+        self.receiver, self.stitcher, self.summaries, self.models = receiver, stitcher, summaries, models
+        self.lock, self.publisher, self.finished = lock, publisher, finished
+
+    def snapshot(self) -> dict:
+        """Stats for the live view: rates, latency, queue depths, model, the open scan's counters."""
+        window = list(self.receiver.rate_window)
+        rate = 0.0
+        if len(window) > 1 and window[-1][0] > window[0][0]:
+            rate = (window[-1][1] - window[0][1]) / ((window[-1][0] - window[0][0]) / 1e9)
+        if window and time.perf_counter_ns() - window[-1][0] > 1e9:
+            rate = 0.0
+        recent = np.array(self.stitcher.recent_latency_ms) if self.stitcher.recent_latency_ms else np.zeros(0)
+        run = self.receiver.current
+        return {
+            "scan_id": run.start.scan_id if run else None,
+            "scan_open": bool(run and not run.ended),
+            "frames_received": run.received if run else 0,
+            "frames_inferred": run.stitched if run else 0,
+            "frames_written": run.written if run else 0,
+            "frames_expected": (run.expected or run.start.n_frames) if run else None,
+            "frames_invalid_total": self.receiver.invalid_total,
+            "receive_rate_hz": rate,
+            "latency_ms_p50": float(np.percentile(recent, 50)) if recent.size else None,
+            "latency_ms_p99": float(np.percentile(recent, 99)) if recent.size else None,
+            "infer_queue": (run.published - run.stitched_upto) if run else 0,  # not yet in the mosaic
+            "write_queue": (run.published - run.ring.written) if run and not run.closed.is_set() else 0,
+            "spill": len(run.spill) if run else 0,
+            "model_version": self.models.get().version,
+            "mosaic_patches": run.mosaic.n_patches if run and run.mosaic else 0,
+            "view_version": (run.mosaic.n_patches if run and run.mosaic else 0)
+            + (run.refiner.updates if run and run.refiner else 0),
+            "refine_epochs": run.refiner.epochs if run and run.refiner else None,
+            "refine_misfit": run.refiner.misfit if run and run.refiner else None,
+            "scans_done": len(self.summaries),
+        }
+
+    def publish(self, period_s: float = 0.2) -> None:
+        """Every ``period_s``: stats (JSON) and, when it changed, the mosaic (complex64 bytes) on the PUB socket."""
+        last_version = -1
+        while not self.finished.wait(period_s):
+            stats = self.snapshot()
+            image = self.mosaic_image(1024) if stats["view_version"] != last_version else None
+            header = {"v": 1, "type": "mosaic" if image is not None else "stats", **stats}
+            if image is None:
+                self.publisher.send_multipart([json.dumps(header).encode()])
+                continue
+            last_version = stats["view_version"]
+            header.update(dtype="complex64", shape=list(image.shape))
+            self.publisher.send_multipart([json.dumps(header).encode(), image.tobytes()])
+
+    def mosaic_image(self, max_side: int | None = None) -> np.ndarray | None:
+        """The open (or last) scan's image (refined where the live refinement reached), ``(Y, X)`` complex64 with
+        NaN where no patch reached, or None before the first patch; every ``k``-th pixel when ``max_side`` asks
+        for at most that many along each axis."""
+        run = self.receiver.current
+        if run is None or run.mosaic is None or not run.mosaic.n_patches:
+            return None
+        step = 1 if max_side is None else max(1, -(-max(run.mosaic.shape) // max_side))
+        if run.refiner is not None:
+            with self.lock:
+                numerator, coverage = run.mosaic.numerator.numpy().copy(), run.mosaic.coverage.numpy().copy()
+            return run.refiner.image(numerator, coverage)[::step, ::step]
+        with self.lock:  # copy only the pixels shown, so inference waits as little as possible
+            numerator = run.mosaic.numerator[::step, ::step].numpy().copy()
+            coverage = run.mosaic.coverage[::step, ::step].numpy().copy()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(coverage > 0, numerator / coverage, np.nan + 0j).astype(np.complex64)
