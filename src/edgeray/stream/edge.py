@@ -122,7 +122,6 @@ class EdgeService:
 
             warm_up(load_model(self.models.get().model_dir, "cpu")[0])
         self.socket = self._bind(zmq.PULL, options.listen)
-        self.socket.setsockopt(zmq.RCVHWM, 0)  # never drop: the queue in front of us is memory
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.publisher = self._bind(zmq.PUB, options.publish) if options.publish else None
         pool = None
@@ -164,8 +163,10 @@ class EdgeService:
         loopback)."""
         socket = self.context.socket(kind)
         socket.setsockopt(zmq.LINGER, 0)
+        if kind == zmq.PULL:
+            socket.setsockopt(zmq.RCVHWM, 0)  # never drop: the queue in front of us is memory
         if kind == zmq.PUB:
-            socket.setsockopt(zmq.SNDHWM, 4)
+            socket.setsockopt(zmq.SNDHWM, 4)  # the live view wants the newest image, not a backlog
         server_socket_options(socket, endpoint, self.options.curve_keys)
         socket.bind(endpoint)
         return socket
