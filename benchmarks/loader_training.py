@@ -104,7 +104,7 @@ def loss_of(model, tomogan: bool, data: tuple) -> torch.Tensor:
 def held_out(path: str, tomogan: bool) -> tuple:
     import h5py
 
-    from edgeray.nn.train import TrainsetDataset
+    from edgeray.nn.set_training import TrainsetDataset
 
     if tomogan:
         with h5py.File(path) as h5:

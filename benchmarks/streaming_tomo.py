@@ -67,7 +67,7 @@ def quality(n_volumes: int, angles: int = 180, size: int = 128, slices: int = 4)
 def latency(repeats: int) -> list[dict]:
     """One 512 x 512 slice, a buffer of 720 projections, updates of 8 or 16 projections (after the buffer is full,
     so every update also subtracts); peers rebuild the slice from the whole buffer."""
-    from edgeray.tomo.peers import astra_fbp
+    from astra_peer import astra_fbp
 
     rng = np.random.default_rng(0)
     columns, capacity = 512, 720

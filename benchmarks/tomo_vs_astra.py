@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from skimage.metrics import structural_similarity
 
+from astra_peer import astra_fbp
 from edgeray.device import resolve_device
 from edgeray.sim import TomoSimConfig, simulate_tomo
 from edgeray.tomo import fbp, gridrec, minus_log, normalize
-from edgeray.tomo.peers import astra_fbp
 
 
 def emit(record: dict) -> None:

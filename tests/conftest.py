@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from edgeray.sim import PtychoSimConfig, TomoSimConfig, simulate_ptycho, simulate_tomo
 
 DATA = Path(__file__).parent / "data"
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))  # the peers' wrappers (astra_peer), not shipped
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,8 @@ from edgeray.nn.checkpoint import load_model, save_model
 from edgeray.nn.export import OnnxModel, export_onnx
 from edgeray.nn.infer import infer_scan
 from edgeray.nn.models import ModelConfig, build_model, normalize_frames
+from edgeray.nn.set_training import TrainOptions, TrainsetDataset, train
 from edgeray.nn.stitch import stitch
-from edgeray.nn.train import TrainOptions, TrainsetDataset, train
 from edgeray.nn.trainset import object_patches, samples_from_reconstruction, samples_from_scan, write_trainset
 from edgeray.ptycho import prepare
 from edgeray.ptycho.reconstruct import run

@@ -122,7 +122,7 @@ def test_a_mismatched_group_model_is_refused(tmp_path):
 
 def test_the_edge_runs_a_group_model_frame_by_frame(tmp_path):
     """A group model published to the edge inverts each frame as a group of one, through ONNX Runtime on counts."""
-    from edgeray.stream.models import LoadedModel
+    from edgeray.stream.serving import LoadedModel
 
     torch.manual_seed(0)
     model = GroupNet(SMALL, unit_probe(32)).eval()

@@ -12,9 +12,9 @@ import torch
 
 from edgeray.nn.checkpoint import load_model, save_model
 from edgeray.nn.corpus import FAMILIES, Corpus, CorpusConfig, unit_probe
+from edgeray.nn.corpus_training import CorpusTrainOptions, train_on_corpus
 from edgeray.nn.export import OnnxModel, export_onnx
 from edgeray.nn.finetune import FinetuneOptions, finetune_on_scan, holdout_deviance, overlap_deviance
-from edgeray.nn.learn import CorpusTrainOptions, train_on_corpus
 from edgeray.nn.models import EdgeNet, ModelConfig, build_model, softplus
 from edgeray.nn.physics import far_field_intensity, poisson_deviance, probe_weights, supervised_losses
 from edgeray.nn.trainset import object_patches, relative_to_transmission

@@ -666,8 +666,8 @@ def test_the_inference_stage_alone_inverts_every_announced_frame_in_order(scan):
 
     from edgeray.stream.helpers import ScanHelpers
     from edgeray.stream.inference import Inference
-    from edgeray.stream.models import ModelHolder
     from edgeray.stream.scan import Inverted, ScanEnded, ScanStarted, Stop
+    from edgeray.stream.serving import ModelHolder
 
     options = EdgeOptions(max_batch=64)
     models = ModelHolder(None)

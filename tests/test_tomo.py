@@ -161,7 +161,7 @@ def test_stripe_removal_takes_out_column_offsets():
 
 def test_tooth_end_to_end_agrees_with_astra(tmp_path):
     pytest.importorskip("astra")
-    from edgeray.tomo.peers import astra_fbp
+    from astra_peer import astra_fbp
 
     output = tmp_path / "tooth_rec.h5"
     assert main(["tomo", "recon", TOOTH, "-o", str(output), "--filter", "ramp"]) == 0

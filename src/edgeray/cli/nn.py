@@ -87,7 +87,7 @@ def _train_on_corpus(args: argparse.Namespace) -> int:
     import torch
 
     from edgeray.nn.corpus import CorpusConfig
-    from edgeray.nn.learn import CorpusTrainOptions, train_on_corpus
+    from edgeray.nn.corpus_training import CorpusTrainOptions, train_on_corpus
     from edgeray.nn.models import ModelConfig
     from edgeray.nn.report import write_corpus_card
 
@@ -159,7 +159,7 @@ def add_nn_train(commands: argparse._SubParsersAction) -> None:
 
 def cmd_nn_train(args: argparse.Namespace) -> int:
     from edgeray.nn.models import ModelConfig
-    from edgeray.nn.train import TrainOptions, train
+    from edgeray.nn.set_training import TrainOptions, train
 
     if args.corpus:
         return _train_on_corpus(args)

@@ -70,7 +70,7 @@ def drop_cache(path: str | Path) -> None:
 class TrainsetReader:
     """Reads samples of a training set by id; one instance per process (never shared across a fork).
 
-    ``keys``: the per-sample datasets to read (default: a ptychography training set's, DESIGN.md); any
+    ``keys``: the per-sample datasets to read (default: a ptychography training set's, docs/formats.md); any
     ``(N, ...)`` datasets of one file work (e.g. a denoiser's patch pairs).
 
     Raises:

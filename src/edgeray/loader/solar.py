@@ -63,7 +63,7 @@ class SolarLoader:
     """Iterate a training set as rank ``rank`` of ``world_size``, with SOLAR's schedule, buffer and reads.
 
     Args:
-        path: training-set HDF5 (DESIGN.md layout).
+        path: training-set HDF5 (docs/formats.md layout).
         batch_size: the global batch (all ranks together).
         epochs, seed: as a shuffled loader takes them; every rank must pass the same.
         rank, world_size: this process and how many share the work (default: torch.distributed's when a process

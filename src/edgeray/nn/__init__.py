@@ -5,8 +5,8 @@ shipped edge model (``edgeray/nn/shipped/edge``)."""
 from edgeray.nn.checkpoint import SHIPPED, load_model, save_model
 from edgeray.nn.infer import InferenceResult, infer_scan, predict
 from edgeray.nn.models import MODELS, CompactNet, ModelConfig, PtychoNN, build_model, normalize_frames
+from edgeray.nn.set_training import TrainOptions, TrainsetDataset, train
 from edgeray.nn.stitch import centre_weights, stitch
-from edgeray.nn.train import TrainOptions, TrainsetDataset, train
 from edgeray.nn.trainset import samples_from_reconstruction, samples_from_scan, simulate_scans, write_trainset
 
 __all__ = [

@@ -1,6 +1,6 @@
 """Training sets (HDF5): frames with their amplitude and phase patches, from simulations or reconstructions.
 
-Layout (DESIGN.md, plus ``scale``): ``frames (N, H, W)`` raw counts (uint16 when whole counts, else float32),
+Layout (docs/formats.md, plus ``scale``): ``frames (N, H, W)`` raw counts (uint16 when whole counts, else float32),
 ``amplitude``/``phase`` ``(N, H, W)`` float32 labels on the frame's object window, ``scale (N,)`` float32 the
 mean count per pixel of each frame's scan (the network input is ``sqrt(frames / scale)``), chunked in row blocks
 of about 1 MiB; attributes describe the provenance (source, probe, geometry).

@@ -19,7 +19,7 @@ import torch
 
 from edgeray.io import Product, PtychoScan
 from edgeray.nn.corpus import Corpus, CorpusBatch, CorpusConfig
-from edgeray.nn.learn import CorpusTrainOptions, batch_losses
+from edgeray.nn.corpus_training import CorpusTrainOptions, batch_losses
 from edgeray.nn.models import EdgeNet
 from edgeray.nn.trainset import remove_phase_offset
 
@@ -95,7 +95,7 @@ class TwinFrames:
 def twin_losses(model: EdgeNet, twin: TwinFrames, corpus: Corpus, options, device) -> dict[str, torch.Tensor]:
     """The loss terms (and ``total``) of one step: ``options.twin_batch`` frames, ``options.twin_share`` of them
     simulated from the sample, the rest from ``corpus`` (the edge model's corpus losses,
-    :func:`edgeray.nn.learn.batch_losses`)."""
+    :func:`edgeray.nn.corpus_training.batch_losses`)."""
     n_twin = round(options.twin_batch * options.twin_share)
     per_object = corpus.config.frames_per_object
     parts = [twin.batch(n_twin)] if n_twin else []

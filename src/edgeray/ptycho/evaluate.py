@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeray.io import GroundTruth, Product, PtychoScan
+from edgeray.io import GroundTruth, Product
 from edgeray.metrics import compare
 from edgeray.sim.ptycho import frame_windows
 
@@ -60,10 +60,3 @@ def compare_on_scanned_region(product: Product, truth: GroundTruth, positions_m:
         product.object[0], truth, positions_m, product.object_pixel_size_m, product.object_center_m
     )
     return compare(recon, reference, weights=mask)
-
-
-def error_vs_ground_truth(product: Product, scan: PtychoScan) -> dict:
-    """:func:`compare_on_scanned_region` of a product against the ground truth kept in its simulated scan."""
-    if scan.ground_truth is None:
-        raise ValueError("the scan has no ground truth")
-    return compare_on_scanned_region(product, scan.ground_truth, scan.positions_m)

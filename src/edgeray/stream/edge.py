@@ -35,11 +35,11 @@ from edgeray.stream.helpers import ScanHelpers
 from edgeray.stream.inference import Inference
 from edgeray.stream.learn import LearnOptions
 from edgeray.stream.live import LiveState
-from edgeray.stream.models import ModelHolder
 from edgeray.stream.receiver import Receiver
 from edgeray.stream.refine import RefineOptions
 from edgeray.stream.scan import ScanRun
-from edgeray.stream.security import server_socket_options
+from edgeray.stream.security import bind_server_socket
+from edgeray.stream.serving import ModelHolder
 from edgeray.stream.stitcher import Stitcher
 from edgeray.stream.supervisor import WriterSupervisor
 
@@ -121,9 +121,10 @@ class EdgeService:
             from edgeray.stream.learn import warm_up
 
             warm_up(load_model(self.models.get().model_dir, "cpu")[0])
-        self.socket = self._bind(zmq.PULL, options.listen)
-        self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.publisher = self._bind(zmq.PUB, options.publish) if options.publish else None
+        self.socket, self.endpoint = bind_server_socket(self.context, zmq.PULL, options.listen, options.curve_keys)
+        self.publisher = None
+        if options.publish:
+            self.publisher, _ = bind_server_socket(self.context, zmq.PUB, options.publish, options.curve_keys)
         pool = None
         if options.infer_workers > 1:
             from concurrent.futures import ThreadPoolExecutor
@@ -157,19 +158,6 @@ class EdgeService:
         if self.models.registry is not None:
             self.threads.append(threading.Thread(target=self.models.watch, args=(self.finished,),
                                                  name="edge-registry", daemon=True))  # fmt: skip
-
-    def _bind(self, kind: int, endpoint: str) -> zmq.Socket:
-        """A socket of ``kind`` bound to ``endpoint`` (CurveZMQ keys where the options give them; required off
-        loopback)."""
-        socket = self.context.socket(kind)
-        socket.setsockopt(zmq.LINGER, 0)
-        if kind == zmq.PULL:
-            socket.setsockopt(zmq.RCVHWM, 0)  # never drop: the queue in front of us is memory
-        if kind == zmq.PUB:
-            socket.setsockopt(zmq.SNDHWM, 4)  # the live view wants the newest image, not a backlog
-        server_socket_options(socket, endpoint, self.options.curve_keys)
-        socket.bind(endpoint)
-        return socket
 
     # -- what callers read -----------------------------------------------------------------------------------
     @property

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from edgeray.io import CXIFile, Product, write_product
-from edgeray.stream.models import ModelHolder
 from edgeray.stream.pictures import draw_preview, load_pictures
 from edgeray.stream.protocol import geometry_of
 from edgeray.stream.scan import ScanEnded, ScanRun, latency_profile
+from edgeray.stream.serving import ModelHolder
 
 log = logging.getLogger("edgeray.edge")
 

@@ -18,11 +18,11 @@ import torch
 
 from edgeray.nn.checkpoint import save_model
 from edgeray.stream.learn import LiveLearner
-from edgeray.stream.models import LoadedModel, ModelHolder
 from edgeray.stream.mosaic import Mosaic
 from edgeray.stream.protocol import object_pixel_size_m
 from edgeray.stream.refine import LiveRefiner
 from edgeray.stream.scan import ScanRun
+from edgeray.stream.serving import LoadedModel, ModelHolder
 
 log = logging.getLogger("edgeray.edge")
 

@@ -15,8 +15,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from edgeray.stream.models import LoadedModel, ModelHolder
 from edgeray.stream.scan import Inverted, ScanEnded, ScanRun, ScanStarted, Skipped, Stop
+from edgeray.stream.serving import LoadedModel, ModelHolder
 
 SHED_MARGIN = 1024  # slots between the receiver and a network that has fallen a whole ring behind
 

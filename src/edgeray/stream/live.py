@@ -11,8 +11,8 @@ import time
 import numpy as np
 import zmq
 
-from edgeray.stream.models import ModelHolder
 from edgeray.stream.receiver import Receiver
+from edgeray.stream.serving import ModelHolder
 from edgeray.stream.stitcher import Stitcher
 
 

@@ -1,4 +1,4 @@
-"""Wire protocol, version 1 (DESIGN.md): multipart ZeroMQ messages, a UTF-8 JSON header plus raw C-order bytes.
+"""Wire protocol, version 1 (docs/formats.md): multipart ZeroMQ messages, a UTF-8 JSON header plus raw C-order bytes.
 
 ``start`` opens a scan (dtype, frame shape, geometry), ``frame`` carries one detector frame and the probe's
 position on the object ``[y, x]`` in metres (tomography: the rotation angle ``theta_deg`` and Data Exchange's

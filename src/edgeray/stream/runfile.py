@@ -1,6 +1,6 @@
 """The run file: every received frame appended to a CXI file that is valid at every moment (HDF5 SWMR).
 
-The layout is the CXI of DESIGN.md (the same keys :func:`edgeray.io.write_cxi` writes, so ``edgeray info``,
+The layout is the CXI of docs/formats.md (the same keys :func:`edgeray.io.write_cxi` writes, so ``edgeray info``,
 ``edgeray ptycho reconstruct`` and :class:`edgeray.io.CXIFile` read it), with the frames and translations made
 extendible, plus ``/entry_1/data_1/frame_index (N,)`` (the sender's index of each frame) and
 ``arrival_ns (N,)`` (when the edge received it, ns since the epoch). The file is in SWMR mode while the scan runs:

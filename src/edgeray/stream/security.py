@@ -70,6 +70,27 @@ def server_socket_options(socket: zmq.Socket, endpoint: str, keys: str | Path | 
     socket.curve_server = True
 
 
+def bind_server_socket(
+    context: zmq.Context, kind: int, endpoint: str, keys: str | Path | None
+) -> tuple[zmq.Socket, str]:
+    """A server socket of ``kind`` (``zmq.PULL`` for frames: an unlimited receive queue, nothing dropped;
+    ``zmq.PUB`` for the live view: the newest messages only) bound to ``endpoint`` (port 0: any free port), a
+    CurveZMQ server when ``keys`` is given (required off loopback). Returns the socket and the endpoint it bound."""
+    socket = context.socket(kind)
+    socket.setsockopt(zmq.LINGER, 0)
+    if kind == zmq.PULL:
+        socket.setsockopt(zmq.RCVHWM, 0)  # never drop: the queue in front of us is memory
+    elif kind == zmq.PUB:
+        socket.setsockopt(zmq.SNDHWM, 4)
+    try:
+        server_socket_options(socket, endpoint, keys)
+        socket.bind(endpoint)  # "tcp://host:0" binds a free port, as LAST_ENDPOINT tells
+    except Exception:
+        socket.close(0)
+        raise
+    return socket, socket.getsockopt_string(zmq.LAST_ENDPOINT)
+
+
 def client_socket_options(socket: zmq.Socket, endpoint: str, keys: str | Path | None) -> None:
     """Give a detector's or viewer's ``socket`` the client keys and the server's public key, when ``keys``."""
     if keys is None:

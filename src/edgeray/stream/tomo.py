@@ -29,7 +29,7 @@ import zmq
 from edgeray.io import TomoScan
 from edgeray.stream.detector import ReplayReport, wait_until
 from edgeray.stream.protocol import End, Frame, ProtocolError, Start, decode, encode_end, encode_frame, encode_start
-from edgeray.stream.security import server_socket_options
+from edgeray.stream.security import bind_server_socket
 from edgeray.tomo.streaming import StreamingSlices, acquisition_order
 
 log = logging.getLogger(__name__)
@@ -137,14 +137,7 @@ class TomoEdgeService:
         self.out.mkdir(parents=True, exist_ok=True)
         self.enhancer = self._enhancer(options.enhancer)
         self.context = context or zmq.Context.instance()
-        self.socket = self.context.socket(zmq.PULL)
-        self.socket.setsockopt(zmq.RCVHWM, 0)
-        server_socket_options(self.socket, options.listen, options.curve_keys)
-        if options.listen.endswith(":0"):
-            self.socket.bind_to_random_port(options.listen.rsplit(":", 1)[0])
-        else:
-            self.socket.bind(options.listen)
-        self.endpoint = self.socket.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.socket, self.endpoint = bind_server_socket(self.context, zmq.PULL, options.listen, options.curve_keys)
         self.queue: queue.Queue = queue.Queue()
         self.stopping, self.finished = threading.Event(), threading.Event()
         self.lock = threading.Lock()

@@ -26,8 +26,6 @@ import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-import numpy as np
-
 from edgeray.stream.protocol import Start, geometry_of
 from edgeray.stream.ring import FrameRing
 from edgeray.stream.runfile import RunFile
@@ -188,8 +186,3 @@ class WriterProcess:
 def part_path(path: Path, part: int) -> Path:
     """``scan.cxi`` -> ``scan_part2.cxi``: where a new writer continues after one died."""
     return path.with_name(f"{path.stem}_part{part}{path.suffix}")
-
-
-def spill_frames(count: int, shape: tuple[int, int], dtype: str) -> int:
-    """Bytes a spill of ``count`` frames takes."""
-    return int(count * np.prod(shape) * np.dtype(dtype).itemsize)

@@ -74,7 +74,7 @@ def finetune(
 
     from edgeray.nn.checkpoint import load_model
     from edgeray.nn.models import ModelConfig
-    from edgeray.nn.train import TrainOptions, train
+    from edgeray.nn.set_training import TrainOptions, train
     from edgeray.nn.trainset import DATASETS, write_trainset
 
     torch.set_num_threads(1)

@@ -1,4 +1,4 @@
-"""The reference tool, for tests and benchmarks: astra-toolbox's CPU FBP in EdgeRay's geometry.
+"""The peer, for tests and benchmarks (not shipped in the package): astra-toolbox's CPU FBP in EdgeRay's geometry.
 
 astra-toolbox is a development dependency (``pip install astra-toolbox``), not a runtime one.
 """
