@@ -59,12 +59,12 @@ def make_sets(folder: Path, n_train: int, n_val: int, families: set[str]) -> dic
 def write_patch_pairs(path: Path, n_patches: int, seed: int, size: int = 64, in_slices: int = 3) -> Path:
     """``n_patches`` random ``size``-pixel patch pairs, drawn as TomoGAN's training draws them: low-dose (60 photons)
     gridrec slices with their neighbours ``(n, in_slices, s, s)`` and the full-dose slice ``(n, 1, s, s)``, each
-    volume normalized as :func:`edgeray.nn.denoise.train_denoiser` does; one sample per chunk, side by side."""
+    volume normalized as :func:`edgeray.tomo.denoise.train_denoiser` does; one sample per chunk, side by side."""
     import h5py
     import numpy as np
 
-    from edgeray.nn.denoise import _patches, normalized_pairs, simulated_pairs, stacked_volumes
     from edgeray.nn.trainset import write_interleaved
+    from edgeray.tomo.denoise import _patches, normalized_pairs, simulated_pairs, stacked_volumes
 
     slices, volumes = 8, max(2, n_patches // 250)
     pairs = simulated_pairs(volumes, size=128, slices=slices, angles=180, target="full", seed=seed)
@@ -140,7 +140,7 @@ def memory_batches(path: Path, sampler: StepSampler, tomogan: bool):
 
 def worker(rank: int, world_size: int, store: str, args: dict, out: str) -> None:
     from edgeray.nn.models import ModelConfig, build_model
-    from edgeray.nn.tomogan import TomoGANConfig, UNet
+    from edgeray.tomo.tomogan import TomoGANConfig, UNet
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)

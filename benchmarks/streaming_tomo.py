@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from edgeray.metrics import ssim
-from edgeray.nn.denoise import SHIPPED_STREAM_DENOISER, denoise_volume, load_denoiser
 from edgeray.sim import TomoSimConfig, simulate_tomo
+from edgeray.tomo.denoise import SHIPPED_STREAM_DENOISER, denoise_volume, load_denoiser
 from edgeray.tomo.fbp import gridrec
 from edgeray.tomo.preprocess import minus_log, normalize
 from edgeray.tomo.streaming import StreamingSlices, acquisition_order

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeray.metrics import ssim
-from edgeray.nn.denoise import (
+from edgeray.tomo.denoise import (
     DenoiserOptions,
     denoise_volume,
     load_denoiser,
@@ -35,7 +35,7 @@ from edgeray.nn.denoise import (
     train_denoiser,
     write_pairs,
 )
-from edgeray.nn.tomogan import TomoGANConfig
+from edgeray.tomo.tomogan import TomoGANConfig
 
 TOOTH = Path(__file__).resolve().parents[2] / "shared" / "data" / "tooth.h5"
 
@@ -100,7 +100,7 @@ def self_supervised_tooth(steps: int) -> tuple[float, float]:
     general denoiser; no full-angle reconstruction is a target): SSIM of row 1's every-8th-angle reconstruction,
     enhanced, against row 1's full-angle reconstruction, and the fine-tune's seconds."""
     from edgeray.io import read_tomo
-    from edgeray.nn import noise2inverse
+    from edgeray.tomo import noise2inverse
     from edgeray.tomo.fbp import gridrec
     from edgeray.tomo.preprocess import minus_log, normalize
 
@@ -167,8 +167,8 @@ def main() -> None:
                      "ssim_shipped_row1": ssim(shipped[1], pairs["clean"][1])}  # fmt: skip
             emit({"case": "tooth, 1/8 of the angles vs all (row 1; trained on row 0)", **tooth})
     transfer = {}
-    from edgeray.nn.denoise import SHIPPED_DENOISER, SHIPPED_GENERAL_DENOISER
-    from edgeray.nn.denoise_eval import evaluate_denoiser
+    from edgeray.tomo.denoise import SHIPPED_DENOISER, SHIPPED_GENERAL_DENOISER
+    from edgeray.tomo.denoise_eval import evaluate_denoiser
 
     for directory in (SHIPPED_DENOISER, SHIPPED_GENERAL_DENOISER):
         for row in evaluate_denoiser(directory, quick=args.quick)["cases"]:

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from edgeray.nn import noise2inverse
-from edgeray.nn.denoise import SHIPPED_GENERAL_DENOISER, denoise_volume, load_denoiser
-from edgeray.nn.denoise_corpus import CorpusSpec, Degradation, make_pairs, scan_and_reconstruct
 from edgeray.sim.families import FAMILIES, HELD_OUT_FAMILIES, phantom_slice
+from edgeray.tomo import noise2inverse
+from edgeray.tomo.denoise import SHIPPED_GENERAL_DENOISER, denoise_volume, load_denoiser
+from edgeray.tomo.denoise_corpus import CorpusSpec, Degradation, make_pairs, scan_and_reconstruct
 from edgeray.tomo.project import project
 
 
@@ -110,7 +110,7 @@ def test_a_slice_alone_denoises_as_it_does_in_a_volume(name):
 
 
 def test_a_multi_slice_model_collapses_to_one_slice_exactly():
-    from edgeray.nn.tomogan import TomoGANConfig, UNet, single_slice_copy
+    from edgeray.tomo.tomogan import TomoGANConfig, UNet, single_slice_copy
 
     torch.manual_seed(0)
     three = UNet(TomoGANConfig(depth=2, width=4, in_slices=3)).eval()

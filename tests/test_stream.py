@@ -298,7 +298,7 @@ def test_live_refinement_costs_no_frame_and_writes_a_valid_product(tmp_path, sca
     latency = {}
     for name, refine in (("plain", None), ("refined", RefineOptions(tail_s=2.0, batch_size=64))):
         out = tmp_path / name
-        service = start_service(out, scans=1, refine=refine, refine_probe=tmp_path / "probe.npy")
+        service = start_service(out, scans=1, refine=refine, refine_probe_file=tmp_path / "probe.npy")
         summary = stream_through(service, scan, 2000, "gamma")
         for key in ("frames_received", "frames_written", "frames_inferred"):
             assert summary[key] == scan.n_frames, (name, key)

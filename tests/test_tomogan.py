@@ -13,7 +13,8 @@ import torch
 from edgeray.cli import main
 from edgeray.device import resolve_device
 from edgeray.metrics import ssim
-from edgeray.nn.denoise import (
+from edgeray.sim import TomoSimConfig, simulate_tomo
+from edgeray.tomo.denoise import (
     SHIPPED_DENOISER,
     SHIPPED_STREAM_DENOISER,
     DenoiserOptions,
@@ -24,8 +25,6 @@ from edgeray.nn.denoise import (
     train_denoiser,
     write_pairs,
 )
-from edgeray.nn.tomogan import FeatureNet, PatchDiscriminator, TomoGANConfig, UNet, freeze, perceptual_loss
-from edgeray.sim import TomoSimConfig, simulate_tomo
 from edgeray.tomo.fbp import backproject, fbp
 from edgeray.tomo.streaming import (
     StreamingSlices,
@@ -34,6 +33,7 @@ from edgeray.tomo.streaming import (
     golden_angles,
     interleaved_angles,
 )
+from edgeray.tomo.tomogan import FeatureNet, PatchDiscriminator, TomoGANConfig, UNet, freeze, perceptual_loss
 
 
 # -- the networks -------------------------------------------------------------------------------------------------
@@ -124,7 +124,7 @@ def test_the_shipped_denoisers_improve_held_out_simulated_slices(shipped):
     if shipped == SHIPPED_DENOISER:  # low dose, new phantoms (seeds beyond the training ones)
         pairs = simulated_pairs(n_volumes=2, size=128, slices=4, angles=180, low_photons=60, seed=500)
     else:
-        from edgeray.nn.denoise import stream_pairs
+        from edgeray.tomo.denoise import stream_pairs
 
         pairs = stream_pairs(n_volumes=2, size=128, slices=4, fractions=(0.25,), seed=500)
     out = denoise_volume(pairs["noisy"], model)

@@ -338,7 +338,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
         listen=_listen(args), out=args.out, model=args.model, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
         publish=None if args.publish == "off" else args.publish, scans=args.scans, curve_keys=args.curve_keys,
         infer_threads=args.infer_threads, infer_workers=args.infer_workers, registry=args.registry, refine=refine,
-        refine_probe=args.refine_probe, ring_frames=args.ring_frames, learn=learn,
+        refine_probe_file=args.refine_probe, ring_frames=args.ring_frames, learn=learn,
     )  # fmt: skip
     return _serve(EdgeService(options).start(), Dashboard, args, "edge")
 

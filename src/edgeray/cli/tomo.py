@@ -106,7 +106,7 @@ def add_tomo_train_denoiser(commands: argparse._SubParsersAction) -> None:
 
 def cmd_tomo_train_denoiser(args: argparse.Namespace) -> int:
     from edgeray.device import resolve_device
-    from edgeray.nn.denoise import (
+    from edgeray.tomo.denoise import (
         DenoiserOptions,
         simulated_pairs,
         stream_pairs,
@@ -114,7 +114,7 @@ def cmd_tomo_train_denoiser(args: argparse.Namespace) -> int:
         train_denoiser,
         write_pairs,
     )
-    from edgeray.nn.tomogan import TomoGANConfig
+    from edgeray.tomo.tomogan import TomoGANConfig
 
     device = str(resolve_device(args.device))  # before any work: a missing GPU is said at once
     started = time.perf_counter()
@@ -171,7 +171,7 @@ def cmd_tomo_train_denoiser(args: argparse.Namespace) -> int:
 
 def _self_supervised(args: argparse.Namespace, started: float) -> int:
     """``train-denoiser --self-supervised SCAN``: Noise2Inverse on the scan's own projections."""
-    from edgeray.nn import noise2inverse
+    from edgeray.tomo import noise2inverse
 
     center = None if args.center == "auto" else float(args.center)
     console.print(f"reconstructing {args.splits} disjoint angle subsets of {args.self_supervised}")
@@ -209,7 +209,7 @@ def add_tomo_evaluate_denoiser(commands: argparse._SubParsersAction) -> None:
 def cmd_tomo_evaluate_denoiser(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from edgeray.nn.denoise_eval import cases, evaluate_denoiser, record_transfer
+    from edgeray.tomo.denoise_eval import cases, evaluate_denoiser, record_transfer
 
     started = time.perf_counter()
     with progress_bar("evaluating", len(cases(args.quick)) + 2) as update:
@@ -231,7 +231,7 @@ def cmd_tomo_evaluate_denoiser(args: argparse.Namespace) -> int:
     if args.output is not None:
         args.output.write_text(json.dumps(evaluation, indent=2) + "\n")
     if args.record:
-        from edgeray.nn.denoise import denoiser_directory
+        from edgeray.tomo.denoise import denoiser_directory
 
         directory = denoiser_directory(args.model if args.model is not None else "general")
         record_transfer(directory, evaluation)
@@ -254,7 +254,7 @@ def add_tomo_denoise(commands: argparse._SubParsersAction) -> None:
 def cmd_tomo_denoise(args: argparse.Namespace) -> int:
     from edgeray.device import resolve_device
     from edgeray.io import read_reconstruction, write_reconstruction
-    from edgeray.nn.denoise import denoise_volume, load_denoiser
+    from edgeray.tomo.denoise import denoise_volume, load_denoiser
 
     volume, params = read_reconstruction(args.input)
     model, card = load_denoiser(args.model)

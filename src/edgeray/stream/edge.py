@@ -72,8 +72,8 @@ class EdgeOptions:
             (``model`` is published as the first version if the registry is empty).
         registry_poll_s: how often ``CURRENT`` is checked, s.
         refine: live refinement of each scan's image in the spare CPU time (:mod:`edgeray.stream.refine`), or
-            None; it needs the model's probe (an edge model) or ``refine_probe``.
-        refine_probe: a probe file (product, CXI, .npy) for refinement instead of the model's.
+            None; it needs the model's probe (an edge model) or ``refine_probe_file``.
+        refine_probe_file: a probe file (product, CXI, .npy) for refinement instead of the model's.
         learn: continual learning of each scan's sample (:mod:`edgeray.stream.learn`), or None: a better model is
             swapped in during the scan (written to ``out/learned/``) and the mosaic made again with it; with
             ``refine`` on, the refinement's object serves as labels.
@@ -97,7 +97,7 @@ class EdgeOptions:
     registry: Path | None = None
     registry_poll_s: float = 0.5
     refine: RefineOptions | None = None
-    refine_probe: Path | None = None
+    refine_probe_file: Path | None = None
     learn: LearnOptions | None = None
     ring_frames: int = 8192
     spill_bytes: int = 256 << 20

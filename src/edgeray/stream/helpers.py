@@ -31,7 +31,7 @@ class ScanHelpers:
     """Makes each scan's mosaic, refiner and learner.
 
     Args:
-        options: the service's :class:`~edgeray.stream.edge.EdgeOptions` (``refine``, ``refine_probe``, ``learn``,
+        options: the service's :class:`~edgeray.stream.edge.EdgeOptions` (``refine``, ``refine_probe_file``, ``learn``,
             ``out``, ``max_batch``).
         models: the serving model (the learner swaps through it).
         lock: the service's lock over the mosaics.
@@ -52,10 +52,10 @@ class ScanHelpers:
         if self.options.refine is None:
             return None
         probe = model_probe
-        if self.options.refine_probe is not None:
+        if self.options.refine_probe_file is not None:
             from edgeray.sim.probes import probe_from_file
 
-            probe = torch.from_numpy(probe_from_file(self.options.refine_probe, run.start.shape)[0])
+            probe = torch.from_numpy(probe_from_file(self.options.refine_probe_file, run.start.shape)[0])
         if probe is None or tuple(probe.shape) != tuple(run.start.shape):
             log.warning("scan %s: no refinement (the model carries no probe of %s; give --refine-probe)",
                         run.start.scan_id, run.start.shape)  # fmt: skip

@@ -152,7 +152,7 @@ class TomoEdgeService:
     def _enhancer(spec) -> Callable[[np.ndarray], np.ndarray] | None:
         if spec == "off":
             return None
-        from edgeray.nn.denoise import SHIPPED_STREAM_DENOISER, denoise_volume, load_denoiser
+        from edgeray.tomo.denoise import SHIPPED_STREAM_DENOISER, denoise_volume, load_denoiser
 
         model, _ = load_denoiser(SHIPPED_STREAM_DENOISER if spec is None else spec)
         return lambda slices: denoise_volume(slices, model)

@@ -1,4 +1,6 @@
-"""Tomography: preprocessing, rotation centre, FBP (gridrec by NUFFT, or backprojection), SIRT, file pipeline."""
+"""Tomography: preprocessing, rotation centre, FBP (gridrec by NUFFT, or backprojection), SIRT, file pipeline; the
+denoisers of reconstructed slices (TomoGAN, Noise2Inverse: :mod:`edgeray.tomo.denoise`, :mod:`edgeray.tomo.tomogan`,
+:mod:`edgeray.tomo.noise2inverse`) and their shipped models (``edgeray/tomo/shipped``)."""
 
 from edgeray.tomo.center import find_center_entropy, find_center_pair, opposite_pair
 from edgeray.tomo.fbp import FILTERS, backproject, fbp, filter_response, gridrec

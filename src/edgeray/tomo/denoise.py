@@ -20,7 +20,7 @@ import torch
 from torch.nn import functional as F
 
 from edgeray.device import resolve_device
-from edgeray.nn.tomogan import (
+from edgeray.tomo.tomogan import (
     PatchDiscriminator,
     TomoGANConfig,
     UNet,

@@ -1,5 +1,5 @@
 """What a denoiser is worth on data it was not made from: SSIM and PSNR before and after, on held-out phantom
-families and reconstructors (:mod:`edgeray.nn.denoise_corpus`), on the low-dose simulation the first TomoGAN was
+families and reconstructors (:mod:`edgeray.tomo.denoise_corpus`), on the low-dose simulation the first TomoGAN was
 judged on, and on the real tooth (1/8 of the angles against its full-angle reconstruction).
 
 Every simulated case is drawn from seeds no training in EdgeRay uses (5000 and up).
@@ -55,9 +55,9 @@ def _scores(outputs: np.ndarray, inputs: np.ndarray, truth: np.ndarray) -> dict:
 
 
 def evaluate_case(model, case: Case, seed: int) -> dict:
-    from edgeray.nn.denoise import denoise_volume
-    from edgeray.nn.denoise_corpus import Degradation, scan_and_reconstruct
     from edgeray.sim.families import phantom_slice
+    from edgeray.tomo.denoise import denoise_volume
+    from edgeray.tomo.denoise_corpus import Degradation, scan_and_reconstruct
 
     rng = np.random.default_rng(seed)
     truth = np.stack([phantom_slice(case.family, 128, rng) for _ in range(case.n)])
@@ -70,7 +70,7 @@ def evaluate_case(model, case: Case, seed: int) -> dict:
 
 def evaluate_low_dose(model, quick: bool) -> dict:
     """The first TomoGAN's own benchmark case: 60 photons, 180 angles, foam and Shepp-Logan volumes of 8 slices."""
-    from edgeray.nn.denoise import denoise_volume, simulated_pairs
+    from edgeray.tomo.denoise import denoise_volume, simulated_pairs
 
     test = simulated_pairs(n_volumes=2 if quick else 4, size=128, slices=8, angles=180, low_photons=60, seed=1000)
     outputs = np.concatenate([denoise_volume(test["noisy"][i : i + 8], model) for i in range(0, len(test["noisy"]), 8)])
@@ -80,7 +80,7 @@ def evaluate_low_dose(model, quick: bool) -> dict:
 
 def evaluate_tooth(model) -> dict | None:
     """Both rows of the tooth from every 8th angle, against the full-angle reconstruction."""
-    from edgeray.nn.denoise import denoise_volume, tooth_pairs
+    from edgeray.tomo.denoise import denoise_volume, tooth_pairs
 
     path = next((p for p in TOOTH_FILES if p.exists()), None)
     if path is None:
@@ -94,7 +94,7 @@ def evaluate_denoiser(
     model_dir: str | Path | None = None, quick: bool = False, progress: Callable[[str], None] | None = None
 ) -> dict:
     """Every case for the denoiser at ``model_dir`` (default the shipped general one) -> ``{"model", "cases"}``."""
-    from edgeray.nn.denoise import denoiser_directory, load_denoiser
+    from edgeray.tomo.denoise import denoiser_directory, load_denoiser
 
     directory = denoiser_directory(model_dir if model_dir is not None else "general")
     model, _ = load_denoiser(directory)

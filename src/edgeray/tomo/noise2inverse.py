@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeray.nn.tomogan import UNet
+from edgeray.tomo.tomogan import UNet
 
 STRATEGIES = ("X:1", "1:X")
 """X:1: mean of the other subsets in, one out (denoise the full scan); 1:X: one in, the others' mean out (enhance
@@ -100,7 +100,7 @@ def training_pairs(sub: np.ndarray, strategy: str = "X:1") -> dict:
 def denoise(sub: np.ndarray, model: UNet, strategy: str = "X:1") -> np.ndarray:
     """The self-supervised estimate ``(S, N, N)`` of the scan: the network on each choice's input (X:1: the mean of
     the others; 1:X: the subset alone), averaged over the ``k`` choices."""
-    from edgeray.nn.denoise import denoise_volume
+    from edgeray.tomo.denoise import denoise_volume
 
     _check_strategy(strategy)
     k = len(sub)
@@ -122,7 +122,7 @@ def train(
     """Fine-tune a denoiser (default: the shipped general one; ``"none"``: from scratch) on the ``strategy`` pairs of
     ``sub`` ``(k, S, N, N)``; writes the model directory ``out_dir`` and returns its card (1:X: ``input_weight``
     ``1/k`` in its config)."""
-    from edgeray.nn.denoise import (
+    from edgeray.tomo.denoise import (
         SHIPPED_GENERAL_DENOISER,
         DenoiserOptions,
         load_denoiser,
@@ -130,7 +130,7 @@ def train(
         train_denoiser,
         write_pairs,
     )
-    from edgeray.nn.tomogan import TomoGANConfig, config_dict
+    from edgeray.tomo.tomogan import TomoGANConfig, config_dict
 
     _check_strategy(strategy)
     start = None

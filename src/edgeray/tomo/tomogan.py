@@ -28,7 +28,7 @@ class TomoGANConfig:
     """Generator architecture: ``depth`` down/up levels, ``width`` channels at the first (doubling per level),
     ``in_slices`` adjacent slices as input channels (odd; the middle one is the target), ``input_weight`` the
     input's share of the output (``(1 - w) * network + w * input``; 0 for trained pairs, ``1 / k`` for a 1:X
-    self-supervised model, :mod:`edgeray.nn.noise2inverse`)."""
+    self-supervised model, :mod:`edgeray.tomo.noise2inverse`)."""
 
     depth: int = 3
     width: int = 16

@@ -108,7 +108,8 @@ def make_pairs(
     n: int, spec: CorpusSpec | None = None, seed: int = 0, progress: Callable[[int], None] | None = None
 ) -> dict:
     """``n`` pairs drawn from ``spec`` -> a pairs dict (``noisy``, ``clean`` = ``truth`` ``(n, size, size)``;
-    ``block`` 1: each slice normalized on its own, as a single slice is) for :func:`~edgeray.nn.denoise.write_pairs`."""
+    ``block`` 1: each slice normalized on its own, as a single slice is) for
+    :func:`~edgeray.tomo.denoise.write_pairs`."""
     spec = spec or CorpusSpec()
     rng = np.random.default_rng(seed)
     noisy = np.empty((n, spec.size, spec.size), np.float32)
