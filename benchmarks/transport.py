@@ -30,7 +30,7 @@ frames = np.random.default_rng(0).integers(0, 4000, (64, size, size)).astype(np.
 geometry = {"energy_eV": 8000.0, "detector_distance_m": 2.0, "detector_pixel_size_m": [75e-6, 75e-6]}
 period = 1.0 / rate if rate > 0 else 0.0
 if transport == "pva":
-    from edgeray.stream.pva import serve
+    from edgeray.stream.pva_server import serve
     server = serve("bench:image", (size, size))
     print(json.dumps({"address": server.address}), flush=True)
     server.subscribers.first.wait(60)

@@ -16,7 +16,8 @@ import zmq
 from edgeray.io import read_cxi, write_cxi
 from edgeray.sim import PtychoSimConfig, simulate_ptycho
 from edgeray.stream.protocol import End, Frame, Start, decode
-from edgeray.stream.pva import PvaBridge, PvaOptions, load_positions, serve
+from edgeray.stream.pva import PvaBridge, PvaOptions, load_positions
+from edgeray.stream.pva_server import serve
 
 LOOPBACK = {"EPICS_PVA_ADDR_LIST": "127.0.0.1", "EPICS_PVA_AUTO_ADDR_LIST": "NO",
             "EPICS_PVAS_INTF_ADDR_LIST": "127.0.0.1", "EPICS_PVAS_AUTO_BEACON_ADDR_LIST": "NO"}  # fmt: skip

@@ -75,7 +75,7 @@ def _replay_tomo(args: argparse.Namespace) -> int:
 def _replay_pva(args: argparse.Namespace) -> int:
     """``detector replay --pva CHANNEL``: serve the scan as an NTNDArray channel, once a client subscribes."""
     from edgeray.stream.detector import scan_geometry
-    from edgeray.stream.pva import ptycho_frames, serve, serve_frames, tomo_frames
+    from edgeray.stream.pva_server import ptycho_frames, serve, serve_frames, tomo_frames
     from edgeray.tomo.streaming import acquisition_order
 
     if args.scan_file is not None and _is_tomography(args.scan_file):

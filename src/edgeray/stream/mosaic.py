@@ -162,3 +162,14 @@ class Mosaic:
         """Position (m) of the grid's centre, for a product's ``object_center_m``."""
         centre = self.origin_m + np.asarray(self.shape) / 2 * self.pixel_size_m
         return float(centre[0]), float(centre[1])
+
+
+def detail_sums(numerator: torch.Tensor, coverage: torch.Tensor, width_px: float) -> torch.Tensor:
+    """A mosaic's sums ``numerator`` ``(Y, X)`` complex with their large-scale phase taken out (the phase of a
+    Gaussian low-pass of width ``width_px`` of the unit phasors, weighted by ``coverage``): what one frame fixes well
+    (the detail), without what it fixes poorly (the phase across many beams)."""
+    from edgeray.ptycho.ops import gaussian_lowpass
+
+    unit = torch.where(coverage > 0, numerator / numerator.abs().clamp_min(1e-30), torch.zeros_like(numerator))
+    low = gaussian_lowpass(unit * coverage, width_px)
+    return numerator * torch.polar(torch.ones_like(coverage), -torch.angle(low))

@@ -1,5 +1,5 @@
-"""EPICS PV Access transport (p4p): areaDetector NTNDArray frames in, served the way areaDetector's PVA plugin
-serves them for tests and replays.
+"""EPICS PV Access transport (p4p), the edge's side: areaDetector NTNDArray frames in (the detector's side, serving
+files as such a channel, is :mod:`edgeray.stream.pva_server`).
 
 The edge keeps one receiver: :class:`PvaBridge` subscribes to an NTNDArray channel and hands each update to the
 edge's ZeroMQ receiver as the stream protocol's messages (one thread, in order, the array's own buffer sent), so
@@ -16,8 +16,7 @@ counts, run file, latency and loss accounting are the ZeroMQ path's. What areaDe
   ``object_pixel_size_m``), else :attr:`PvaOptions.geometry`.
 
 Network: a channel is found through ``EPICS_PVA_ADDR_LIST`` (the environment, as EPICS tools do) or, given
-``name_server`` ``HOST:PORT``, by asking that server directly over TCP (no UDP search). :func:`serve` binds to
-127.0.0.1 unless told otherwise.
+``name_server`` ``HOST:PORT``, by asking that server directly over TCP (no UDP search).
 """
 
 from __future__ import annotations
@@ -26,14 +25,12 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import zmq
 
-from edgeray.stream.detector import ReplayReport, _Cycled, wait_until
 from edgeray.stream.protocol import encode_end, encode_frame, encode_start
 
 log = logging.getLogger(__name__)
@@ -297,89 +294,6 @@ class PvaBridge:
         self.socket.close(linger=5000)
 
 
-# --------------------------------------------------------------------------------------------- the detector side
-def ntndarray_type():
-    """The NTNDArray structure areaDetector publishes (p4p's definition)."""
-    from p4p.nt import NTNDArray
-
-    return NTNDArray.buildType()
-
-
-def _attribute(name: str, value) -> dict:
-    """An NTAttribute; sequences go as float64 arrays (p4p would infer a list of numbers as strings)."""
-    if isinstance(value, list | tuple | np.ndarray):
-        value = np.asarray(value, dtype=np.float64)
-    return {"name": name, "value": value}
-
-
-def ntndarray_value(frame: np.ndarray, unique_id: int, attributes: dict, t_ns: int, kind=None):
-    """One update: ``frame`` ``(H, W)`` with ``uniqueId``, time stamp ``t_ns`` (wall ns) and NDAttributes."""
-    from p4p import Value
-
-    height, width = frame.shape
-    seconds, nanoseconds = divmod(t_ns, 1_000_000_000)
-    stamp = {"secondsPastEpoch": seconds, "nanoseconds": nanoseconds}
-    size = frame.nbytes
-    return Value(kind or ntndarray_type(), {
-        "value": (_UNION_MEMBER[frame.dtype.name], frame.reshape(-1)),
-        "compressedSize": size,
-        "uncompressedSize": size,
-        "uniqueId": int(unique_id),
-        "dimension": [{"size": width, "fullSize": width, "binning": 1},
-                      {"size": height, "fullSize": height, "binning": 1}],
-        "attribute": [_attribute("ColorMode", 0)] + [_attribute(k, v) for k, v in attributes.items()],
-        "timeStamp": stamp,
-        "dataTimeStamp": stamp,
-    })  # fmt: skip
-
-
-class _Subscribers:
-    """Counts the channel's clients (p4p's SharedPV handler calls)."""
-
-    def __init__(self):
-        self.first = threading.Event()
-
-    def onFirstConnect(self, pv) -> None:
-        self.first.set()
-
-    def onLastDisconnect(self, pv) -> None:
-        pass
-
-
-@dataclass
-class PvaServer:
-    """A running NTNDArray channel (:func:`serve`): where clients find it, and how to post to it."""
-
-    channel: str
-    address: str  # HOST:PORT of its TCP server (a client's name server)
-    search_port: int  # its UDP search port (a client's EPICS_PVA_BROADCAST_PORT)
-    pv: object
-    server: object
-    subscribers: _Subscribers
-    kind: object
-
-    def post(self, frame: np.ndarray, unique_id: int, attributes: dict, t_ns: int | None = None) -> None:
-        self.pv.post(ntndarray_value(frame, unique_id, attributes, t_ns or time.time_ns(), self.kind))
-
-    def close(self) -> None:
-        self.pv.close()
-        self.server.stop()
-
-
-def serve(channel: str, frame_shape: tuple[int, int], dtype: str = "uint16", interface: str = "127.0.0.1") -> PvaServer:
-    """Serve an NTNDArray channel on ``interface`` (default loopback only) until :meth:`PvaServer.close`."""
-    p4p = require_p4p()
-    from p4p.server.thread import SharedPV
-
-    kind = ntndarray_type()
-    subscribers = _Subscribers()
-    pv = SharedPV(handler=subscribers, initial=ntndarray_value(np.zeros(frame_shape, dtype), 0, {}, 0, kind))
-    server = p4p.server.Server(providers=[{channel: pv}], conf=server_conf(interface), useenv=False)
-    conf = server.conf()
-    address = f"{interface}:{conf['EPICS_PVAS_SERVER_PORT']}"
-    return PvaServer(channel, address, int(conf["EPICS_PVAS_BROADCAST_PORT"]), pv, server, subscribers, kind)
-
-
 def load_positions(path: str | Path, mode: str = "ptycho") -> tuple[np.ndarray, dict]:
     """Positions for frames without position attributes: ``(N, 2)`` [y, x] m (ptycho) or ``(N,)`` degrees (tomo)
     by frame index, from ``.npy`` / ``.txt`` / ``.csv``, or a CXI file (its positions and geometry). Returns
@@ -400,62 +314,3 @@ def load_positions(path: str | Path, mode: str = "ptycho") -> tuple[np.ndarray, 
 
     with CXIFile(path) as cxi:
         return cxi.positions_m, scan_geometry(cxi)
-
-
-def serve_frames(
-    server: PvaServer,
-    frames: Iterator[tuple[np.ndarray, dict]],
-    n_frames: int,
-    rate_hz: float = 2000.0,
-    wait_s: float = 30.0,
-    linger_s: float = 5.0,
-    settle_s: float = 0.5,
-    progress: Callable[[int], None] | None = None,
-) -> ReplayReport:
-    """Post ``frames`` (each ``(frame, attributes)``; ``uniqueId`` 1, 2, ...) at ``rate_hz`` (<= 0: at once) once a
-    client has subscribed (up to ``wait_s``), then keep serving ``linger_s`` for what is still queued.
-
-    A client's monitor starts a moment after its channel connects (p4p tells of the connection only); updates
-    posted in between would reach it as one (the latest), so posting begins ``settle_s`` after the connection.
-    """
-    if not server.subscribers.first.wait(wait_s):
-        raise TimeoutError(f"no client subscribed to {server.channel} within {wait_s:g} s")
-    time.sleep(settle_s)
-    period_ns = int(1e9 / rate_hz) if rate_hz > 0 else 0
-    lateness_ns = np.zeros(n_frames, dtype=np.int64)
-    t0 = time.perf_counter_ns()
-    last_progress = t0
-    sent = 0
-    for i, (frame, attributes) in enumerate(frames):
-        lateness_ns[i] = wait_until(t0 + i * period_ns)
-        now = time.perf_counter_ns()
-        server.post(frame, i + 1, attributes)
-        sent += 1
-        if progress and now - last_progress > 1e8:
-            progress(sent)
-            last_progress = now
-    seconds = (time.perf_counter_ns() - t0) / 1e9
-    time.sleep(linger_s)
-    return ReplayReport.from_lateness(server.channel, sent, seconds, rate_hz, lateness_ns[:sent])
-
-
-def ptycho_frames(scan, geometry: dict, cycles: int = 1) -> Iterator[tuple[np.ndarray, dict]]:
-    """A ptychography scan as updates: each frame with its position and (on every frame) the geometry."""
-    frames = _Cycled(scan.frames, cycles) if cycles > 1 else scan.frames
-    n, total = len(scan.frames), len(frames)
-    common = {**geometry, "n_frames": total}
-    for block_start in range(0, total, 256):
-        block = np.asarray(frames[block_start : block_start + 256])  # lazy files: one read per block
-        for offset, frame in enumerate(block):
-            y, x = scan.positions_m[(block_start + offset) % n]
-            yield frame, {**common, "position_y_m": float(y), "position_x_m": float(x)}
-
-
-def tomo_frames(scan, order: np.ndarray) -> Iterator[tuple[np.ndarray, dict]]:
-    """A tomography scan as updates: darks, flats, then the projections in ``order`` (``theta_deg``, ``image_key``)."""
-    total = len(order) + (0 if scan.darks is None else len(scan.darks)) + (0 if scan.flats is None else len(scan.flats))
-    for key, fields in ((2, scan.darks), (1, scan.flats)):
-        for frame in () if fields is None else fields:
-            yield frame, {"theta_deg": 0.0, "image_key": key, "n_frames": total}
-    for index in order:
-        yield scan.projections[index], {"theta_deg": float(scan.theta_deg[index]), "image_key": 0, "n_frames": total}

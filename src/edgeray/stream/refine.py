@@ -31,9 +31,11 @@ import numpy as np
 import torch
 
 from edgeray.ptycho.engine import LowPassMomentum, State
-from edgeray.ptycho.ops import Propagator, gaussian_lowpass, patch_indices, split_positions
+from edgeray.ptycho.ops import Propagator, patch_indices, split_positions
 from edgeray.ptycho.problem import Geometry, Problem
 from edgeray.ptycho.reconstruct import _engine_class, default_options
+from edgeray.stream.mosaic import detail_sums
+from edgeray.stream.refine_order import UpdateOrder
 
 log = logging.getLogger("edgeray.refine")
 
@@ -81,6 +83,13 @@ def _lower_thread_priority() -> None:
         pass
 
 
+def beam_diameter_px(probe: torch.Tensor) -> float:
+    """About the beam's diameter, pixels: twice the rms radius of ``probe``'s ``(H, W)`` intensity."""
+    power = (probe.abs() ** 2).numpy()
+    axis = np.arange(power.shape[0]) - power.shape[0] // 2
+    return float(2 * np.sqrt((power * (axis[:, None] ** 2 + axis[None, :] ** 2)).sum() / power.sum()))
+
+
 class LiveRefiner:
     """Refines one scan's object while it streams in (see the module docstring).
 
@@ -108,12 +117,8 @@ class LiveRefiner:
             raise ValueError(f"refinement seed must be one of {SEEDS}, not {options.seed!r}")
         if options.engine not in REFINE_ENGINES:
             raise ValueError(f"refinement engine must be one of {REFINE_ENGINES}, not {options.engine!r}")
-        self.options = options
-        self.tail_threads = tail_threads
-        self.frame_shape = tuple(frame_shape)
-        self.unit_probe = probe.to(torch.complex64)
-        self.mosaic = mosaic
-        self.backlog = backlog
+        self.options, self.tail_threads, self.frame_shape = options, tail_threads, tuple(frame_shape)
+        self.unit_probe, self.mosaic, self.backlog = probe.to(torch.complex64), mosaic, backlog
         height, width = self.frame_shape
         good = np.ones(self.frame_shape, np.float32) if valid is None else (~np.asarray(valid, bool)).astype(np.float32)
         self.valid = torch.from_numpy(np.fft.ifftshift(good))
@@ -124,10 +129,7 @@ class LiveRefiner:
         self.stored = 0  # frames ever stored (the slot of frame k is k % capacity)
         self.pending: deque = deque()  # (counts (n, H, W), positions_m (n, 2), scale) from the inference thread
         self.count_sum, self.count_pixels = 0.0, 0
-        self.unseen: list[list[int]] = []  # [first, stop) runs of stored frames no update has seen, oldest first
-        self.sweep: np.ndarray | None = None  # this sweep's order of the frames kept (stored numbers)
-        self.sweep_next = 0
-        self.rng = np.random.default_rng(0)
+        self.order = UpdateOrder(options.capacity, options.batch_size)
         self.frame_updates = 0
         self.misfits: deque = deque(maxlen=64)  # (misfit, data norm) of recent batches
         self.history: list[tuple[int, float]] = []  # (epoch, misfit) as each whole epoch completes, for the product
@@ -151,10 +153,7 @@ class LiveRefiner:
         self.seconds_busy = 0.0
         self.thread = threading.Thread(target=self._run, name="edge-refine", daemon=True)
         self._detail_cache: tuple | None = None
-        power = (self.unit_probe.abs() ** 2).numpy()
-        axis = np.arange(height) - height // 2
-        rms = np.sqrt((power * (axis[:, None] ** 2 + axis[None, :] ** 2)).sum() / power.sum())
-        self.beam_px = float(2 * rms)  # about the beam's diameter
+        self.beam_px = beam_diameter_px(self.unit_probe)
 
     # -- feeding -----------------------------------------------------------------------------------------
     def add(self, counts: np.ndarray, positions_m: np.ndarray) -> None:
@@ -216,10 +215,7 @@ class LiveRefiner:
                 self.amplitudes[torch.from_numpy(slots)] = torch.from_numpy(amplitudes[chunk])
                 self.positions_m[slots] = positions[chunk]
                 self.stored += chunk.stop - chunk.start
-            if self.unseen and self.unseen[-1][1] == first:
-                self.unseen[-1][1] = self.stored
-            else:
-                self.unseen.append([first, self.stored])
+            self.order.stored(first, self.stored)
 
     def _follow_grid(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Match the object to the mosaic's grid (grown by whole pixels); returns the mosaic's sums."""
@@ -270,36 +266,9 @@ class LiveRefiner:
         if cached is not None and (cached[2] is numerator or (cached[0].shape == numerator.shape
                                                             and now - cached[1] < 0.5)):  # fmt: skip
             return cached[0]  # the same sums (the final mosaic), or a recent copy of a growing one
-        unit = torch.where(coverage > 0, numerator / numerator.abs().clamp_min(1e-30), torch.zeros_like(numerator))
-        weighted = unit * coverage
-        low = gaussian_lowpass(weighted, self.beam_px)
-        detail = numerator * torch.polar(torch.ones_like(coverage), -torch.angle(low))
+        detail = detail_sums(numerator, coverage, self.beam_px)
         self._detail_cache = (detail, now, numerator)
         return detail
-
-    def _next_batch(self) -> np.ndarray | None:
-        """Stored frame numbers of the next update: frames no update has seen yet, newest first; else the next
-        batch of a sweep over every frame kept, in a new random order each sweep (as the engines draw batches)."""
-        newest = self.stored - 1
-        oldest = max(0, self.stored - self.options.capacity)
-        if newest < 0:
-            return None
-        size = self.options.batch_size
-        self.unseen = [[max(a, oldest), b] for a, b in self.unseen if b > oldest]  # overwritten frames are gone
-        if self.unseen:
-            run = self.unseen[-1]
-            first = max(run[0], run[1] - size)
-            chosen = np.arange(run[1] - 1, first - 1, -1)
-            run[1] = first
-            if run[1] <= run[0]:
-                self.unseen.pop()
-            return chosen
-        if self.sweep is None or self.sweep_next >= len(self.sweep):
-            self.sweep = oldest + self.rng.permutation(newest + 1 - oldest)
-            self.sweep_next = 0
-        chosen = self.sweep[self.sweep_next : self.sweep_next + size]
-        self.sweep_next += size
-        return chosen[chosen >= oldest]
 
     def _engine_for(self, scale: float):
         """The engine over the refiner's buffers (views, no copies), made again only when the grid changed; its
@@ -337,7 +306,7 @@ class LiveRefiner:
             sums = self._follow_grid()
             if ended and sums is not None:
                 self.final_sums = sums
-        chosen = self._next_batch()
+        chosen = self.order.next(self.stored)
         if sums is None or chosen is None:
             return False
         numerator, coverage = sums
