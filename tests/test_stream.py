@@ -715,3 +715,63 @@ def test_the_stitcher_alone_builds_the_mosaic_and_passes_the_end_on(scan):
     assert run.stitched == 300 and run.stitched_upto == 310 and run.mosaic.n_patches == 300
     assert (run.latencies_ms[:300] >= 0).all()
     run.ring.close()
+
+
+class WriterNotes:
+    """The writer supervisor as the receiver sees it, keeping what it is told (the receiver's neighbour, faked)."""
+
+    def __init__(self):
+        self.told: list[tuple] = []
+
+    def open(self, run) -> None:
+        self.told.append(("open", run.start.scan_id))
+
+    def frames(self, stop: int) -> None:
+        self.told.append(("frames", stop))
+
+    def end(self, run) -> None:
+        self.told.append(("end", run.stored))
+
+
+def test_the_receiver_alone_rings_every_frame_and_tells_its_neighbours_in_order(tmp_path, scan):
+    """The receiver on a real socket, its neighbours' side faked: every frame goes into the ring with its position
+    and index, a bad message is counted and skipped, the inference hears start then end then stop, the writer hears
+    of the scan, its frames (never beyond the ring's count) and its end."""
+    import queue
+
+    from edgeray.stream.receiver import Receiver
+    from edgeray.stream.scan import ScanEnded, ScanStarted, Stop
+    from edgeray.stream.security import bind_server_socket
+
+    context = zmq.Context()
+    pull, endpoint = bind_server_socket(context, zmq.PULL, "tcp://127.0.0.1:0", None)
+    control, writer, stopping = queue.Queue(), WriterNotes(), threading.Event()
+    receiver = Receiver(pull, EdgeOptions(out=tmp_path, ring_frames=1024), writer, control, threading.Condition(),
+                        stopping)  # fmt: skip
+    thread = threading.Thread(target=receiver.run, daemon=True)
+    thread.start()
+    push = context.socket(zmq.PUSH)
+    push.connect(endpoint)
+    n = 200
+    push.send_multipart(encode_start("solo", "uint16", (64, 64), scan_geometry(scan), n))
+    push.send_multipart([b"not json"])
+    for k in range(n):
+        push.send_multipart(encode_frame("solo", k, scan.frames[k], scan.positions_m[k]))
+    push.send_multipart(encode_end("solo", n))
+    wait_for(lambda: receiver.current is not None and receiver.current.end_sent, 30)
+    stopping.set()
+    thread.join(10)
+    run = receiver.current
+    assert run.received == n and run.stored == n and receiver.invalid_total == 1
+    np.testing.assert_array_equal(run.ring.frames[:n], scan.frames[:n])
+    np.testing.assert_allclose(run.ring.positions_m[:n], scan.positions_m[:n])
+    np.testing.assert_array_equal(run.ring.index[:n], np.arange(n))
+    messages = [control.get_nowait() for _ in range(control.qsize())]
+    assert [type(m) for m in messages] == [ScanStarted, ScanEnded, Stop] and messages[0].run is run
+    assert writer.told[0] == ("open", "solo") and writer.told[-1] == ("end", n)
+    announced = [stop for kind, stop in writer.told if kind == "frames"]
+    assert announced == sorted(announced) and all(stop <= n for stop in announced)
+    run.ring.close()
+    push.close(0)
+    pull.close(0)
+    context.term()

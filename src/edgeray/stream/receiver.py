@@ -223,7 +223,8 @@ class Receiver:
             with self.frames_ready:
                 self.frames_ready.notify_all()
         now_ns = time.perf_counter_ns()
-        if run.published > run.told_writer and now_ns - run.told_writer_ns >= WRITER_EVERY_S * 1e9:
+        due = now_ns - run.told_writer_ns >= WRITER_EVERY_S * 1e9
+        if run.published > run.told_writer and due and not run.end_sent:  # the end message carries its own count
             run.told_writer, run.told_writer_ns = run.published, now_ns
             self.writer.frames(run.published)
         if run.ended and not run.spill and not run.end_sent:
