@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import queue
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +30,7 @@ import zmq
 
 from edgeray.io import TomoScan
 from edgeray.stream.detector import ReplayReport, wait_until
+from edgeray.stream.pictures import draw_slices, load_pictures
 from edgeray.stream.protocol import End, Frame, ProtocolError, Start, decode, encode_end, encode_frame, encode_start
 from edgeray.stream.security import bind_server_socket
 from edgeray.tomo.streaming import StreamingSlices, acquisition_order
@@ -129,7 +132,9 @@ class _RunFile:
 
 
 class TomoEdgeService:
-    """The edge in tomography mode: a receiving thread and a processing thread (write, normalize, update)."""
+    """The edge in tomography mode: a receiving thread, a processing thread (write, normalize, update) and, as in
+    ptychography mode, a finisher (each ended scan's slices, summary and picture, the picture drawn in a process of
+    its own) so that no scan's end holds the next scan's frames."""
 
     def __init__(self, options: TomoEdgeOptions, context: zmq.Context | None = None):
         self.options = options
@@ -139,6 +144,9 @@ class TomoEdgeService:
         self.context = context or zmq.Context.instance()
         self.socket, self.endpoint = bind_server_socket(self.context, zmq.PULL, options.listen, options.curve_keys)
         self.queue: queue.Queue = queue.Queue()
+        self.to_finish: queue.Queue = queue.Queue()  # (run, complete) of ended scans, then None
+        self.pictures = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        self.pictures.submit(load_pictures).result()  # started before any frame
         self.stopping, self.finished = threading.Event(), threading.Event()
         self.lock = threading.Lock()
         self.summaries: list[dict] = []
@@ -146,7 +154,8 @@ class TomoEdgeService:
         self.scan_id: str | None = None
         self.received = self.invalid = 0
         self.threads = [threading.Thread(target=self._receive, name="tomo-receive", daemon=True),
-                        threading.Thread(target=self._process, name="tomo-process", daemon=True)]  # fmt: skip
+                        threading.Thread(target=self._process, name="tomo-process", daemon=True),
+                        threading.Thread(target=self._finish_scans, name="tomo-finish", daemon=True)]  # fmt: skip
 
     @staticmethod
     def _enhancer(spec) -> Callable[[np.ndarray], np.ndarray] | None:
@@ -171,6 +180,7 @@ class TomoEdgeService:
     def join(self, timeout: float | None = None) -> None:
         for thread in self.threads:
             thread.join(timeout)
+        self.pictures.shutdown(wait=True)
         self.socket.close(0)
 
     def _receive(self) -> None:
@@ -193,20 +203,29 @@ class TomoEdgeService:
             message, arrived = self.queue.get()
             if message is None:
                 if run is not None:
-                    self._finish(run, complete=False)
-                self.finished.set()
+                    self.to_finish.put((run, False))
+                self.to_finish.put(None)
                 return
             if isinstance(message, Start):
                 if run is not None:
-                    self._finish(run, complete=False)
+                    self.to_finish.put((run, False))
                 run = self._open(message)
             elif isinstance(message, Frame) and run is not None and message.scan_id == run["start"].scan_id:
                 self._frame(run, message, arrived)
             elif isinstance(message, End) and run is not None and message.scan_id == run["start"].scan_id:
-                self._finish(run, complete=run["received"] >= message.n_frames)
+                self.to_finish.put((run, run["received"] >= message.n_frames))
                 run = None
-                if self.options.scans is not None and len(self.summaries) >= self.options.scans:
-                    self.stopping.set()
+
+    def _finish_scans(self) -> None:
+        """The finisher thread: ended scans in order; the service's end after the last."""
+        while (item := self.to_finish.get()) is not None:
+            try:
+                self._finish(*item)
+            except Exception:  # one scan's end must not stop the next ones'
+                log.exception("scan %s: its slices or summary could not be written", item[0]["start"].scan_id)
+            if self.options.scans is not None and len(self.summaries) >= self.options.scans:
+                self.stopping.set()
+        self.finished.set()
 
     def _open(self, start: Start) -> dict:
         rows, columns = start.shape
@@ -269,7 +288,12 @@ class TomoEdgeService:
             h5.create_dataset("exchange/data", data=stream.slices)
             if stream.enhanced is not None:
                 h5.create_dataset("exchange/data_enhanced", data=stream.enhanced)
-        self._figure(stream, self.out / f"{start.scan_id}.png", start.scan_id)
+        middle = stream.rows // 2
+        panels = {"stream": stream.slices[middle]}
+        if stream.enhanced is not None:
+            panels["enhanced"] = stream.enhanced[middle]
+        title = f"{start.scan_id}: {stream.n_in_buffer} projections in the buffer"
+        self.pictures.submit(draw_slices, panels, str(self.out / f"{start.scan_id}.png"), title).result()
         seconds = [u["seconds"] * 1e3 for u in stream.updates]
         summary = {
             "scan_id": start.scan_id, "mode": "tomo", "complete": complete, "frames_expected": start.n_frames,
@@ -285,16 +309,6 @@ class TomoEdgeService:
         (self.out / f"{start.scan_id}.json").write_text(json.dumps(summary, indent=2))
         with self.lock:
             self.summaries.append(summary)
-
-    @staticmethod
-    def _figure(stream: StreamingSlices, path: Path, title: str) -> None:
-        from edgeray.viz import slice_panels
-
-        middle = stream.rows // 2
-        panels = {"stream": stream.slices[middle]}
-        if stream.enhanced is not None:
-            panels["enhanced"] = stream.enhanced[middle]
-        slice_panels(panels, path, f"{title}: {stream.n_in_buffer} projections in the buffer")
 
     def snapshot(self) -> dict:
         """Live figures for the view: counts and the number of updates so far."""
