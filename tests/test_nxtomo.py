@@ -169,3 +169,24 @@ def test_an_nxtomo_file_streams_through_detector_replay(tmp_path, scan):
             edge.kill()
     summary = json.loads((tmp_path / "run" / "nx.json").read_text())
     assert summary["frames_written"] == 96 and summary["projections_in_buffer"] == 90
+
+
+@pytest.mark.parametrize(("given", "paced_hz"), [(["--rate", "2000"], 2000.0), ([], 500.0)])
+def test_detector_replay_of_a_tomography_file_keeps_the_rate_it_is_given(tmp_path, scan, given, paced_hz):
+    """``--rate 2000`` is 2000 for a tomography file too (it used to be taken as "not given": 500 Hz); without
+    ``--rate``, a tomography file goes at a tomography detector's 500 Hz."""
+    import zmq
+
+    path = write_diamond_style(tmp_path / "dls.nxs", scan)
+    context = zmq.Context()
+    sink = context.socket(zmq.PULL)
+    port = sink.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        sent = subprocess.run([sys.executable, "-m", "edgeray", "detector", "replay", str(path), "--endpoint",
+                               f"tcp://127.0.0.1:{port}", *given, "--scan-id", "nx"],
+                              capture_output=True, text=True, check=True, timeout=300)  # fmt: skip
+    finally:
+        sink.close(0)
+        context.term()
+    report = json.loads(sent.stdout.strip().splitlines()[-1])
+    assert report["target_rate_hz"] == paced_hz and report["frames_sent"] == 96

@@ -10,6 +10,16 @@ from pathlib import Path
 from edgeray.cli._common import add_cxi_flags, console, cxi_options, progress_bar, row_range
 from edgeray.sim import PtychoSimConfig
 
+PTYCHO_RATE_HZ = 2000.0  # a ptychography detector's default pace for `detector replay`
+TOMO_RATE_HZ = 500.0  # a tomography detector's
+
+
+def replay_rate(args: argparse.Namespace, tomography: bool) -> float:
+    """``--rate`` when given (any value, 2000 included), else the default pace of the file's kind."""
+    if args.rate is not None:
+        return args.rate
+    return TOMO_RATE_HZ if tomography else PTYCHO_RATE_HZ
+
 
 def _replay_scan(args: argparse.Namespace):
     """The scan a replay sends: a CXI file (read lazily) or a simulation of the command's options."""
@@ -62,7 +72,7 @@ def _replay_tomo(args: argparse.Namespace) -> int:
 
     scan = read_tomo(args.scan_file, args.entry)
     socket = connect(args.endpoint, curve_keys=args.curve_keys)
-    rate = args.rate if args.rate != 2000.0 else 500.0  # a tomography detector's default pace
+    rate = replay_rate(args, tomography=True)
     console.print(f"sending {len(scan.theta_deg)} projections of {args.scan_file} in {args.order} order at "
                   f"{rate:g} Hz")  # fmt: skip
     for k in range(args.repeat):
@@ -88,11 +98,11 @@ def _replay_pva(args: argparse.Namespace) -> int:
             len(order) + sum(len(f) for f in (scan.flats, scan.darks) if f is not None),
         )
         shape, dtype = scan.projections.shape[1:], scan.projections.dtype
-        rate = args.rate if args.rate != 2000.0 else 500.0  # a tomography detector's default pace
+        rate = replay_rate(args, tomography=True)
     else:
         scan = _replay_scan(args)
         frames, n = ptycho_frames(scan, scan_geometry(scan), args.cycles), len(scan.frames) * args.cycles
-        shape, dtype, rate = scan.frames.shape[1:], scan.frames.dtype, args.rate
+        shape, dtype, rate = scan.frames.shape[1:], scan.frames.dtype, replay_rate(args, tomography=False)
     server = serve(args.pva, tuple(shape), dtype.name, args.pva_interface)
     try:
         ready = {"pva": args.pva, "address": server.address, "search_port": server.search_port}
@@ -134,7 +144,9 @@ def add_detector_replay(commands: argparse._SubParsersAction) -> None:
     d.add_argument("--photons", type=float, default=1e5, help="simulated mean photons per frame")
     d.add_argument("--object", default=PtychoSimConfig().object, help="simulated object (see simulate ptycho)")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--rate", type=float, default=2000.0, help="frames per second (0: as fast as possible)")
+    d.add_argument("--rate", type=float, default=None,
+                   help=f"frames per second (0: as fast as possible; default {PTYCHO_RATE_HZ:g}, or "
+                   f"{TOMO_RATE_HZ:g} for tomography files)")  # fmt: skip
     d.add_argument("--endpoint", default="tcp://127.0.0.1:5555", help="the edge service's --listen endpoint")
     d.add_argument("--pva", default=None, metavar="CHANNEL",
                    help="serve the frames as this EPICS PV Access NTNDArray channel (as areaDetector)")  # fmt: skip
@@ -170,8 +182,9 @@ def cmd_detector_replay(args: argparse.Namespace) -> int:
     reports = []
     for k in range(args.repeat):
         scan_id = args.scan_id if args.repeat == 1 else f"{args.scan_id or 'scan'}-{k + 1}"
-        with progress_bar(f"sending at {args.rate:g} Hz", len(scan.frames) * args.cycles) as update:
-            report = replay(scan, socket, args.rate, scan_id=scan_id, progress=update, cycles=args.cycles)
+        rate = replay_rate(args, tomography=False)
+        with progress_bar(f"sending at {rate:g} Hz", len(scan.frames) * args.cycles) as update:
+            report = replay(scan, socket, rate, scan_id=scan_id, progress=update, cycles=args.cycles)
         reports.append(report.as_dict())
         print(json.dumps(report.as_dict()), flush=True)
     return _disconnect_or_warn(socket)
