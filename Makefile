@@ -7,14 +7,14 @@ STAMP := $(VENV)/.edgeray-installed
 # The CPU build of torch lies on this machine's disk; installing it first keeps pip from
 # resolving torch>=2.13 to a multi-GB CUDA build.
 TORCH_PIN := torch==2.13.0
-PY_DIRS := $(wildcard src tests benchmarks)
+PY_DIRS := $(wildcard src tests benchmarks docs)
 
 # Peer tools for the benchmarks live in their own environment: pty-chi needs torchvision, which does not
 # import beside the CPU torch 2.13 build (both torch 2.14.1 and torchvision 0.29.1 lie on this machine's disk).
 PEERS := .venv-peers
 PEERS_STAMP := $(PEERS)/.peers-installed
 
-.PHONY: demo test lint format clean venv peers bench browser
+.PHONY: demo test lint format clean venv peers bench browser docs
 
 venv: $(STAMP)
 
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_PIN)
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,docs]'
 	# ptychodus for the interoperability tests: its readers need numpy/h5py/scipy/scikit-image/pydantic only
 	$(BIN)/python -m pip install --quiet --no-deps ptychodus==1.7.0
 	touch $@
@@ -47,6 +47,11 @@ format: $(STAMP)
 test: lint browser
 	$(BIN)/python -m pytest -q
 
+# The documentation site (Sphinx, docs/ -> docs/_build/html); any warning fails the build.
+docs: $(STAMP)
+	$(BIN)/python -m sphinx -W --keep-going -q -b html docs docs/_build/html
+	@echo "site: docs/_build/html/index.html"
+
 peers: $(PEERS_STAMP)
 
 $(PEERS_STAMP):
@@ -59,4 +64,4 @@ bench: $(STAMP) $(PEERS_STAMP)
 	for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script --quick || exit 1; done
 
 clean:
-	rm -rf $(VENV) $(PEERS) out demo_run build dist src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(PEERS) out demo_run build dist src/*.egg-info .pytest_cache .ruff_cache docs/_build

@@ -109,8 +109,9 @@ class CXIFile:
         follow_basis: orient frames by the file's ``basis_vectors`` (default) or take them as stored.
 
     Attributes:
-        geometry, positions_m ``(N, 2)`` [y, x] m, mask ``(H, W)`` bool or None, probe guess or None,
-        n_frames, frame_shape, dtype, and ``assumptions``: what the reader had to decide, in words.
+        geometry: the scan's geometry. positions_m: ``(N, 2)`` ``[y, x]`` m. mask: ``(H, W)`` bool or None.
+        probe: the file's probe guess or None. n_frames, frame_shape, dtype: the frames'.
+        assumptions: what the reader had to decide, in words.
 
     Raises:
         EdgeRayFormatError: naming the file and dataset, for a missing dataset, a frames/positions count
