@@ -190,3 +190,49 @@ def test_detector_replay_of_a_tomography_file_keeps_the_rate_it_is_given(tmp_pat
         context.term()
     report = json.loads(sent.stdout.strip().splitlines()[-1])
     assert report["target_rate_hz"] == paced_hz and report["frames_sent"] == 96
+
+
+def write_facility_style(path: Path, scan) -> Path:
+    """A facility layout neither Data Exchange nor NXtomo (as a DIAD scan keeps its imaging data): the frames in a
+    sibling file behind an external link, integer image keys elsewhere, one angle per projection only."""
+    frames, keys, _ = _frames_and_keys(scan)
+    sibling = path.with_name(path.stem + "_frames.h5")
+    with h5py.File(sibling, "w") as h5:
+        h5["frames"] = frames.astype(np.uint16)
+    with h5py.File(path, "w") as h5:
+        h5["entry/imaging/data"] = h5py.ExternalLink(sibling.name, "/frames")
+        h5["entry/imaging/image_key"] = keys.astype(np.int32)
+        h5["entry/imaging_sum/theta"] = scan.theta_deg
+        h5["entry/imaging_sum/theta"].attrs["units"] = "degrees"
+        h5["entry/monitor/counts"] = np.arange(len(keys), dtype=np.int64)  # another integer series: a candidate
+    return path
+
+
+def test_a_facility_file_reads_with_explicit_paths_and_without_them_lists_its_candidates(tmp_path, scan):
+    from edgeray.io.nxtomo import TomoPaths
+
+    path = write_facility_style(tmp_path / "diad.nxs", scan)
+    with pytest.raises(EdgeRayFormatError) as refused:
+        open_tomo(path)
+    message = str(refused.value)
+    assert "/exchange/data" in message and "/entry/imaging/data (96, 3, 48)" in message
+    assert "/entry/imaging/image_key (96,)" in message and "/entry/monitor/counts (96,)" in message
+    assert "/entry/imaging_sum/theta (90,)" in message and "--data-path" in message
+    paths = TomoPaths("/entry/imaging/data", "/entry/imaging/image_key", "/entry/imaging_sum/theta")
+    back = read_tomo(path, paths=paths)
+    np.testing.assert_array_equal(back.projections, scan.projections)
+    np.testing.assert_array_equal(back.theta_deg, scan.theta_deg)
+    np.testing.assert_array_equal(np.sort(back.flats, axis=0), np.sort(scan.flats, axis=0))
+    np.testing.assert_array_equal(back.darks, scan.darks)
+    with pytest.raises(EdgeRayFormatError, match="/entry/imaging/keys: no such dataset"):
+        open_tomo(path, paths=TomoPaths("/entry/imaging/data", "/entry/imaging/keys", "/entry/imaging_sum/theta"))
+    out = tmp_path / "diad_rec.h5"
+    result = subprocess.run([sys.executable, "-m", "edgeray", "tomo", "recon", str(path), "-o", str(out),
+                             "--data-path", paths.data_path, "--image-key-path", paths.image_key_path,
+                             "--angles-path", paths.angles_path],
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    refused_cli = subprocess.run([sys.executable, "-m", "edgeray", "tomo", "recon", str(path), "-o",
+                                  str(tmp_path / "x.h5")], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert refused_cli.returncode == 2 and "/entry/imaging/data (96, 3, 48)" in refused_cli.stderr
+    assert not (tmp_path / "x.h5").exists()

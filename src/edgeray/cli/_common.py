@@ -70,3 +70,22 @@ def row_range(text: str | None) -> tuple[int, int] | None:
         return int(first), int(last)
     except ValueError:
         raise ValueError(f"--slices must be FIRST:LAST (detector rows), not {text!r}") from None
+
+
+def add_tomo_path_flags(parser) -> None:
+    """``--data-path``, ``--image-key-path``, ``--angles-path``: where a facility's tomography file keeps its
+    datasets when not where Data Exchange or NXtomo say."""
+    parser.add_argument("--data-path", default=None, help="HDF5 path of the frames (n_frames, rows, cols)")
+    parser.add_argument(
+        "--image-key-path",
+        default=None,
+        help="HDF5 path of the image keys (0 projection, 1 flat, 2 dark; default: all projections)",
+    )
+    parser.add_argument("--angles-path", default=None, help="HDF5 path of the rotation angles (degrees)")
+
+
+def tomo_paths(args):
+    """The :class:`~edgeray.io.nxtomo.TomoPaths` the flags of :func:`add_tomo_path_flags` give."""
+    from edgeray.io.nxtomo import TomoPaths
+
+    return TomoPaths(args.data_path, args.image_key_path, args.angles_path)

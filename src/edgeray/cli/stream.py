@@ -7,7 +7,15 @@ import json
 import time
 from pathlib import Path
 
-from edgeray.cli._common import add_cxi_flags, console, cxi_options, progress_bar, row_range
+from edgeray.cli._common import (
+    add_cxi_flags,
+    add_tomo_path_flags,
+    console,
+    cxi_options,
+    progress_bar,
+    row_range,
+    tomo_paths,
+)
 from edgeray.sim import PtychoSimConfig
 
 PTYCHO_RATE_HZ = 2000.0  # a ptychography detector's default pace for `detector replay`
@@ -70,7 +78,7 @@ def _replay_tomo(args: argparse.Namespace) -> int:
     from edgeray.stream import connect
     from edgeray.stream.tomo import replay_tomo
 
-    scan = read_tomo(args.scan_file, args.entry)
+    scan = read_tomo(args.scan_file, args.entry, tomo_paths(args))
     socket = connect(args.endpoint, curve_keys=args.curve_keys)
     rate = replay_rate(args, tomography=True)
     console.print(f"sending {len(scan.theta_deg)} projections of {args.scan_file} in {args.order} order at "
@@ -91,7 +99,7 @@ def _replay_pva(args: argparse.Namespace) -> int:
     if args.scan_file is not None and _is_tomography(args.scan_file):
         from edgeray.io import read_tomo
 
-        scan = read_tomo(args.scan_file, args.entry)
+        scan = read_tomo(args.scan_file, args.entry, tomo_paths(args))
         order = acquisition_order(scan.theta_deg, args.order)
         frames, n = (
             tomo_frames(scan, order),
@@ -163,6 +171,7 @@ def add_detector_replay(commands: argparse._SubParsersAction) -> None:
     )
     d.add_argument("--rows", default=None, help="tomography files: detector rows FIRST:LAST to send (default all)")
     d.add_argument("--entry", default=None, help="NXtomo files: which entry (default: the first)")
+    add_tomo_path_flags(d)
     d.add_argument("--curve-keys", type=Path, default=None, help="CurveZMQ key folder (edgeray keys)")
     add_cxi_flags(d)
     d.set_defaults(func=cmd_detector_replay)

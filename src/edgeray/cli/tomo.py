@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeray.cli._common import console, progress_bar, row_range, summary_path, write_summary
+from edgeray.cli._common import add_tomo_path_flags, console, progress_bar, row_range, summary_path, write_summary
 
 
 def add_tomo_recon(commands: argparse._SubParsersAction) -> None:
@@ -29,6 +29,7 @@ def add_tomo_recon(commands: argparse._SubParsersAction) -> None:
     tr.add_argument("--iterations", type=int, default=100, help="SIRT / CGLS iterations")
     tr.add_argument("--device", default="cpu", help="cpu or cuda (fbp, sirt)")
     tr.add_argument("--entry", default=None, help="NXtomo files: which entry (default: the first)")
+    add_tomo_path_flags(tr)
     tr.set_defaults(func=cmd_tomo_recon)
 
 
@@ -39,7 +40,9 @@ def cmd_tomo_recon(args: argparse.Namespace) -> int:
     center = None if args.center == "auto" else float(args.center)
     options = TomoOptions(algorithm=args.algo, center=center, filter_name=args.filter, rings=args.rings,
                           zingers=args.zingers, slices=row_range(args.slices), chunk_slices=args.chunk,
-                          iterations=args.iterations, device=args.device, entry=args.entry)  # fmt: skip
+                          iterations=args.iterations, device=args.device, entry=args.entry,
+                          data_path=args.data_path, image_key_path=args.image_key_path,
+                          angles_path=args.angles_path)  # fmt: skip
     with progress_bar(f"{args.algo} reconstruction", None) as update:
         summary = reconstruct_file(args.input, args.output, options, progress=lambda done, total: update(done, total))
     volume, _ = read_reconstruction(args.output)

@@ -9,10 +9,16 @@ Layout read (one ``NXentry`` per scan; ``entry`` picks one, default the first):
 - ``image_key`` ``(n_frames,)`` beside the data (detector or NXdata group): 0 projection, 1 flat, 2 dark, 3 invalid;
   absent: every frame is a projection;
 - ``rotation_angle`` ``(n_frames,)`` in ``ENTRY/sample`` or the NXdata group; degrees unless ``units`` says radians.
+
+Facility files often keep frames, keys and angles at beamline-specific paths (as httomo's loader settings name
+them: ``data_path``, ``image_key_path``, rotation angles): :class:`TomoPaths` says where, and then any HDF5 file is
+read that way, external links (data in a sibling file) included. A file that is neither Data Exchange nor NXtomo,
+with no paths given, is refused with the file's candidates listed (:func:`candidates`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -23,6 +29,54 @@ from edgeray.io.dxchange import DataExchangeFile, LazyTomoFile, TomoScan
 from edgeray.io.errors import EdgeRayFormatError
 
 PROJECTION, FLAT, DARK, INVALID = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class TomoPaths:
+    """Where a raw tomography file keeps its datasets (HDF5 paths, e.g. ``/entry/imaging/data``), where Data
+    Exchange and NXtomo's own places do not apply.
+
+    Attributes:
+        data_path: the frames ``(n_frames, rows, cols)``.
+        image_key_path: ``(n_frames,)`` integers, 0 projection, 1 flat, 2 dark, 3 invalid (None: all projections).
+        angles_path: rotation angles, degrees unless the dataset's ``units`` says radians, one per frame or one per
+            projection.
+    """
+
+    data_path: str | None = None
+    image_key_path: str | None = None
+    angles_path: str | None = None
+
+    def given(self) -> bool:
+        return any(value is not None for value in (self.data_path, self.image_key_path, self.angles_path))
+
+
+def candidates(h5: h5py.File) -> str:
+    """The file's 3-D datasets (candidates for the frames) and 1-D integer and float datasets (for image keys and
+    angles), with their shapes: what a user can pass as :class:`TomoPaths`."""
+    three, keys, floats = [], [], []
+
+    def visit(name: str, link) -> None:
+        try:
+            item = h5.get(name)  # soft and external links followed (data kept in a sibling file)
+        except (KeyError, OSError):  # a dangling link
+            return
+        if not isinstance(item, h5py.Dataset):
+            return
+        if item.ndim == 3:
+            three.append(f"/{name} {item.shape}")
+        elif item.ndim == 1 and item.shape[0] > 1 and item.dtype.kind in "iu":
+            keys.append(f"/{name} ({item.shape[0]},)")
+        elif item.ndim == 1 and item.shape[0] > 1 and item.dtype.kind == "f":
+            floats.append(f"/{name} ({item.shape[0]},)")
+
+    h5.visititems_links(visit)
+    parts = [f"3-D datasets (frames?): {', '.join(three) or 'none'}",
+             f"1-D integer datasets (image keys?): {', '.join(keys) or 'none'}",
+             f"1-D float datasets (angles?): {', '.join(floats) or 'none'}"]  # fmt: skip
+    return "; ".join(parts) + ". Give them with --data-path, --image-key-path and --angles-path"
+
+
 FRAME_AXIS_NAMES = ("rotation_angle", "image_key", "frame", "frames", "nframes")
 
 
@@ -66,8 +120,8 @@ class NXtomoFile(LazyTomoFile):
             or angles, an image_key or angle count other than the frame count, unknown image keys, no projection.
     """
 
-    def __init__(self, path: str | Path, entry: str | None = None):
-        self._open(path, entry)
+    def __init__(self, path: str | Path, entry: str | None = None, paths: TomoPaths | None = None):
+        self._open(path, entry, paths or TomoPaths())
 
     def _find(self, base: h5py.Group, *names: str) -> h5py.Dataset | None:
         for name in names:
@@ -75,12 +129,31 @@ class NXtomoFile(LazyTomoFile):
                 return base[name]
         return None
 
-    def _read_header(self, entry: str | None) -> None:
+    def _given(self, name: str | None, what: str) -> h5py.Dataset | None:
+        """The dataset at the explicit path ``name`` (None: not given); refused, with the candidates, if absent."""
+        if name is None:
+            return None
+        item = self._h5.get(name)
+        if not isinstance(item, h5py.Dataset):
+            raise EdgeRayFormatError(self.path, name, f"no such dataset ({what}); {candidates(self._h5)}")
+        return item
+
+    def _read_header(self, entry: str | None, paths: TomoPaths) -> None:
         h5, path = self._h5, self.path
         self.assumptions: list[str] = []
+        if paths.given():
+            self.entry = None
+            data = self._given(paths.data_path, "frames")
+            if data is None:
+                raise EdgeRayFormatError(path, None, "an image key or angles path without --data-path")
+            self._header_from(data, self._given(paths.image_key_path, "image keys"),
+                              self._given(paths.angles_path, "angles"), (0, 1, 2))  # fmt: skip
+            self.assumptions.append(f"datasets at the paths given: {data.name}")
+            return
         entries = nxtomo_entries(h5)
         if not entries:
-            raise EdgeRayFormatError(path, None, "no NXtomo entry (an NXentry with definition NXtomo)")
+            raise EdgeRayFormatError(path, None, "no NXtomo entry (an NXentry with definition NXtomo); "
+                                     + candidates(h5))  # fmt: skip
         if entry is None:
             entry = entries[0]
             if len(entries) > 1:
@@ -91,17 +164,27 @@ class NXtomoFile(LazyTomoFile):
         group = h5[entry]["tomo_entry"] if "tomo_entry" in h5[entry] else h5[entry]
         data = self._find(group, "instrument/detector/data", "data/data")
         if data is None:
-            raise EdgeRayFormatError(path, f"{group.name}/instrument/detector/data", "missing dataset (frames)")
+            raise EdgeRayFormatError(path, f"{group.name}/instrument/detector/data",
+                                     f"missing dataset (frames); {candidates(h5)}")  # fmt: skip
+        key_set = self._find(group, "instrument/detector/image_key", "data/image_key")
+        angle_set = self._find(group, "sample/rotation_angle", "data/rotation_angle")
+        if angle_set is None:
+            raise EdgeRayFormatError(path, f"{group.name}/sample/rotation_angle", "missing dataset (angles)")
+        self._header_from(data, key_set, angle_set, self._axis_order(group, data))
+
+    def _header_from(self, data: h5py.Dataset, key_set: h5py.Dataset | None, angle_set: h5py.Dataset | None,
+                     axes: tuple[int, int, int]) -> None:  # fmt: skip
+        """Frames, keys and angles from these datasets (``axes``: the stored positions of frame, row, column)."""
+        path = self.path
         if data.ndim != 3:
             raise EdgeRayFormatError(path, data.name, f"has {data.ndim} dimensions {data.shape}, expected 3")
         check_count_dtype(data, path)
         self._data = data
-        self._axes = self._axis_order(group, data)
+        self._axes = axes
         n_frames = data.shape[self._axes[0]]
         self.frame_shape = (data.shape[self._axes[1]], data.shape[self._axes[2]])
         self.dtype = data.dtype
 
-        key_set = self._find(group, "instrument/detector/image_key", "data/image_key")
         if key_set is None:
             keys = np.zeros(n_frames, dtype=np.int64)
             self.assumptions.append("no image_key: every frame read as a projection")
@@ -112,12 +195,17 @@ class NXtomoFile(LazyTomoFile):
             unknown = sorted(set(np.unique(keys).tolist()) - {PROJECTION, FLAT, DARK, INVALID})
             if unknown:
                 raise EdgeRayFormatError(path, key_set.name, f"unknown image keys {unknown} (0, 1, 2, 3 expected)")
-        angle_set = self._find(group, "sample/rotation_angle", "data/rotation_angle")
         if angle_set is None:
-            raise EdgeRayFormatError(path, f"{group.name}/sample/rotation_angle", "missing dataset (angles)")
+            raise EdgeRayFormatError(path, None, "no angles: give --angles-path")
         angles = np.asarray(angle_set[()], dtype=np.float64).reshape(-1)
-        if len(angles) != n_frames:
-            raise EdgeRayFormatError(path, angle_set.name, f"{len(angles)} angles for {n_frames} frames")
+        n_projections = int(np.count_nonzero(keys == PROJECTION))
+        if len(angles) == n_projections and n_projections != n_frames:  # one angle per projection: spread them out
+            per_frame = np.full(n_frames, np.nan)
+            per_frame[keys == PROJECTION] = angles
+            angles = per_frame
+        elif len(angles) != n_frames:
+            raise EdgeRayFormatError(path, angle_set.name, f"{len(angles)} angles for {n_frames} frames "
+                                     f"({n_projections} projections)")  # fmt: skip
         units = _text(angle_set.attrs.get("units", "degree")).lower()
         if units.startswith("rad"):
             angles = np.degrees(angles)
@@ -228,17 +316,28 @@ class NXtomoFile(LazyTomoFile):
         return {"nxtomo_entry": self.entry}
 
 
-def open_tomo(path: str | Path, entry: str | None = None) -> DataExchangeFile | NXtomoFile:
-    """A lazy reader of a raw tomography file, Data Exchange or NXtomo (``entry`` picks an NXtomo entry)."""
+def open_tomo(
+    path: str | Path, entry: str | None = None, paths: TomoPaths | None = None
+) -> DataExchangeFile | NXtomoFile:
+    """A lazy reader of a raw tomography file: at ``paths`` when given, else Data Exchange or NXtomo (``entry``
+    picks an NXtomo entry). A file of neither layout is refused with its candidate datasets listed."""
     path = Path(path)
     if not path.is_file():
         raise EdgeRayFormatError(path, None, "no such file")
-    if entry is not None or is_nxtomo(path):
-        return NXtomoFile(path, entry)
-    return DataExchangeFile(path)
+    if (paths is not None and paths.given()) or entry is not None or is_nxtomo(path):
+        return NXtomoFile(path, entry, paths)
+    try:
+        return DataExchangeFile(path)
+    except EdgeRayFormatError as error:
+        if error.dataset != "/exchange/data" or "missing" not in str(error):
+            raise
+        with h5py.File(path, "r") as h5:
+            listed = candidates(h5)
+        raise EdgeRayFormatError(path, "/exchange/data", f"missing dataset: neither Data Exchange nor NXtomo; "
+                                 f"{listed}") from error  # fmt: skip
 
 
-def read_tomo(path: str | Path, entry: str | None = None) -> TomoScan:
-    """Read a whole raw tomography scan (Data Exchange or NXtomo) into memory."""
-    with open_tomo(path, entry) as scan:
+def read_tomo(path: str | Path, entry: str | None = None, paths: TomoPaths | None = None) -> TomoScan:
+    """Read a whole raw tomography scan (Data Exchange, NXtomo, or at ``paths``) into memory."""
+    with open_tomo(path, entry, paths) as scan:
         return scan.load()

@@ -15,6 +15,7 @@ import numpy as np
 
 from edgeray.io import DataExchangeFile, NXtomoFile, open_tomo
 from edgeray.io._h5util import atomic_h5, compression_kwargs
+from edgeray.io.nxtomo import TomoPaths
 from edgeray.tomo.center import find_center_entropy, find_center_pair, opposite_pair
 from edgeray.tomo.fbp import fbp, gridrec
 from edgeray.tomo.preprocess import minus_log, normalize, remove_outliers, remove_stripes
@@ -39,6 +40,8 @@ class TomoOptions:
         iterations: SIRT or CGLS iterations.
         device: ``cpu`` or ``cuda`` (``fbp`` and ``sirt``).
         entry: which NXtomo entry of a NeXus file (None: the first); not used for Data Exchange.
+        data_path, image_key_path, angles_path: where the file keeps frames, image keys and angles, when not
+            where Data Exchange or NXtomo say (:class:`~edgeray.io.nxtomo.TomoPaths`).
     """
 
     algorithm: str = "gridrec"
@@ -52,6 +55,9 @@ class TomoOptions:
     iterations: int = 100
     device: str = "cpu"
     entry: str | None = None
+    data_path: str | None = None
+    image_key_path: str | None = None
+    angles_path: str | None = None
 
 
 def preprocess_rows(data: DataExchangeFile | NXtomoFile, rows: slice, options: TomoOptions) -> np.ndarray:
@@ -106,7 +112,8 @@ def reconstruct_file(
     if options.algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {options.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
     start_time = time.perf_counter()
-    with open_tomo(path, options.entry) as data:
+    paths = TomoPaths(options.data_path, options.image_key_path, options.angles_path)
+    with open_tomo(path, options.entry, paths) as data:
         rows, columns = data.frame_shape
         first, last = options.slices or (0, rows)
         if not 0 <= first < last <= rows:
