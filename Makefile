@@ -14,7 +14,7 @@ PY_DIRS := $(wildcard src tests benchmarks docs)
 PEERS := .venv-peers
 PEERS_STAMP := $(PEERS)/.peers-installed
 
-.PHONY: demo test lint format clean venv peers bench browser docs
+.PHONY: demo test lint format clean venv peers bench browser docs installed
 
 venv: $(STAMP)
 
@@ -51,6 +51,24 @@ test: lint browser
 docs: $(STAMP)
 	$(BIN)/python -m sphinx -W --keep-going -q -b html docs docs/_build/html
 	@echo "site: docs/_build/html/index.html"
+
+# EdgeRay as users install it: the wheel, in a fresh environment outside the source tree (not editable), with the
+# shipped models as package data; then the command, a reconstruction and the shipped denoiser from it.
+WHEEL_VENV := build/venv-wheel
+installed:
+	rm -rf build/wheel $(WHEEL_VENV) build/installed-check
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(WHEEL_VENV)/bin/python -m pip install --quiet $(TORCH_PIN)
+	$(WHEEL_VENV)/bin/python -m pip wheel --quiet --no-deps --wheel-dir build/wheel .
+	$(WHEEL_VENV)/bin/python -m pip install --quiet build/wheel/edgeray-*.whl
+	mkdir -p build/installed-check
+	cd build/installed-check && ../venv-wheel/bin/edgeray --help >/dev/null && \
+	  ../venv-wheel/bin/edgeray simulate tomo -o tomo.h5 --size 64 --slices 2 --angles 90 && \
+	  ../venv-wheel/bin/edgeray tomo recon tomo.h5 -o rec.h5 && \
+	  ../venv-wheel/bin/edgeray tomo denoise rec.h5 -o denoised.h5 && \
+	  ../venv-wheel/bin/python -c "import edgeray, sys; assert 'site-packages' in edgeray.__file__, edgeray.__file__"
+	@echo "the installed wheel runs: build/installed-check/"
 
 peers: $(PEERS_STAMP)
 
