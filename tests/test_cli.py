@@ -219,3 +219,45 @@ def test_edge_model_train_finetune_evaluate_from_the_command_line(tmp_path):
     save_model(compact, build_model(ModelConfig("compact", 4, 3, 64)), {"config": ModelConfig("compact", 4).to_dict()})
     refused = edgeray("nn", "finetune", str(scan), "--model", str(compact), "-o", str(tmp_path / "x"), check=False)
     assert refused.returncode == 2 and "needs an edge or group model" in refused.stderr
+
+
+def _subparser(parser, *names):
+    import argparse
+
+    for name in names:
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = action.choices[name]
+    return parser
+
+
+def test_the_flags_take_their_defaults_from_the_options_they_fill():
+    """One table of defaults: each flag of these commands that fills an options field defaults to that field's
+    default (written once, in the options), compared for every flag whose name is a field of the options."""
+    import dataclasses
+
+    from edgeray.cli import build_parser
+    from edgeray.nn.finetune import FinetuneOptions
+    from edgeray.stream.edge import EdgeOptions
+    from edgeray.stream.learn import LearnOptions
+    from edgeray.stream.refine import RefineOptions
+    from edgeray.stream.tomo import TomoEdgeOptions
+    from edgeray.tomo.recon import TomoOptions
+
+    parser = build_parser()
+    cases = [
+        (("edge",), EdgeOptions, ""),
+        (("edge",), TomoEdgeOptions, ""),
+        (("edge",), RefineOptions, "refine_"),
+        (("edge",), LearnOptions, "learn_"),
+        (("tomo", "recon"), TomoOptions, ""),
+        (("nn", "finetune"), FinetuneOptions, ""),
+    ]
+    checked = 0
+    for names, options, prefix in cases:
+        defaults = {f.name: f.default for f in dataclasses.fields(options) if f.default is not dataclasses.MISSING}
+        for action in _subparser(parser, *names)._actions:
+            field = action.dest.removeprefix(prefix) if action.dest.startswith(prefix) else None
+            if field in defaults and action.default is not None and not isinstance(action.default, bool):
+                assert action.default == defaults[field], (" ".join(names), action.dest, action.default)
+                checked += 1
+    assert checked >= 20

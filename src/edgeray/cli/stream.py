@@ -276,7 +276,8 @@ def _edge_tomo(args: argparse.Namespace) -> int:
     from edgeray.stream.tomo import TomoEdgeOptions, TomoEdgeService
     from edgeray.stream.tomo_view import TomoDashboard
 
-    enhancer = "off" if args.enhancer == "off" else (None if args.enhancer == "shipped" else Path(args.enhancer))
+    shipped = args.enhancer in (None, "shipped")
+    enhancer = None if shipped else ("off" if args.enhancer == "off" else Path(args.enhancer))
     options = TomoEdgeOptions(listen=_listen(args), out=args.out, update_every=args.update_every,
                               capacity=args.capacity, enhancer=enhancer, scans=args.scans,
                               curve_keys=args.curve_keys)  # fmt: skip
@@ -285,7 +286,10 @@ def _edge_tomo(args: argparse.Namespace) -> int:
 
 def add_edge(commands: argparse._SubParsersAction) -> None:
     """The arguments of ``cmd_edge``."""
+    from edgeray.stream.edge import EdgeOptions as E
     from edgeray.stream.learn import LearnOptions
+    from edgeray.stream.refine import RefineOptions as R
+    from edgeray.stream.tomo import TomoEdgeOptions as T
 
     e = commands.add_parser("edge", help="the edge service: receive, write, infer, stitch, live view")
     e.add_argument(
@@ -294,10 +298,11 @@ def add_edge(commands: argparse._SubParsersAction) -> None:
         default="ptycho",
         help="ptycho: invert frames, stitch a mosaic; tomo: streaming slices of interleaved projections",
     )
-    e.add_argument("--update-every", type=int, default=16, help="tomo: projections between slice updates")
+    e.add_argument("--update-every", type=int, default=T.update_every, help="tomo: projections between slice updates")
     e.add_argument("--capacity", type=int, default=None, help="tomo: projections in the buffer (default: a half turn)")
-    e.add_argument("--enhancer", default="shipped", help="tomo: 'shipped' stream TomoGAN, a model directory, or 'off'")
-    e.add_argument("--listen", default="tcp://127.0.0.1:5555", help="PULL endpoint detectors connect to")
+    e.add_argument("--enhancer", default=T.enhancer,
+                   help="tomo: a model directory, 'off', or 'shipped' (the default: the stream TomoGAN)")  # fmt: skip
+    e.add_argument("--listen", default=E.listen, help="PULL endpoint detectors connect to")
     e.add_argument("--pva", default=None, metavar="CHANNEL",
                    help="take frames from this EPICS PV Access NTNDArray channel (areaDetector) instead")  # fmt: skip
     e.add_argument("--pva-name-server", default=None, metavar="HOST:PORT",
@@ -307,14 +312,15 @@ def add_edge(commands: argparse._SubParsersAction) -> None:
     e.add_argument("--pva-frames", type=int, default=None,
                    help="--pva: frames per scan when the frames carry no n_frames attribute")  # fmt: skip
     e.add_argument("--pva-idle-s", type=float, default=1.0, help="--pva: a scan without frames this long has ended")
-    e.add_argument("--out", type=Path, default=Path("run"), help="folder for run files, products and summaries")
+    e.add_argument("--out", type=Path, default=E.out, help="folder for run files, products and summaries")
     e.add_argument("--model", type=Path, default=None, help="surrogate folder (default: the shipped edge model)")
-    e.add_argument("--max-batch", type=int, default=64, help="largest inference batch, frames")
-    e.add_argument("--max-wait-ms", type=float, default=5.0, help="longest a frame waits for its batch, ms")
-    e.add_argument("--infer-threads", type=int, default=1, help="threads for the network (others need a core)")
-    e.add_argument("--ring-frames", type=int, default=8192,
+    e.add_argument("--max-batch", type=int, default=E.max_batch, help="largest inference batch, frames")
+    e.add_argument("--max-wait-ms", type=float, default=E.max_wait_ms, help="longest a frame waits for its batch, ms")
+    e.add_argument("--infer-threads", type=int, default=E.infer_threads,
+                   help="threads for the network (others need a core)")  # fmt: skip
+    e.add_argument("--ring-frames", type=int, default=E.ring_frames,
                    help="frames held in shared memory per scan: how long a stalled stage costs nothing")  # fmt: skip
-    e.add_argument("--infer-workers", type=int, default=1,
+    e.add_argument("--infer-workers", type=int, default=E.infer_workers,
                    help="network calls at once, each on --infer-threads threads (for cores to spare)")  # fmt: skip
     e.add_argument("--registry", type=Path, default=None,
                    help="model registry to follow: run CURRENT, swap to new versions between batches")  # fmt: skip
@@ -322,16 +328,16 @@ def add_edge(commands: argparse._SubParsersAction) -> None:
     e.add_argument("--view-fps", type=float, default=3.0,
                    help="live view updates per second (10 beside a browser on 2 cores: p99 latency 114-846 ms; "
                         "3: 74-77 ms)")  # fmt: skip
-    e.add_argument("--publish", default="tcp://127.0.0.1:5556", help="PUB endpoint for mosaic and stats, or 'off'")
+    e.add_argument("--publish", default=E.publish, help="PUB endpoint for mosaic and stats, or 'off'")
     e.add_argument("--scans", type=int, default=None, help="exit after this many scans (default: run until stopped)")
     e.add_argument("--hold", type=float, default=0.0, help="keep the live view up this many seconds at exit")
     e.add_argument("--curve-keys", type=Path, default=None, help="CurveZMQ key folder; needed off loopback")
     e.add_argument("--refine", action="store_true",
                    help="refine the live image in the spare CPU time (writes <scan>_refined.h5)")  # fmt: skip
-    e.add_argument("--refine-engine", choices=("lsqml", "rpie"), default="lsqml", help="engine of the refinement")
-    e.add_argument("--refine-tail-s", type=float, default=10.0, help="seconds of refinement after a scan's end")
+    e.add_argument("--refine-engine", choices=("lsqml", "rpie"), default=R.engine, help="engine of the refinement")
+    e.add_argument("--refine-tail-s", type=float, default=R.tail_s, help="seconds of refinement after a scan's end")
     e.add_argument("--refine-probe", type=Path, default=None, help="probe for refinement (default: the model's)")
-    e.add_argument("--refine-seed", choices=("network-detail", "network", "flat"), default="network-detail",
+    e.add_argument("--refine-seed", choices=("network-detail", "network", "flat"), default=R.seed,
                    help="where the refinement starts: the mosaic without its large-scale phase (default), "
                    "the mosaic, or a flat object")  # fmt: skip
     e.add_argument("--learn", action="store_true",

@@ -13,21 +13,32 @@ import numpy as np
 from edgeray.cli._common import add_tomo_path_flags, console, progress_bar, row_range, summary_path, write_summary
 
 
+def _center(value: str) -> float | None:
+    """``--center``: a column in pixels, or ``auto`` (None: found from the data)."""
+    return None if value == "auto" else float(value)
+
+
 def add_tomo_recon(commands: argparse._SubParsersAction) -> None:
     """The arguments of ``cmd_tomo_recon``."""
+    from edgeray.tomo.recon import TomoOptions as O
+
     tr = commands.add_parser("recon", help="raw scan (Data Exchange or NeXus NXtomo) -> reconstruction, PNG, JSON")
     tr.add_argument("input", type=Path, help="Data Exchange (/exchange/data, theta...) or NXtomo file (image_key...)")
     tr.add_argument("-o", "--output", type=Path, required=True, help="reconstruction file (Data Exchange)")
-    tr.add_argument("--algo", choices=("gridrec", "fbp", "sirt", "cgls"), default="gridrec",
+    tr.add_argument("--algorithm", "--algo", dest="algorithm", choices=("gridrec", "fbp", "sirt", "cgls"),
+                    default=O.algorithm,
                     help="gridrec: FBP by NUFFT (fast, CPU); fbp: backprojection (CPU/CUDA); sirt; cgls")  # fmt: skip
-    tr.add_argument("--center", default="auto", help="rotation-axis column in pixels, or 'auto'")
-    tr.add_argument("--filter", default="shepp-logan", help="ramp, shepp-logan, cosine, hann, hamming, parzen")
+    tr.add_argument("--center", type=_center, default=O.center,
+                    help="rotation-axis column in pixels, or 'auto' (the default: found from the data)")  # fmt: skip
+    tr.add_argument("--filter", dest="filter_name", default=O.filter_name,
+                    help="ramp, shepp-logan, cosine, hann, hamming, parzen")  # fmt: skip
     tr.add_argument("--rings", action="store_true", help="remove stripes (ring artifacts) before reconstruction")
-    tr.add_argument("--zingers", type=float, default=0.0, help="replace outliers above this relative deviation")
+    tr.add_argument("--zingers", type=float, default=O.zingers, help="replace outliers above this relative deviation")
     tr.add_argument("--slices", default=None, help="detector rows FIRST:LAST (default: all)")
-    tr.add_argument("--chunk", type=int, default=16, help="slices read and reconstructed at once")
-    tr.add_argument("--iterations", type=int, default=100, help="SIRT / CGLS iterations")
-    tr.add_argument("--device", default="cpu", help="cpu or cuda (fbp, sirt)")
+    tr.add_argument("--chunk-slices", "--chunk", dest="chunk_slices", type=int, default=O.chunk_slices,
+                    help="slices read and reconstructed at once")  # fmt: skip
+    tr.add_argument("--iterations", type=int, default=O.iterations, help="SIRT / CGLS iterations")
+    tr.add_argument("--device", default=O.device, help="cpu or cuda (fbp, sirt)")
     tr.add_argument("--entry", default=None, help="NXtomo files: which entry (default: the first)")
     add_tomo_path_flags(tr)
     tr.set_defaults(func=cmd_tomo_recon)
@@ -37,13 +48,13 @@ def cmd_tomo_recon(args: argparse.Namespace) -> int:
     from edgeray.io import read_reconstruction
     from edgeray.tomo import TomoOptions, reconstruct_file
 
-    center = None if args.center == "auto" else float(args.center)
-    options = TomoOptions(algorithm=args.algo, center=center, filter_name=args.filter, rings=args.rings,
-                          zingers=args.zingers, slices=row_range(args.slices), chunk_slices=args.chunk,
+    center = args.center
+    options = TomoOptions(algorithm=args.algorithm, center=center, filter_name=args.filter_name, rings=args.rings,
+                          zingers=args.zingers, slices=row_range(args.slices), chunk_slices=args.chunk_slices,
                           iterations=args.iterations, device=args.device, entry=args.entry,
                           data_path=args.data_path, image_key_path=args.image_key_path,
                           angles_path=args.angles_path)  # fmt: skip
-    with progress_bar(f"{args.algo} reconstruction", None) as update:
+    with progress_bar(f"{args.algorithm} reconstruction", None) as update:
         summary = reconstruct_file(args.input, args.output, options, progress=lambda done, total: update(done, total))
     volume, _ = read_reconstruction(args.output)
     middle = volume[len(volume) // 2]
