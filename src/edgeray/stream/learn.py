@@ -31,7 +31,7 @@ import torch
 
 from edgeray.nn.models import EdgeNet
 from edgeray.nn.physics import far_field_intensity, poisson_deviance, probe_weights, slope_loss, supervised_losses
-from edgeray.stream.refine import _lower_thread_priority
+from edgeray.stream.spare_time import SpareTimeWorker, lower_thread_priority
 
 log = logging.getLogger("edgeray.learn")
 
@@ -75,7 +75,7 @@ class LearnOptions:
     seed: int = 0
 
 
-class LiveLearner:
+class LiveLearner(SpareTimeWorker):
     """Learns one scan's sample while it streams in (see the module docstring).
 
     Args:
@@ -101,7 +101,7 @@ class LiveLearner:
         backlog: Callable[[], int] = lambda: 0,
         tail_threads: int = 1,
     ):
-        self.options = options
+        self.options, self.what = options, "learning"
         self.source = model
         self.serving: EdgeNet | None = None  # made from the source by _prepare, in the learner's thread
         self.model: EdgeNet | None = None
@@ -250,28 +250,9 @@ class LiveLearner:
         return record
 
     def _run(self) -> None:
-        _lower_thread_priority()
+        lower_thread_priority()
         torch.set_num_threads(1)
-        tail = False
-        while not self.stop.is_set():
-            if self.ended.is_set() and not tail:
-                torch.set_num_threads(self.tail_threads)
-                tail = True
-            if tail and time.perf_counter() - self.last_frame_at >= self.options.tail_s:
-                break
-            if not self.ended.is_set() and self.backlog() > self.options.max_backlog:
-                time.sleep(0.005)  # reception, writing and inference come first
-                continue
-            started = time.perf_counter()
-            try:
-                did = self.step()
-            except Exception as error:  # learning must never take the edge down
-                log.exception("live learning stopped: %s", error)
-                break
-            if did:
-                self.seconds_busy += time.perf_counter() - started
-            else:
-                time.sleep(0.02)
+        self.work_in_spare_time()
         self.done.set()
 
     def summary(self) -> dict:

@@ -20,7 +20,6 @@ count per pixel, so the engines start from the probe ``sqrt(scale) p`` and the m
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -36,6 +35,7 @@ from edgeray.ptycho.problem import Geometry, Problem
 from edgeray.ptycho.reconstruct import _engine_class, default_options
 from edgeray.stream.mosaic import detail_sums
 from edgeray.stream.refine_order import UpdateOrder
+from edgeray.stream.spare_time import SpareTimeWorker, lower_thread_priority
 
 log = logging.getLogger("edgeray.refine")
 
@@ -74,15 +74,6 @@ class RefineOptions:
     start_after_s: float = 1.0
 
 
-def _lower_thread_priority() -> None:
-    """Run the calling thread at the lowest CPU priority (Linux: ``setpriority`` on a thread id affects that
-    thread alone); a no-op where that is not possible."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    except (AttributeError, OSError):
-        pass
-
-
 def beam_diameter_px(probe: torch.Tensor) -> float:
     """About the beam's diameter, pixels: twice the rms radius of ``probe``'s ``(H, W)`` intensity."""
     power = (probe.abs() ** 2).numpy()
@@ -90,7 +81,7 @@ def beam_diameter_px(probe: torch.Tensor) -> float:
     return float(2 * np.sqrt((power * (axis[:, None] ** 2 + axis[None, :] ** 2)).sum() / power.sum()))
 
 
-class LiveRefiner:
+class LiveRefiner(SpareTimeWorker):
     """Refines one scan's object while it streams in (see the module docstring).
 
     Args:
@@ -118,6 +109,7 @@ class LiveRefiner:
         if options.engine not in REFINE_ENGINES:
             raise ValueError(f"refinement engine must be one of {REFINE_ENGINES}, not {options.engine!r}")
         self.options, self.tail_threads, self.frame_shape = options, tail_threads, tuple(frame_shape)
+        self.what, self.idle_s = "refinement", 0.01
         self.unit_probe, self.mosaic, self.backlog = probe.to(torch.complex64), mosaic, backlog
         height, width = self.frame_shape
         good = np.ones(self.frame_shape, np.float32) if valid is None else (~np.asarray(valid, bool)).astype(np.float32)
@@ -340,35 +332,19 @@ class LiveRefiner:
         return True
 
     def _run(self) -> None:
-        _lower_thread_priority()
+        lower_thread_priority()
         torch.set_num_threads(1)  # this thread's own setting (torch keeps one per thread)
         self.ended.wait(self.options.start_after_s)  # the stream settles first (a short scan may end before)
-        tail = False
-        while not self.stop.is_set():
-            if self.ended.is_set() and not tail:
-                torch.set_num_threads(self.tail_threads)
-                tail = True
-            if tail and time.perf_counter() - self.last_frame_at >= self.options.tail_s:
-                break
-            if not self.ended.is_set() and self.backlog() > self.options.max_backlog:
-                time.sleep(0.005)  # reception, writing and inference come first
-                continue
-            started = time.perf_counter()
-            try:
-                did = self.step()
-            except Exception as error:  # refinement must never take the edge down
-                log.exception("live refinement stopped: %s", error)
-                break
-            if did:
-                self.seconds_busy += time.perf_counter() - started
-                if self.ended.is_set():
-                    self.seconds_after_last_frame += time.perf_counter() - started
-            else:
-                time.sleep(0.01)
+        self.work_in_spare_time()
         if self.cpu_at_last_frame is not None:
             self.cpu_seconds_after_last_frame = time.process_time() - self.cpu_at_last_frame
         self._take_pending()
         self.done.set()
+
+    def worked(self, seconds: float) -> None:
+        self.seconds_busy += seconds
+        if self.ended.is_set():
+            self.seconds_after_last_frame += seconds
 
     def summary(self) -> dict:
         """What the refinement did, for the scan's JSON summary."""
