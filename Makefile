@@ -7,7 +7,7 @@ STAMP := $(VENV)/.edgeray-installed
 # The CPU build of torch lies on this machine's disk; installing it first keeps pip from
 # resolving torch>=2.13 to a multi-GB CUDA build.
 TORCH_PIN := torch==2.13.0
-PY_DIRS := $(wildcard src tests benchmarks docs)
+PY_DIRS := $(wildcard src tests benchmarks docs examples)
 
 # Peer tools for the benchmarks live in their own environment: pty-chi needs torchvision, which does not
 # import beside the CPU torch 2.13 build (both torch 2.14.1 and torchvision 0.29.1 lie on this machine's disk).
@@ -47,8 +47,11 @@ format: $(STAMP)
 test: lint browser
 	$(BIN)/python -m pytest -q
 
-# The documentation site (Sphinx, docs/ -> docs/_build/html); any warning fails the build.
+# The documentation site (Sphinx, docs/ -> docs/_build/html); any warning fails the build. The gallery's pictures
+# are made by running the examples first.
 docs: $(STAMP)
+	mkdir -p docs/_generated
+	for example in examples/*.py; do echo "== $$example"; $(BIN)/python $$example docs/_generated || exit 1; done
 	$(BIN)/python -m sphinx -W --keep-going -q -b html docs docs/_build/html
 	@echo "site: docs/_build/html/index.html"
 
@@ -82,4 +85,4 @@ bench: $(STAMP) $(PEERS_STAMP)
 	for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script --quick || exit 1; done
 
 clean:
-	rm -rf $(VENV) $(PEERS) out demo_run build dist src/*.egg-info .pytest_cache .ruff_cache docs/_build
+	rm -rf $(VENV) $(PEERS) out demo_run build dist src/*.egg-info .pytest_cache .ruff_cache docs/_build docs/_generated
