@@ -246,14 +246,6 @@ def product_labels(scan: PtychoScan, product: Product) -> torch.Tensor:
     return torch.polar(torch.from_numpy(samples["amplitude"]), torch.from_numpy(samples["phase"]))
 
 
-def lsqml_labels(scan: PtychoScan, frames: np.ndarray, probe: np.ndarray, epochs: int) -> torch.Tensor:
-    """``(len(frames), H, W)`` complex64 labels: the patches of an LSQML reconstruction (``epochs``, starting from
-    ``probe``) of the scan's ``frames`` alone, relative to the mean transmission, mean phase removed."""
-    part = PtychoScan(frames=np.asarray(scan.frames[frames]), positions_m=scan.positions_m[frames],
-                      geometry=scan.geometry, mask=scan.mask)  # fmt: skip
-    return product_labels(part, lsqml_product(scan, frames, probe, epochs))
-
-
 def model_frame(model: nn.Module) -> EdgeNet:
     """The per-frame edge model: ``model`` itself, or a group model's per-frame branch."""
     return model.frame if isinstance(model, GroupNet) else model
