@@ -236,12 +236,23 @@ def test_the_flags_take_their_defaults_from_the_options_they_fill():
     import dataclasses
 
     from edgeray.cli import build_parser
+    from edgeray.cli.demo import DEMO_SCAN
+    from edgeray.cli.stream import REPLAY_SCAN
+    from edgeray.nn.corpus_training import CorpusTrainOptions
+    from edgeray.nn.evaluate import EvaluationOptions
     from edgeray.nn.finetune import FinetuneOptions
+    from edgeray.nn.models import ModelConfig
+    from edgeray.nn.set_training import TrainOptions
+    from edgeray.sim import PtychoSimConfig, TomoSimConfig
     from edgeray.stream.edge import EdgeOptions
     from edgeray.stream.learn import LearnOptions
+    from edgeray.stream.pva import PvaOptions
     from edgeray.stream.refine import RefineOptions
     from edgeray.stream.tomo import TomoEdgeOptions
+    from edgeray.tomo.denoise import DenoiserOptions
     from edgeray.tomo.recon import TomoOptions
+    from edgeray.tomo.tomogan import TomoGANConfig
+    from edgeray.workflow.flow import FlowOptions
 
     parser = build_parser()
     cases = [
@@ -249,15 +260,97 @@ def test_the_flags_take_their_defaults_from_the_options_they_fill():
         (("edge",), TomoEdgeOptions, ""),
         (("edge",), RefineOptions, "refine_"),
         (("edge",), LearnOptions, "learn_"),
+        (("edge",), PvaOptions, "pva_"),
         (("tomo", "recon"), TomoOptions, ""),
+        (("tomo", "train-denoiser"), DenoiserOptions, ""),
+        (("tomo", "train-denoiser"), TomoGANConfig, ""),
         (("nn", "finetune"), FinetuneOptions, ""),
+        (("nn", "train"), CorpusTrainOptions, ""),
+        (("nn", "train"), TrainOptions, ""),
+        (("nn", "train"), ModelConfig, ""),
+        (("nn", "evaluate"), EvaluationOptions, ""),
+        (("nn", "make-trainset"), PtychoSimConfig(), ""),
+        (("simulate", "ptycho"), PtychoSimConfig(), ""),
+        (("simulate", "tomo"), TomoSimConfig(), ""),
+        (("detector", "replay"), REPLAY_SCAN, ""),  # its own scan, written once beside the command
+        (("demo",), DEMO_SCAN, ""),
+        (("workflow", "run"), FlowOptions, ""),
     ]
     checked = 0
     for names, options, prefix in cases:
-        defaults = {f.name: f.default for f in dataclasses.fields(options) if f.default is not dataclasses.MISSING}
+        instance = options if not isinstance(options, type) else None
+        defaults = {f.name: getattr(instance, f.name) if instance else f.default for f in dataclasses.fields(options)}
+        defaults = {name: value for name, value in defaults.items() if value is not dataclasses.MISSING}
         for action in _subparser(parser, *names)._actions:
             field = action.dest.removeprefix(prefix) if action.dest.startswith(prefix) else None
             if field in defaults and action.default is not None and not isinstance(action.default, bool):
                 assert action.default == defaults[field], (" ".join(names), action.dest, action.default)
                 checked += 1
-    assert checked >= 20
+    assert checked >= 80
+
+
+def _parse_with_config(*argv: str):
+    from edgeray.cli import build_parser
+    from edgeray.cli.config import apply_config
+
+    parser = build_parser()
+    return apply_config(parser, parser.parse_args(list(argv)), list(argv))
+
+
+def _options_in(args) -> dict:
+    return {k: v for k, v in vars(args).items() if k not in ("config", "config_parser", "func", "print_config")}
+
+
+@pytest.mark.parametrize("command", [("edge",), ("ptycho", "reconstruct", "scan.cxi", "-o", "out.h5"),
+                                     ("tomo", "recon", "raw.h5", "-o", "rec.h5")])  # fmt: skip
+def test_print_config_reads_back_as_the_same_options(tmp_path, capsys, command):
+    """`--print-config` with some flags, written to a file, given back with `--config`: the same options."""
+    from edgeray.cli import main
+
+    flags = {
+        "edge": ["--max-batch", "16", "--refine", "--refine-engine", "rpie", "--http", "off"],
+        "ptycho": ["--engine", "rpie", "--epochs", "7", "--fixed-probe", "--momentum", "0.5"],
+        "tomo": ["--algorithm", "sirt", "--center", "40.5", "--data-path", "/entry/imaging/data"],
+    }[command[0]]
+    assert main([*command, *flags, "--print-config"]) == 0
+    text = capsys.readouterr().out
+    config = tmp_path / "options.toml"
+    config.write_text(text)
+    assert _options_in(_parse_with_config(*command, "--config", str(config))) == _options_in(
+        _parse_with_config(*command, *flags)
+    )
+
+
+def test_a_config_file_is_checked_like_the_command_line(tmp_path):
+    """Tables, YAML, the command line over the file; a key the command lacks, a wrong type or choice and a
+    positional are refused by name (exit status 2), and the command does no work."""
+    toml = tmp_path / "edge.toml"
+    toml.write_text('max_batch = 32\nout = "runs"\n[refine]\nengine = "rpie"\ntail-s = 3\n')
+    args = _parse_with_config("edge", "--config", str(toml), "--max-batch", "8")
+    assert (args.max_batch, args.out, args.refine, args.refine_engine, args.refine_tail_s) == (8, Path("runs"), True,
+                                                                                               "rpie", 3.0)  # fmt: skip
+    toml.write_text("[refine]\non = false\nengine = 'rpie'\n")
+    assert _parse_with_config("edge", "--config", str(toml)).refine is False
+    yaml_file = tmp_path / "recon.yaml"
+    yaml_file.write_text("algorithm: sirt\niterations: 30\nslices: '0:4'\n")
+    args = _parse_with_config("tomo", "recon", "raw.h5", "-o", "r.h5", "--config", str(yaml_file))
+    assert (args.algorithm, args.iterations, args.slices) == ("sirt", 30, "0:4")
+    refusals = {
+        "max-bach = 3\n": "unknown key 'max-bach' for `edgeray edge`; did you mean max-batch?",
+        'max-batch = "many"\n': "max-batch: 'many' is not valid",
+        "max-batch = 2.5\n": "max-batch: a whole number, not 2.5",
+        'refine-engine = "epie"\n': "refine-engine: 'epie' is not one of lsqml, rpie",
+        "refine = 1\n": "refine: true or false, not 1",
+        "max-batch = [1, 2]\n": "max-batch: a single value",
+    }
+    for text, message in refusals.items():
+        toml.write_text(text)
+        result = edgeray("edge", "--config", str(toml), "--out", str(tmp_path / "never"), check=False)
+        assert result.returncode == 2 and message in result.stderr.replace("\n", ""), (text, result.stderr)
+        assert not (tmp_path / "never").exists()
+    toml.write_text('input = "other.h5"\n')
+    result = edgeray("tomo", "recon", "raw.h5", "-o", str(tmp_path / "r.h5"), "--config", str(toml), check=False)
+    assert result.returncode == 2 and "input: a positional argument; give it on the command line" in result.stderr
+    toml.write_text("max-batch = \n")
+    result = edgeray("edge", "--config", str(toml), check=False)
+    assert result.returncode == 2 and "not valid TOML" in result.stderr

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from edgeray.io import EdgeRayFormatError, detect_kind, inspect, open_tomo, read_tomo, write_dxchange
+from edgeray.io.nxtomo import TomoPaths
 from edgeray.metrics import ssim
 from edgeray.sim import TomoSimConfig, simulate_tomo
 
@@ -236,3 +237,50 @@ def test_a_facility_file_reads_with_explicit_paths_and_without_them_lists_its_ca
                                   str(tmp_path / "x.h5")], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert refused_cli.returncode == 2 and "/entry/imaging/data (96, 3, 48)" in refused_cli.stderr
     assert not (tmp_path / "x.h5").exists()
+
+
+def write_diad_layout(path: Path, scan, angles_name: str = "gts_cs_theta") -> Path:
+    """A DIAD (K11) imaging file as httomo's loader settings for that beamline describe it: frames at
+    /entry/imaging/data, image keys at /entry/instrument/imaging/image_key, angles (one per frame) in
+    /entry/imaging_sum; no NXtomo definition and no Data Exchange group."""
+    frames, keys, angles = _frames_and_keys(scan)
+    with h5py.File(path, "w") as h5:
+        h5["entry/imaging/data"] = frames.astype(np.uint16)
+        h5["entry/instrument/imaging/image_key"] = keys.astype(np.uint8)
+        h5[f"entry/imaging_sum/{angles_name}"] = angles
+    return path
+
+
+@pytest.mark.parametrize("angles_name", ["gts_cs_theta", "gts_theta_value"])
+def test_a_known_facility_layout_is_found_without_paths(tmp_path, scan, angles_name):
+    """Both angle datasets DIAD has written over time are found; the file reads as its Data Exchange twin, `tomo
+    info` says which layout and datasets it read, and a layout the file does not have is refused with candidates."""
+    path = write_diad_layout(tmp_path / "k11-1234.nxs", scan, angles_name)
+    with open_tomo(path) as reader:
+        assert reader.layout == "diamond-diad"
+        assert reader.sources["angles"] == f"/entry/imaging_sum/{angles_name}"
+    back = read_tomo(path)
+    np.testing.assert_array_equal(back.projections, scan.projections)
+    np.testing.assert_array_equal(back.theta_deg, scan.theta_deg)
+    info = json.loads(subprocess.run([sys.executable, "-m", "edgeray", "tomo", "info", str(path), "--json"],
+                                     capture_output=True, text=True, timeout=120, check=True).stdout)  # fmt: skip
+    assert info["kind"] == "tomo-raw" and info["layout"] == "diamond-diad" and info["problems"] == []
+    assert info["sources"]["frames"] == "/entry/imaging/data" and info["n_angles"] == len(scan.theta_deg)
+    with pytest.raises(EdgeRayFormatError, match=r"/entry1/tomo_entry/data/data: no such dataset.*/entry/imaging/data"):
+        open_tomo(path, paths=TomoPaths(layout="diamond-tomo"))
+    with pytest.raises(ValueError, match="unknown layout 'aps-2bm'; known layouts: dxchange, nxtomo, diamond-diad"):
+        open_tomo(path, paths=TomoPaths(layout="aps-2bm"))
+
+
+def test_a_config_file_gives_the_paths_and_the_command_line_wins(tmp_path, scan):
+    """`tomo recon --config` with the facility paths reconstructs what the flags do; a flag beats the file."""
+    path = write_facility_style(tmp_path / "diad.nxs", scan)
+    config = tmp_path / "beamline.toml"
+    config.write_text('data-path = "/entry/imaging/data"\nimage-key-path = "/entry/imaging/image_key"\n'
+                      'angles-path = "/entry/imaging_sum/theta"\nalgorithm = "fbp"\n')  # fmt: skip
+    out = tmp_path / "rec.h5"
+    command = ["tomo", "recon", str(path), "-o", str(out), "--config", str(config), "--algorithm", "gridrec"]
+    result = subprocess.run([sys.executable, "-m", "edgeray", *command], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["options"]["algorithm"] == "gridrec" and summary["options"]["data_path"] == "/entry/imaging/data"

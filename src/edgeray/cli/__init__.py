@@ -17,6 +17,7 @@ from rich.markup import escape
 from edgeray import __version__
 from edgeray.cli import demo, files, loader, nn, ptycho, simulate, stream, tomo, workflow
 from edgeray.cli._common import console
+from edgeray.cli.config import apply_config, config_text
 from edgeray.io import EdgeRayFormatError
 
 #: command groups in the order ``edgeray --help`` lists them
@@ -38,8 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 validation problems, 2 bad input, 130 Ctrl-C)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
+        args = apply_config(parser, args, argv)
+        if getattr(args, "print_config", False):
+            print(config_text(args), end="")
+            return 0
         if isinstance(getattr(args, "device", None), str):
             from edgeray.device import resolve_device
 

@@ -16,6 +16,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from edgeray.io.tomo_layouts import LAYOUTS
+
 console = Console(stderr=True)
 
 
@@ -44,6 +46,14 @@ def config_from_args(cls: type, args: argparse.Namespace):
     the dataclass default where the command has no such option."""
     values = {f.name: getattr(args, f.name.lower()) for f in fields(cls) if hasattr(args, f.name.lower())}
     return cls(**values)
+
+
+def defaults_of(function) -> dict:
+    """A function's keyword defaults by parameter name: flags that fill its arguments take theirs from here."""
+    import inspect
+
+    parameters = inspect.signature(function).parameters.values()
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
 
 
 def add_cxi_flags(parser: argparse.ArgumentParser) -> None:
@@ -82,10 +92,12 @@ def add_tomo_path_flags(parser) -> None:
         help="HDF5 path of the image keys (0 projection, 1 flat, 2 dark; default: all projections)",
     )
     parser.add_argument("--angles-path", default=None, help="HDF5 path of the rotation angles (degrees)")
+    parser.add_argument("--layout", default=None, choices=tuple(LAYOUTS),
+                        help="a known facility layout (default: found from the file; see docs/formats)")  # fmt: skip
 
 
 def tomo_paths(args):
     """The :class:`~edgeray.io.nxtomo.TomoPaths` the flags of :func:`add_tomo_path_flags` give."""
     from edgeray.io.nxtomo import TomoPaths
 
-    return TomoPaths(args.data_path, args.image_key_path, args.angles_path)
+    return TomoPaths(args.data_path, args.image_key_path, args.angles_path, args.layout)

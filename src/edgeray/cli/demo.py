@@ -11,7 +11,12 @@ import numpy as np
 from rich.table import Table
 
 from edgeray.cli._common import console, progress_bar
+from edgeray.cli.stream import PTYCHO_RATE_HZ
 from edgeray.sim import PtychoSimConfig, simulate_ptycho
+
+#: the demo's scan: long enough to watch (8 s at 2 kHz), a dense step so the network's patches overlap
+DEMO_SCAN = PtychoSimConfig(n_positions=16000, step_px=4.0, seed=3)
+DEMO_TAIL_S = 60.0  # refinement and learning after the last frame, s: the refined image is the demo's end
 
 
 def _free_port(preferred: int = 0) -> int:
@@ -32,16 +37,18 @@ def add_demo(commands: argparse._SubParsersAction) -> None:
     """The arguments of ``cmd_demo``."""
     demo = commands.add_parser("demo", help="the main job: live streaming on a simulated scan, all local")
     demo.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")
-    demo.add_argument("--frames", type=int, default=16000, help="frames in the simulated scan")
-    demo.add_argument("--rate", type=float, default=2000.0, help="detector frame rate, Hz")
-    demo.add_argument("--step-px", type=float, default=4.0, help="scan step, object pixels")
-    demo.add_argument("--photons", type=float, default=1e5, help="mean photons per frame")
-    demo.add_argument("--seed", type=int, default=3)
+    demo.add_argument("--frames", type=int, default=DEMO_SCAN.n_positions, help="frames in the simulated scan")
+    demo.add_argument("--rate", type=float, default=PTYCHO_RATE_HZ, help="detector frame rate, Hz")
+    demo.add_argument("--step-px", type=float, default=DEMO_SCAN.step_px, help="scan step, object pixels")
+    demo.add_argument("--photons", type=float, default=DEMO_SCAN.photons, help="mean photons per frame")
+    demo.add_argument("--seed", type=int, default=DEMO_SCAN.seed)
     demo.add_argument("--port", type=int, default=8765, help="live-view port on 127.0.0.1 (0: any free port)")
     demo.add_argument("--hold", type=float, default=5.0, help="seconds the live view stays up after the scan")
     demo.add_argument("--model", type=Path, default=None, help="edge model directory (default: the shipped one)")
     demo.add_argument("--no-refine", action="store_true", help="the network's image only (no live refinement)")
-    demo.add_argument("--refine-tail-s", type=float, default=60.0, help="seconds of refinement after the last frame")
+    demo.add_argument(
+        "--refine-tail-s", type=float, default=DEMO_TAIL_S, help="seconds of refinement after the last frame"
+    )
     demo.add_argument("--no-learn", action="store_true", help="no continual learning of the sample at the edge")
     demo.set_defaults(func=cmd_demo)
 

@@ -10,7 +10,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from edgeray.cli._common import add_cxi_flags, console, cxi_options, progress_bar
+from edgeray.cli._common import add_cxi_flags, add_tomo_path_flags, console, cxi_options, progress_bar, tomo_paths
+from edgeray.cli.config import add_config_flags
 from edgeray.io import inspect
 
 
@@ -31,15 +32,28 @@ def add_info(commands: argparse._SubParsersAction) -> None:
     info.add_argument("--json", action="store_true", help="print JSON instead of tables")
     info.add_argument("--no-scan", action="store_true", help="skip reading every frame for NaN/negative counts")
     add_cxi_flags(info)
+    add_tomo_path_flags(info)
     info.set_defaults(func=cmd_info)
 
 
+def add_tomo_info(commands: argparse._SubParsersAction) -> None:
+    """``edgeray tomo info``: :func:`cmd_info` for raw tomography files, with their paths or layout."""
+    info = commands.add_parser("info", help="how a raw tomography file is read: layout, datasets, angles, problems")
+    info.add_argument("file", type=Path, help="Data Exchange, NXtomo or a facility layout (--layout, --data-path)")
+    info.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    info.add_argument("--no-scan", action="store_true", help="skip reading every frame for NaN/negative counts")
+    add_tomo_path_flags(info)
+    add_config_flags(info)
+    info.set_defaults(func=cmd_info, translation="sample", ignore_basis=False)
+
+
 def cmd_info(args: argparse.Namespace) -> int:
+    paths = tomo_paths(args)
     if args.no_scan:
-        info = inspect(args.file, scan_counts=False, cxi_options=cxi_options(args))
+        info = inspect(args.file, scan_counts=False, cxi_options=cxi_options(args), tomo_paths=paths)
     else:
         with progress_bar("checking counts", None) as update:
-            info = inspect(args.file, progress=update, cxi_options=cxi_options(args))
+            info = inspect(args.file, progress=update, cxi_options=cxi_options(args), tomo_paths=paths)
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return 1 if info["problems"] else 0

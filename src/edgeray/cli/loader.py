@@ -8,20 +8,26 @@ from pathlib import Path
 
 from rich.table import Table
 
-from edgeray.cli._common import console, summary_path, write_summary
+from edgeray.cli._common import console, defaults_of, summary_path, write_summary
 
 
 def add_loader_simulate(commands: argparse._SubParsersAction) -> None:
     """The arguments of ``cmd_loader_simulate``."""
+    from edgeray.loader.simulate import simulate_policies
+
+    S = defaults_of(simulate_policies)
     ls = commands.add_parser("simulate", help="reads and hit rates of SOLAR, LRU, frequency and no buffer")
     ls.add_argument("--samples", type=int, default=100_000, help="training-set size, samples")
-    ls.add_argument("--epochs", type=int, default=5)
-    ls.add_argument("--ranks", type=int, default=32)
-    ls.add_argument("--batch-per-rank", type=int, default=32, help="even share of a global batch")
-    ls.add_argument("--buffer-fraction", type=float, default=0.25, help="all ranks' buffers / data set size")
-    ls.add_argument("--sample-bytes", type=int, default=49156, help="bytes per sample (64^2 frame + 2 labels)")
-    ls.add_argument("--seed", type=int, default=0)
-    ls.add_argument("--rows-per-chunk", type=int, default=1, help="samples per HDF5 chunk (1: sample by sample)")
+    ls.add_argument("--epochs", type=int, default=5, help="epochs of the schedule")
+    ls.add_argument("--ranks", type=int, default=32, help="training ranks sharing the data set")
+    ls.add_argument("--batch-per-rank", type=int, default=S["batch_per_rank"], help="even share of a global batch")
+    ls.add_argument("--buffer-fraction", type=float, default=S["buffer_fraction"],
+                    help="all ranks' buffers / data set size")  # fmt: skip
+    ls.add_argument("--sample-bytes", type=int, default=S["sample_bytes"],
+                    help="bytes per sample (64^2 frame + 2 labels)")  # fmt: skip
+    ls.add_argument("--seed", type=int, default=S["seed"])
+    ls.add_argument("--rows-per-chunk", type=int, default=S["rows_per_chunk"],
+                    help="samples per HDF5 chunk (1: sample by sample)")  # fmt: skip
     ls.add_argument("-o", "--output", type=Path, default=Path("loader_policies.png"), help="figure (PNG)")
     ls.set_defaults(func=cmd_loader_simulate)
 

@@ -12,8 +12,15 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from edgeray.cli._common import add_cxi_flags, console, cxi_options, progress_bar, write_summary
+from edgeray.cli._common import add_cxi_flags, console, cxi_options, defaults_of, progress_bar, write_summary
 from edgeray.sim import SCANS, PtychoSimConfig
+
+SIM = PtychoSimConfig  # the simulations' defaults
+
+
+def _given(**values):
+    """The keyword arguments that were given (not None): the options' own defaults stand for the others."""
+    return {name: value for name, value in values.items() if value is not None}
 
 
 def add_nn_make_trainset(commands: argparse._SubParsersAction) -> None:
@@ -23,11 +30,11 @@ def add_nn_make_trainset(commands: argparse._SubParsersAction) -> None:
     m.add_argument("--simulate", type=int, default=None, help="simulate this many frames (diverse objects, doses)")
     m.add_argument("--scan", type=Path, default=None, help="a measured scan (CXI) ...")
     m.add_argument("--labels", type=Path, default=None, help="... and its iterative reconstruction (product)")
-    m.add_argument("--frame-size", type=int, default=64)
-    m.add_argument("--step-px", type=float, default=8.0)
-    m.add_argument("--scan-path", dest="scan_kind", choices=SCANS, default="spiral", help="scan path of simulations")
-    m.add_argument("--probe", default="focused", help="probe of the simulations (focused, zoneplate, gaussian, FILE)")
-    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--frame-size", type=int, default=SIM.frame_size)
+    m.add_argument("--step-px", type=float, default=SIM.step_px)
+    m.add_argument("--scan-path", dest="scan_kind", choices=SCANS, default=SIM.scan, help="scan path of simulations")
+    m.add_argument("--probe", default=SIM.probe, help="probe of the simulations (focused, zoneplate, gaussian, FILE)")
+    m.add_argument("--seed", type=int, default=SIM.seed)
     m.set_defaults(func=cmd_nn_make_trainset)
 
 
@@ -96,14 +103,14 @@ def _train_on_corpus(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     low, high = (float(v) for v in args.photons.split(","))
-    config = ModelConfig("edge", args.width or 8, args.depth, args.frame_size, args.probe, args.probe_diameter_px,
+    config = ModelConfig("edge", args.width, args.depth, args.frame_size, args.probe, args.probe_diameter_px,
                          args.dense)  # fmt: skip
     corpus = CorpusConfig(frame_size=args.frame_size, probe=args.probe, probe_diameter_px=args.probe_diameter_px,
                           photons=(low, high), seed=args.seed)  # fmt: skip
     options = CorpusTrainOptions(steps=args.steps, objects_per_step=args.objects_per_step,
-                                 learning_rate=args.lr or 2e-3, physics_weight=args.physics_weight,
-                                 slope_weight=args.slope_weight,
-                                 checkpoint_every=args.checkpoint_every, device=args.device)  # fmt: skip
+                                 physics_weight=args.physics_weight, slope_weight=args.slope_weight,
+                                 checkpoint_every=args.checkpoint_every, device=args.device,
+                                 **_given(learning_rate=args.lr))  # fmt: skip
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                TextColumn("val phase L1 {task.fields[phase]:.4f} rad"))  # fmt: skip
     start = time.perf_counter()
@@ -121,6 +128,11 @@ def _train_on_corpus(args: argparse.Namespace) -> int:
 
 def add_nn_train(commands: argparse._SubParsersAction) -> None:
     """The arguments of ``cmd_nn_train``."""
+    from edgeray.nn.corpus import CorpusConfig
+    from edgeray.nn.corpus_training import CorpusTrainOptions as C
+    from edgeray.nn.models import ModelConfig as M
+    from edgeray.nn.set_training import TrainOptions as T
+
     t = commands.add_parser("train", help="train a model on a training set, or the edge model on the corpus")
     t.add_argument("trainset", type=Path, nargs="?", default=None, help="training set (HDF5); omit with --corpus")
     t.add_argument("-o", "--output", type=Path, required=True, help="model directory")
@@ -128,32 +140,40 @@ def add_nn_train(commands: argparse._SubParsersAction) -> None:
                    help="edge (with --corpus), compact or ptychonn (stored sets; default compact)")  # fmt: skip
     t.add_argument("--width", type=int, default=None, help="base channels (edge and compact 8, ptychonn 32)")
     t.add_argument("--corpus", action="store_true", help="train on the procedural corpus, generated as it trains")
-    t.add_argument("--steps", type=int, default=20000, help="corpus: optimizer steps")
-    t.add_argument("--objects-per-step", type=int, default=16, help="corpus: objects per step (8 frames each)")
-    t.add_argument("--photons", default="1e2,1e6", help="corpus: range of mean counts per frame, LOW,HIGH")
-    t.add_argument("--physics-weight", type=float, default=0.1, help="corpus: weight of the Poisson deviance")
-    t.add_argument("--slope-weight", type=float, default=1.0, help="corpus: weight of the phase-slope term")
-    t.add_argument("--dense", type=int, default=0, help="edge: width of a dense mixing layer (0: none)")
-    t.add_argument("--probe", default="focused", help="edge: the probe (focused, zoneplate, gaussian, FILE)")
+    t.add_argument("--steps", type=int, default=C.steps, help="corpus: optimizer steps")
+    t.add_argument(
+        "--objects-per-step", type=int, default=C.objects_per_step, help="corpus: objects per step (8 frames each)"
+    )
+    t.add_argument(
+        "--photons",
+        default=",".join(f"{v:g}" for v in CorpusConfig.photons),
+        help="corpus: range of mean counts per frame, LOW,HIGH",
+    )
+    t.add_argument(
+        "--physics-weight", type=float, default=C.physics_weight, help="corpus: weight of the Poisson deviance"
+    )
+    t.add_argument("--slope-weight", type=float, default=C.slope_weight, help="corpus: weight of the phase-slope term")
+    t.add_argument("--dense", type=int, default=M.dense, help="edge: width of a dense mixing layer (0: none)")
+    t.add_argument("--probe", default=M.probe, help="edge: the probe (focused, zoneplate, gaussian, FILE)")
     t.add_argument("--probe-diameter-px", type=float, default=None, help="edge: beam diameter, object pixels")
-    t.add_argument("--checkpoint-every", type=int, default=500, help="corpus: steps between checkpoints")
+    t.add_argument("--checkpoint-every", type=int, default=C.checkpoint_every, help="corpus: steps between checkpoints")
     t.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
-    t.add_argument("--depth", type=int, default=3)
-    t.add_argument("--frame-size", type=int, default=64)
-    t.add_argument("--epochs", type=int, default=20)
-    t.add_argument("--batch", type=int, default=64)
+    t.add_argument("--depth", type=int, default=M.depth, help="U-Net levels")
+    t.add_argument("--frame-size", type=int, default=M.frame_size, help="frame side, pixels")
+    t.add_argument("--epochs", type=int, default=T.epochs, help="stored sets: passes over the set")
+    t.add_argument("--batch", type=int, default=T.batch_size, help="stored sets: frames per batch")
     t.add_argument("--lr", type=float, default=None, help="peak learning rate (cosine; stored sets 5e-3, corpus 2e-3)")
-    t.add_argument("--device", default="cpu")
-    t.add_argument("--workers", type=int, default=0)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default=T.device, help="cpu, cuda or auto")
+    t.add_argument("--workers", type=int, default=T.workers, help="loader processes")
+    t.add_argument("--seed", type=int, default=T.seed)
     t.add_argument("--resume", action="store_true", help="continue from the model directory's last epoch")
     t.add_argument(
         "--loader",
         choices=("torch", "solar"),
-        default="torch",
+        default=T.loader,
         help="torch DataLoader, or the SOLAR loader (same batches, buffer, coalesced reads)",
     )
-    t.add_argument("--buffer-mb", type=float, default=1024, help="SOLAR loader buffer, MiB")
+    t.add_argument("--buffer-mb", type=float, default=T.buffer_bytes / 2**20, help="SOLAR loader buffer, MiB")
     t.set_defaults(func=cmd_nn_train)
 
 
@@ -168,8 +188,8 @@ def cmd_nn_train(args: argparse.Namespace) -> int:
     if args.model == "edge":
         raise ValueError("the edge model trains on the corpus (--corpus); stored sets train compact or ptychonn")
     args.model = args.model or "compact"
-    config = ModelConfig(args.model, args.width or (8 if args.model == "compact" else 32), args.depth, args.frame_size)
-    options = TrainOptions(args.epochs, args.batch, args.lr or 5e-3, seed=args.seed, device=args.device,
+    config = ModelConfig(args.model, args.width, args.depth, args.frame_size)
+    options = TrainOptions(args.epochs, args.batch, seed=args.seed, device=args.device, **_given(learning_rate=args.lr),
                            workers=args.workers, loader=args.loader,
                            buffer_bytes=int(args.buffer_mb * 2**20))  # fmt: skip
     columns = (
@@ -222,13 +242,17 @@ def cmd_nn_publish(args: argparse.Namespace) -> int:
 
 def add_nn_infer(commands: argparse._SubParsersAction) -> None:
     """The arguments of ``cmd_nn_infer``."""
+    from edgeray.nn.infer import infer_scan
+
+    defaults = defaults_of(infer_scan)
     i = commands.add_parser("infer", help="invert a scan with a model and stitch the patches -> product")
     i.add_argument("scan", type=Path)
     i.add_argument("-o", "--output", type=Path, required=True, help="product HDF5 file")
     i.add_argument("--model", type=Path, default=None, help="model directory (default: the shipped edge model)")
-    i.add_argument("--device", default="cpu")
-    i.add_argument("--batch", type=int, default=256)
-    i.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto")
+    i.add_argument("--device", default=defaults["device"], help="cpu, cuda or auto")
+    i.add_argument("--batch", type=int, default=defaults["batch_size"], help="frames per network call")
+    i.add_argument("--backend", choices=("auto", "onnx", "torch"), default=defaults["backend"],
+                   help="ONNX Runtime or torch (auto: ONNX Runtime on CPU where it is installed)")  # fmt: skip
     add_cxi_flags(i)
     i.set_defaults(func=cmd_nn_infer)
 
@@ -320,13 +344,15 @@ def cmd_nn_finetune(args: argparse.Namespace) -> int:
 
 def add_nn_evaluate(commands: argparse._SubParsersAction) -> None:
     """The arguments of ``cmd_nn_evaluate``."""
+    from edgeray.nn.evaluate import EvaluationOptions as E
+
     e = commands.add_parser("evaluate", help="what a model is worth: phase SSIM on unseen scans beside LSQML")
     e.add_argument("model", type=Path, nargs="?", default=None, help="model directory (default: the shipped one)")
     e.add_argument("--scan", type=Path, default=None, help="also (or only, without --simulate) this scan (CXI)")
     e.add_argument("--simulate", action="store_true", help="the simulated cases (the default without --scan)")
-    e.add_argument("--pairs", type=int, default=8, help="unseen object pairs at 1e5 photons")
-    e.add_argument("--frames", type=int, default=900, help="frames per simulated scan")
-    e.add_argument("--lsqml-epochs", type=int, default=30, help="LSQML epochs beside the network (0: none)")
+    e.add_argument("--pairs", type=int, default=E.pairs, help="unseen object pairs at 1e5 photons")
+    e.add_argument("--frames", type=int, default=E.frames, help="frames per simulated scan")
+    e.add_argument("--lsqml-epochs", type=int, default=E.lsqml_epochs, help="LSQML epochs beside the network (0: none)")
     e.add_argument("--quick", action="store_true", help="only the unseen-object cases")
     e.add_argument("-o", "--output", type=Path, default=None, help="JSON file for the table")
     e.add_argument("--write-card", action="store_true", help="record the figures in the model's card")

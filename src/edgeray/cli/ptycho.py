@@ -9,7 +9,8 @@ from pathlib import Path
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from edgeray.cli._common import add_cxi_flags, console, cxi_options, summary_path, write_summary
+from edgeray.cli._common import add_cxi_flags, console, cxi_options, defaults_of, summary_path, write_summary
+from edgeray.cli.config import add_config_flags
 
 
 def _ptycho_distributed(args: argparse.Namespace, options) -> int:
@@ -44,12 +45,14 @@ def _ptycho_distributed(args: argparse.Namespace, options) -> int:
 
 def add_ptycho_reconstruct(commands: argparse._SubParsersAction) -> None:
     """The arguments of ``cmd_ptycho_reconstruct``."""
+    from edgeray.ptycho.reconstruct import DEFAULT_ENGINE, DEFAULT_EPOCHS, ENGINES, run
+
     r = commands.add_parser("reconstruct", help="reconstruct a CXI scan -> product HDF5, PNG, JSON")
     r.add_argument("scan", type=Path, help="CXI file")
     r.add_argument("-o", "--output", type=Path, required=True, help="product HDF5 file")
-    r.add_argument("--engine", choices=("lsqml", "rpie", "epie", "mlcg"), default="lsqml", help="engine")
-    r.add_argument("--epochs", type=int, default=50, help="passes over the data")
-    r.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    r.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE, help="engine")
+    r.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="passes over the data")
+    r.add_argument("--device", default=defaults_of(run)["device"], help="cpu, cuda, cuda:N or auto")
     r.add_argument("--batch-size", type=int, default=None, help="frames per update (engine default)")
     r.add_argument("--probe-modes", type=int, default=None, help="incoherent probe modes (default 1)")
     r.add_argument("--fixed-probe", action="store_true", help="do not refine the probe")
@@ -75,6 +78,7 @@ def add_ptycho_reconstruct(commands: argparse._SubParsersAction) -> None:
     r.add_argument("--nproc", type=int, default=None, help="run across N local ranks (gloo; NCCL on cuda)")
     r.add_argument("--distributed", action="store_true", help="run as one rank of torchrun's process group")
     add_cxi_flags(r)
+    add_config_flags(r)
     r.set_defaults(func=cmd_ptycho_reconstruct)
 
 

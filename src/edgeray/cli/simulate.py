@@ -36,10 +36,12 @@ def add_simulate_ptycho(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--energy-ev", type=float, default=defaults.energy_eV, help="photon energy, eV")
     p.add_argument("--distance-m", type=float, default=defaults.distance_m, help="sample-detector distance, m")
     p.add_argument("--detector-pixel-m", type=float, default=defaults.detector_pixel_m, help="pixel pitch, m")
-    p.add_argument("--beamstop-px", type=float, default=0.0, help="central beamstop radius, pixels (masked)")
+    p.add_argument(
+        "--beamstop-px", type=float, default=defaults.beamstop_px, help="central beamstop radius, pixels (masked)"
+    )
     p.add_argument("--saturation", type=float, default=None, help="detector saturation level, counts")
     p.add_argument("--compression", choices=COMPRESSIONS, default="gzip", help="frame compression")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--seed", type=int, default=defaults.seed, help="random seed")
     p.add_argument("--preview", type=Path, default=None, help="also write a PNG preview here")
     p.set_defaults(func=cmd_simulate_ptycho)
 
@@ -89,7 +91,7 @@ def add_simulate_tomo(commands: argparse._SubParsersAction) -> None:
     t.add_argument("--max-attenuation", type=float, default=tdefaults.max_attenuation, help="largest -log(T)")
     t.add_argument("--rings", action="store_true", help="add pixel response errors (ring artifacts)")
     t.add_argument("--compression", choices=COMPRESSIONS, default="gzip", help="projection compression")
-    t.add_argument("--seed", type=int, default=0, help="random seed")
+    t.add_argument("--seed", type=int, default=tdefaults.seed, help="random seed")
     t.add_argument("--preview", type=Path, default=None, help="also write a PNG preview here")
     t.set_defaults(func=cmd_simulate_tomo)
 

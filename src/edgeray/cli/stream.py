@@ -12,14 +12,18 @@ from edgeray.cli._common import (
     add_tomo_path_flags,
     console,
     cxi_options,
+    defaults_of,
     progress_bar,
     row_range,
     tomo_paths,
 )
+from edgeray.cli.config import add_config_flags
 from edgeray.sim import PtychoSimConfig
 
 PTYCHO_RATE_HZ = 2000.0  # a ptychography detector's default pace for `detector replay`
 TOMO_RATE_HZ = 500.0  # a tomography detector's
+#: what `detector replay --simulate` sends: 2 s at 2 kHz, a step dense enough for the edge model's mosaic
+REPLAY_SCAN = PtychoSimConfig(n_positions=4000, step_px=4.0)
 
 
 def replay_rate(args: argparse.Namespace, tomography: bool) -> float:
@@ -144,14 +148,16 @@ def _slices_or_all(spec: str | None) -> slice | None:
 
 def add_detector_replay(commands: argparse._SubParsersAction) -> None:
     """The arguments of ``cmd_detector_replay``."""
+    from edgeray.stream.pva_server import serve_frames
+
     d = commands.add_parser("replay", help="send a CXI, Data Exchange or NXtomo file (or --simulate) at a steady rate")
     d.add_argument("scan_file", type=Path, nargs="?", help="CXI, Data Exchange or NXtomo file to replay")
     d.add_argument("--simulate", action="store_true", help="simulate the scan instead (options below)")
-    d.add_argument("--n-positions", type=int, default=4000, help="frames to simulate")
-    d.add_argument("--step-px", type=float, default=4.0, help="simulated scan step, object pixels")
-    d.add_argument("--photons", type=float, default=1e5, help="simulated mean photons per frame")
-    d.add_argument("--object", default=PtychoSimConfig().object, help="simulated object (see simulate ptycho)")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--n-positions", type=int, default=REPLAY_SCAN.n_positions, help="frames to simulate")
+    d.add_argument("--step-px", type=float, default=REPLAY_SCAN.step_px, help="simulated scan step, object pixels")
+    d.add_argument("--photons", type=float, default=REPLAY_SCAN.photons, help="simulated mean photons per frame")
+    d.add_argument("--object", default=REPLAY_SCAN.object, help="simulated object (see simulate ptycho)")
+    d.add_argument("--seed", type=int, default=REPLAY_SCAN.seed)
     d.add_argument("--rate", type=float, default=None,
                    help=f"frames per second (0: as fast as possible; default {PTYCHO_RATE_HZ:g}, or "
                    f"{TOMO_RATE_HZ:g} for tomography files)")  # fmt: skip
@@ -159,7 +165,12 @@ def add_detector_replay(commands: argparse._SubParsersAction) -> None:
     d.add_argument("--pva", default=None, metavar="CHANNEL",
                    help="serve the frames as this EPICS PV Access NTNDArray channel (as areaDetector)")  # fmt: skip
     d.add_argument("--pva-interface", default="127.0.0.1", help="--pva: the address to serve on")
-    d.add_argument("--pva-wait-s", type=float, default=60.0, help="--pva: how long to wait for a subscriber")
+    d.add_argument(
+        "--pva-wait-s",
+        type=float,
+        default=defaults_of(serve_frames)["wait_s"],
+        help="--pva: how long to wait for a subscriber",
+    )
     d.add_argument("--scan-id", default=None, help="scan name (default: random)")
     d.add_argument("--repeat", type=int, default=1, help="send the scan this many times, as separate scans")
     d.add_argument("--cycles", type=int, default=1, help="send the frames this many times over, as one scan")
@@ -172,6 +183,7 @@ def add_detector_replay(commands: argparse._SubParsersAction) -> None:
     d.add_argument("--rows", default=None, help="tomography files: detector rows FIRST:LAST to send (default all)")
     d.add_argument("--entry", default=None, help="NXtomo files: which entry (default: the first)")
     add_tomo_path_flags(d)
+    add_config_flags(d)
     d.add_argument("--curve-keys", type=Path, default=None, help="CurveZMQ key folder (edgeray keys)")
     add_cxi_flags(d)
     d.set_defaults(func=cmd_detector_replay)
@@ -286,8 +298,10 @@ def _edge_tomo(args: argparse.Namespace) -> int:
 
 def add_edge(commands: argparse._SubParsersAction) -> None:
     """The arguments of ``cmd_edge``."""
+    from edgeray.stream.dashboard import Dashboard
     from edgeray.stream.edge import EdgeOptions as E
     from edgeray.stream.learn import LearnOptions
+    from edgeray.stream.pva import PvaOptions
     from edgeray.stream.refine import RefineOptions as R
     from edgeray.stream.tomo import TomoEdgeOptions as T
 
@@ -311,7 +325,9 @@ def add_edge(commands: argparse._SubParsersAction) -> None:
                    help="--pva: positions of frames without position attributes (.npy/.csv, or CXI)")  # fmt: skip
     e.add_argument("--pva-frames", type=int, default=None,
                    help="--pva: frames per scan when the frames carry no n_frames attribute")  # fmt: skip
-    e.add_argument("--pva-idle-s", type=float, default=1.0, help="--pva: a scan without frames this long has ended")
+    e.add_argument(
+        "--pva-idle-s", type=float, default=PvaOptions.idle_s, help="--pva: a scan without frames this long has ended"
+    )
     e.add_argument("--out", type=Path, default=E.out, help="folder for run files, products and summaries")
     e.add_argument("--model", type=Path, default=None, help="surrogate folder (default: the shipped edge model)")
     e.add_argument("--max-batch", type=int, default=E.max_batch, help="largest inference batch, frames")
@@ -325,7 +341,7 @@ def add_edge(commands: argparse._SubParsersAction) -> None:
     e.add_argument("--registry", type=Path, default=None,
                    help="model registry to follow: run CURRENT, swap to new versions between batches")  # fmt: skip
     e.add_argument("--http", default="127.0.0.1:8765", help="live view HOST:PORT, or 'off'")
-    e.add_argument("--view-fps", type=float, default=3.0,
+    e.add_argument("--view-fps", type=float, default=defaults_of(Dashboard)["max_fps"],
                    help="live view updates per second (10 beside a browser on 2 cores: p99 latency 114-846 ms; "
                         "3: 74-77 ms)")  # fmt: skip
     e.add_argument("--publish", default=E.publish, help="PUB endpoint for mosaic and stats, or 'off'")
@@ -347,6 +363,7 @@ def add_edge(commands: argparse._SubParsersAction) -> None:
                    help="frames received before learning starts")  # fmt: skip
     e.add_argument("--learn-tail-s", type=float, default=LearnOptions.tail_s,
                    help="seconds of learning after a scan's end")  # fmt: skip
+    add_config_flags(e)
     e.set_defaults(func=cmd_edge)
 
 

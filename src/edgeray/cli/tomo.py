@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from edgeray.cli._common import add_tomo_path_flags, console, progress_bar, row_range, summary_path, write_summary
+from edgeray.cli.config import add_config_flags
+from edgeray.cli.files import add_tomo_info
 
 
 def _center(value: str) -> float | None:
@@ -41,6 +43,7 @@ def add_tomo_recon(commands: argparse._SubParsersAction) -> None:
     tr.add_argument("--device", default=O.device, help="cpu or cuda (fbp, sirt)")
     tr.add_argument("--entry", default=None, help="NXtomo files: which entry (default: the first)")
     add_tomo_path_flags(tr)
+    add_config_flags(tr)
     tr.set_defaults(func=cmd_tomo_recon)
 
 
@@ -53,7 +56,7 @@ def cmd_tomo_recon(args: argparse.Namespace) -> int:
                           zingers=args.zingers, slices=row_range(args.slices), chunk_slices=args.chunk_slices,
                           iterations=args.iterations, device=args.device, entry=args.entry,
                           data_path=args.data_path, image_key_path=args.image_key_path,
-                          angles_path=args.angles_path)  # fmt: skip
+                          angles_path=args.angles_path, layout=args.layout)  # fmt: skip
     with progress_bar(f"{args.algorithm} reconstruction", None) as update:
         summary = reconstruct_file(args.input, args.output, options, progress=lambda done, total: update(done, total))
     volume, _ = read_reconstruction(args.output)
@@ -78,6 +81,9 @@ def cmd_tomo_recon(args: argparse.Namespace) -> int:
 
 def add_tomo_train_denoiser(commands: argparse._SubParsersAction) -> None:
     """The arguments of ``cmd_tomo_train_denoiser``."""
+    from edgeray.tomo.denoise import DenoiserOptions as D
+    from edgeray.tomo.tomogan import TomoGANConfig as G
+
     td = commands.add_parser("train-denoiser", help="train a TomoGAN denoiser (pairs: a file, simulation or tooth)")
     td.add_argument("-o", "--output", type=Path, required=True, help="model directory to write")
     source = td.add_mutually_exclusive_group()
@@ -102,19 +108,29 @@ def add_tomo_train_denoiser(commands: argparse._SubParsersAction) -> None:
     td.add_argument("--sparse-stride", type=int, default=1, help="simulated: keep every Nth angle in the input")
     td.add_argument("--stride", type=int, default=8, help="tooth: keep every Nth angle in the input")
     td.add_argument("--center", default="auto", help="tooth: rotation axis column, or 'auto' (the middle)")
-    td.add_argument("--depth", type=int, default=3, help="U-Net levels")
-    td.add_argument("--width", type=int, default=16, help="channels at the first level")
-    td.add_argument("--in-slices", type=int, default=1, help="adjacent slices in (odd)")
-    td.add_argument("--steps", type=int, default=3000, help="generator updates")
-    td.add_argument("--batch-size", type=int, default=8, help="patches per step")
-    td.add_argument("--patch", type=int, default=64, help="patch side, pixels")
-    td.add_argument("--perceptual-weight", type=float, default=0.1, help="perceptual loss weight (0: off)")
-    td.add_argument("--adversarial-weight", type=float, default=1e-3, help="adversarial loss weight (0: off)")
-    td.add_argument("--features", default="own", help="perceptual features: own, none, or a VGG19 weights file")
-    td.add_argument("--pixel-loss", choices=("mse", "l1"), default="mse", help="the pixel term of the loss")
-    td.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (cosine schedule down to 1/20)")
-    td.add_argument("--device", default="auto", help="cpu, cuda or auto (CUDA when there is one)")
-    td.add_argument("--seed", type=int, default=0)
+    td.add_argument("--depth", type=int, default=G.depth, help="U-Net levels")
+    td.add_argument("--width", type=int, default=G.width, help="channels at the first level")
+    td.add_argument("--in-slices", type=int, default=G.in_slices, help="adjacent slices in (odd)")
+    td.add_argument("--steps", type=int, default=D.steps, help="generator updates")
+    td.add_argument("--batch-size", type=int, default=D.batch_size, help="patches per step")
+    td.add_argument("--patch", type=int, default=D.patch, help="patch side, pixels")
+    td.add_argument(
+        "--perceptual-weight", type=float, default=D.perceptual_weight, help="perceptual loss weight (0: off)"
+    )
+    td.add_argument(
+        "--adversarial-weight", type=float, default=D.adversarial_weight, help="adversarial loss weight (0: off)"
+    )
+    td.add_argument("--features", default=D.features, help="perceptual features: own, none, or a VGG19 weights file")
+    td.add_argument("--pixel-loss", choices=("mse", "l1"), default=D.pixel_loss, help="the pixel term of the loss")
+    td.add_argument(
+        "--lr",
+        dest="learning_rate",
+        type=float,
+        default=D.learning_rate,
+        help="Adam learning rate (cosine schedule down to 1/20)",
+    )
+    td.add_argument("--device", default=D.device, help="cpu, cuda or auto (CUDA when there is one)")
+    td.add_argument("--seed", type=int, default=D.seed)
     td.set_defaults(func=cmd_tomo_train_denoiser)
 
 
@@ -166,7 +182,7 @@ def cmd_tomo_train_denoiser(args: argparse.Namespace) -> int:
     options = DenoiserOptions(steps=args.steps, batch_size=args.batch_size, patch=args.patch,
                               perceptual_weight=args.perceptual_weight, adversarial_weight=args.adversarial_weight,
                               features=args.features, pixel_loss=args.pixel_loss, seed=args.seed,
-                              learning_rate=args.lr, device=device)  # fmt: skip
+                              learning_rate=args.learning_rate, device=device)  # fmt: skip
     with progress_bar(f"training TomoGAN ({device})", args.steps) as update:
         done = [0]
 
@@ -301,6 +317,7 @@ def register(groups: argparse._SubParsersAction) -> None:
     """Add this module's commands to ``edgeray``."""
     tomo = groups.add_parser("tomo", help="tomography: reconstruct raw scans (Data Exchange, NXtomo), denoise slices")
     tomo_cmds = tomo.add_subparsers(dest="action", metavar="ACTION", required=True)
+    add_tomo_info(tomo_cmds)
     add_tomo_recon(tomo_cmds)
     add_tomo_train_denoiser(tomo_cmds)
     add_tomo_evaluate_denoiser(tomo_cmds)

@@ -7,11 +7,14 @@ from pathlib import Path
 
 from rich.table import Table
 
-from edgeray.cli._common import console, write_summary
+from edgeray.cli._common import console, defaults_of, write_summary
 
 
 def add_workflow_run(commands: argparse._SubParsersAction) -> None:
     """The arguments of ``cmd_workflow_run``."""
+    from edgeray.workflow.flow import FlowOptions as F
+    from edgeray.workflow.flow import FollowRun
+
     wr = commands.add_parser("run", help="run the flow over scans (CXI files), stages overlapped")
     wr.add_argument("scans", type=Path, nargs="*", help="scan files, in acquisition order")
     wr.add_argument(
@@ -21,17 +24,19 @@ def add_workflow_run(commands: argparse._SubParsersAction) -> None:
         help="instead of scan files: an edge service's --out folder; each scan is taken as it ends",
     )
     wr.add_argument("--n-scans", type=int, default=None, help="with --follow: stop after this many scans")
-    wr.add_argument("--idle-timeout", type=float, default=600.0,
+    wr.add_argument("--idle-timeout", type=float, default=defaults_of(FollowRun)["idle_timeout_s"],
                     help="with --follow: stop when no scan has ended for this long, s")  # fmt: skip
     wr.add_argument("--registry", type=Path, required=True, help="model registry the edge follows")
     wr.add_argument("--out", type=Path, default=Path("workflow"), help="work folder (products, labels, models)")
     wr.add_argument("--config", default="local", help="'local' or a Parsl config file (see workflow/configs/)")
-    wr.add_argument("--epochs", type=int, default=30, help="LSQML epochs per scan")
-    wr.add_argument("--finetune-epochs", type=int, default=5, help="fine-tuning epochs per new label set")
+    wr.add_argument("--epochs", type=int, default=F.epochs, help="LSQML epochs per scan")
+    wr.add_argument(
+        "--finetune-epochs", type=int, default=F.finetune_epochs, help="fine-tuning epochs per new label set"
+    )
     wr.add_argument("--sequential", action="store_true", help="run the tasks one after another (no overlap)")
-    wr.add_argument("--replay", default="all",
-                    help="'all' labels in every fine-tuning, or N frames of earlier scans with the newest")  # fmt: skip
-    wr.add_argument("--labels", choices=("lsqml", "physics", "sample"), default="lsqml",
+    wr.add_argument("--replay", default=None,
+                    help="frames of earlier scans mixed into each fine-tuning: N, or 'all' (the default)")  # fmt: skip
+    wr.add_argument("--labels", choices=("lsqml", "physics", "sample"), default=F.labels,
                     help="learn from LSQML's patches, from the scan's own frames (physics, no labels), or from "
                     "frames simulated from the reconstruction (sample: nn finetune's default)")  # fmt: skip
     wr.set_defaults(func=cmd_workflow_run)
@@ -48,7 +53,7 @@ def cmd_workflow_run(args: argparse.Namespace) -> int:
     if args.follow is not None and not args.follow.is_dir():
         raise FileNotFoundError(f"{args.follow}: no such run folder (the edge service's --out)")
     config = load_config(args.config, args.out / "parsl")
-    replay = None if args.replay == "all" else int(args.replay)
+    replay = None if args.replay in (None, "all") else int(args.replay)
     options = FlowOptions(args.epochs, args.finetune_epochs, overlap=not args.sequential, replay=replay,
                           labels=args.labels)  # fmt: skip
     if args.follow is not None:

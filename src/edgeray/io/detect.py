@@ -8,6 +8,7 @@ import h5py
 
 from edgeray.io.errors import EdgeRayFormatError
 from edgeray.io.nxtomo import nxtomo_entries
+from edgeray.io.tomo_layouts import match_layout
 
 KINDS = ("cxi", "product", "tomo-raw", "tomo-recon", "trainset")
 
@@ -26,7 +27,7 @@ def detect_kind(path: str | Path) -> str:
     except OSError as exc:
         raise EdgeRayFormatError(path, None, f"cannot open as HDF5 ({exc})") from exc
     with h5:
-        if nxtomo_entries(h5):
+        if nxtomo_entries(h5) or match_layout(h5) is not None:
             return "tomo-raw"
         if "cxi_version" in h5 or "entry_1" in h5:
             return "cxi"

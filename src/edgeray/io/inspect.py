@@ -13,7 +13,7 @@ from edgeray.io.cxi import CXIFile
 from edgeray.io.detect import detect_kind
 from edgeray.io.dxchange import read_reconstruction
 from edgeray.io.errors import EdgeRayFormatError
-from edgeray.io.nxtomo import open_tomo
+from edgeray.io.nxtomo import TomoPaths, open_tomo
 from edgeray.io.product import read_product
 
 
@@ -36,6 +36,7 @@ def inspect(
     scan_counts: bool = True,
     progress: Callable[[int, int], None] | None = None,
     cxi_options: dict | None = None,
+    tomo_paths: TomoPaths | None = None,
 ) -> dict:
     """Summarize any EdgeRay file: kind, datasets, geometry, the reader's assumptions and validation problems.
 
@@ -44,6 +45,7 @@ def inspect(
         scan_counts: read every frame (in chunks) to look for NaN/inf and negative counts.
         progress: called with ``(frames_done, frames_total)`` while scanning.
         cxi_options: keywords for :class:`~edgeray.io.CXIFile` (``translation``, ``follow_basis``).
+        tomo_paths: where a raw tomography file keeps its datasets, or its layout (given: the file is read as one).
 
     Returns:
         ``{"file", "kind", "datasets", "geometry", "assumptions", "problems", ...}``; a file that cannot be read
@@ -52,7 +54,7 @@ def inspect(
     path = Path(path)
     out: dict = {"file": str(path), "kind": None, "assumptions": [], "problems": []}
     try:
-        out["kind"] = detect_kind(path)
+        out["kind"] = "tomo-raw" if tomo_paths is not None and tomo_paths.given() else detect_kind(path)
     except EdgeRayFormatError as exc:
         out["problems"].append(str(exc))
         return out
@@ -61,7 +63,7 @@ def inspect(
         if out["kind"] == "cxi":
             _inspect_cxi(path, out, scan_counts, progress, cxi_options or {})
         elif out["kind"] == "tomo-raw":
-            _inspect_tomo(path, out, scan_counts)
+            _inspect_tomo(path, out, scan_counts, tomo_paths)
         elif out["kind"] == "product":
             product = read_product(path)
             out.update(
@@ -104,9 +106,11 @@ def _inspect_cxi(path: Path, out: dict, scan_counts: bool, progress: Callable | 
             out["mean_counts_per_frame"] = float(total.sum() / max(cxi.n_frames, 1))
 
 
-def _inspect_tomo(path: Path, out: dict, scan_counts: bool) -> None:
-    with open_tomo(path) as dx:
+def _inspect_tomo(path: Path, out: dict, scan_counts: bool, paths: TomoPaths | None) -> None:
+    with open_tomo(path, paths=paths) as dx:
         out.update(
+            layout=getattr(dx, "layout", "dxchange"),
+            sources=getattr(dx, "sources", None) or {"frames": "/exchange/data", "angles": "/exchange/theta"},
             n_angles=dx.n_angles,
             frame_shape=list(dx.frame_shape),
             dtype=str(dx.dtype),

@@ -18,7 +18,7 @@ with no paths given, is refused with the file's candidates listed (:func:`candid
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import h5py
@@ -27,6 +27,7 @@ import numpy as np
 from edgeray.io._h5util import check_count_dtype, count_problems, frames_per_chunk
 from edgeray.io.dxchange import DataExchangeFile, LazyTomoFile, TomoScan
 from edgeray.io.errors import EdgeRayFormatError
+from edgeray.io.tomo_layouts import LAYOUTS, layout, match_layout
 
 PROJECTION, FLAT, DARK, INVALID = 0, 1, 2, 3
 
@@ -41,14 +42,25 @@ class TomoPaths:
         image_key_path: ``(n_frames,)`` integers, 0 projection, 1 flat, 2 dark, 3 invalid (None: all projections).
         angles_path: rotation angles, degrees unless the dataset's ``units`` says radians, one per frame or one per
             projection.
+        layout: a named layout of :data:`~edgeray.io.tomo_layouts.LAYOUTS` (``diamond-diad``...) giving the paths
+            not given here; ``dxchange`` or ``nxtomo``: that format's reader.
     """
 
     data_path: str | None = None
     image_key_path: str | None = None
     angles_path: str | None = None
+    layout: str | None = None
 
     def given(self) -> bool:
-        return any(value is not None for value in (self.data_path, self.image_key_path, self.angles_path))
+        return any(value is not None for value in (self.data_path, self.image_key_path, self.angles_path, self.layout))
+
+    def on(self, h5: h5py.File) -> TomoPaths:
+        """These paths with the ones the layout gives filled in (for this file's angle dataset)."""
+        if self.layout is None:
+            return self
+        named = layout(self.layout)
+        return TomoPaths(self.data_path or named.data_path, self.image_key_path or named.image_key_path,
+                         self.angles_path or named.angles_path(h5) or (named.angles_paths or (None,))[0])  # fmt: skip
 
 
 def candidates(h5: h5py.File) -> str:
@@ -74,7 +86,10 @@ def candidates(h5: h5py.File) -> str:
     parts = [f"3-D datasets (frames?): {', '.join(three) or 'none'}",
              f"1-D integer datasets (image keys?): {', '.join(keys) or 'none'}",
              f"1-D float datasets (angles?): {', '.join(floats) or 'none'}"]  # fmt: skip
-    return "; ".join(parts) + ". Give them with --data-path, --image-key-path and --angles-path"
+    return (
+        "; ".join(parts) + ". Give them with --data-path, --image-key-path and --angles-path, or name a "
+        f"--layout ({', '.join(LAYOUTS)})"
+    )
 
 
 FRAME_AXIS_NAMES = ("rotation_angle", "image_key", "frame", "frames", "nframes")
@@ -141,8 +156,12 @@ class NXtomoFile(LazyTomoFile):
     def _read_header(self, entry: str | None, paths: TomoPaths) -> None:
         h5, path = self._h5, self.path
         self.assumptions: list[str] = []
+        self.layout = "nxtomo"
         if paths.given():
-            self.entry = None
+            self.entry, self.layout = None, paths.layout or "paths given"
+            if paths.layout is not None:
+                self.assumptions.append(f"layout {paths.layout}: {layout(paths.layout).description}")
+            paths = paths.on(h5)
             data = self._given(paths.data_path, "frames")
             if data is None:
                 raise EdgeRayFormatError(path, None, "an image key or angles path without --data-path")
@@ -181,6 +200,8 @@ class NXtomoFile(LazyTomoFile):
         check_count_dtype(data, path)
         self._data = data
         self._axes = axes
+        self.sources = {"frames": data.name, "image_keys": key_set.name if key_set is not None else None,
+                        "angles": angle_set.name if angle_set is not None else None}  # fmt: skip
         n_frames = data.shape[self._axes[0]]
         self.frame_shape = (data.shape[self._axes[1]], data.shape[self._axes[2]])
         self.dtype = data.dtype
@@ -319,12 +340,20 @@ class NXtomoFile(LazyTomoFile):
 def open_tomo(
     path: str | Path, entry: str | None = None, paths: TomoPaths | None = None
 ) -> DataExchangeFile | NXtomoFile:
-    """A lazy reader of a raw tomography file: at ``paths`` when given, else Data Exchange or NXtomo (``entry``
-    picks an NXtomo entry). A file of neither layout is refused with its candidate datasets listed."""
-    path = Path(path)
+    """A lazy reader of a raw tomography file: at ``paths`` (or their layout) when given, else Data Exchange or
+    NXtomo (``entry`` picks an NXtomo entry), else the first known layout the file matches
+    (:func:`~edgeray.io.tomo_layouts.match_layout`). A file of none of them is refused with its candidate datasets
+    listed."""
+    path, paths = Path(path), paths or TomoPaths()
     if not path.is_file():
         raise EdgeRayFormatError(path, None, "no such file")
-    if (paths is not None and paths.given()) or entry is not None or is_nxtomo(path):
+    if paths.layout is not None:
+        layout(paths.layout)  # an unknown name is refused here, with the known ones
+    if paths.layout == "dxchange":
+        return DataExchangeFile(path)
+    if paths.layout == "nxtomo":
+        return NXtomoFile(path, entry, replace(paths, layout=None))
+    if paths.given() or entry is not None or is_nxtomo(path):
         return NXtomoFile(path, entry, paths)
     try:
         return DataExchangeFile(path)
@@ -332,7 +361,9 @@ def open_tomo(
         if error.dataset != "/exchange/data" or "missing" not in str(error):
             raise
         with h5py.File(path, "r") as h5:
-            listed = candidates(h5)
+            matched, listed = match_layout(h5), candidates(h5)
+        if matched is not None:
+            return NXtomoFile(path, None, TomoPaths(layout=matched.name))
         raise EdgeRayFormatError(path, "/exchange/data", f"missing dataset: neither Data Exchange nor NXtomo; "
                                  f"{listed}") from error  # fmt: skip
 

@@ -44,7 +44,8 @@ class ModelConfig:
 
     Attributes:
         kind: ``edge``, ``compact`` or ``ptychonn``.
-        width: channels of the first block (doubled at each level down).
+        width: channels of the first block (doubled at each level down); None: the kind's, 32 for ``ptychonn`` (the
+            published layout), else 8.
         depth: encoder levels (each halves the image).
         frame_size: input (and output) side, pixels; must be divisible by ``2 ** depth``.
         probe, probe_diameter_px: ``edge`` only: the probe the model is made for, as
@@ -57,7 +58,7 @@ class ModelConfig:
     """
 
     kind: str = "compact"
-    width: int = 8
+    width: int | None = None
     depth: int = 3
     frame_size: int = 64
     probe: str = "focused"
@@ -66,6 +67,10 @@ class ModelConfig:
     group_size: int = 4
     group_radius_px: float = 16.0
     fusion_width: int = 16
+
+    def __post_init__(self) -> None:
+        if self.width is None:
+            self.width = 32 if self.kind == "ptychonn" else 8
 
     def to_dict(self) -> dict:
         return asdict(self)

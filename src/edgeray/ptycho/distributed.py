@@ -42,6 +42,7 @@ from edgeray.ptycho.mlcg import MLCGEngine
 from edgeray.ptycho.ops import split_positions
 from edgeray.ptycho.pie import PIEEngine
 from edgeray.ptycho.problem import Problem, add_probe_modes, initial_probe, object_grid, prepare
+from edgeray.ptycho.reconstruct import ENGINE_TABLE, engine_of, to_product
 
 
 @dataclass
@@ -229,12 +230,14 @@ class DistributedPIE(DistributedEngine, PIEEngine):
     """(r/e)PIE mini-batches across ranks, likewise."""
 
 
+DISTRIBUTED = {LSQMLEngine: DistributedLSQML, PIEEngine: DistributedPIE, MLCGEngine: DistributedMLCG}
+
+
 def engine_class(engine: str) -> type:
-    """The distributed class of ``engine`` (``mlcg``, ``lsqml``, ``rpie`` or ``epie``)."""
-    classes = {"mlcg": DistributedMLCG, "lsqml": DistributedLSQML, "rpie": DistributedPIE, "epie": DistributedPIE}
-    if engine not in classes:
-        raise ValueError(f"unknown engine {engine!r}; distributed engines: {', '.join(classes)}")
-    return classes[engine]
+    """The distributed class of ``engine`` (any of :data:`~edgeray.ptycho.reconstruct.ENGINES`)."""
+    if engine not in ENGINE_TABLE:
+        raise ValueError(f"unknown engine {engine!r}; distributed engines: {', '.join(ENGINE_TABLE)}")
+    return DISTRIBUTED[ENGINE_TABLE[engine][0]]
 
 
 def _global_scan(cxi: CXIFile) -> PtychoScan:
@@ -245,13 +248,14 @@ def _global_scan(cxi: CXIFile) -> PtychoScan:
 
 
 def reconstruct_rank(path: str | Path, epochs: int, options: EngineOptions, device: str = "cpu",
-                     exchange: str = "halo", engine: str = "mlcg") -> dict:  # fmt: skip
+                     exchange: str = "halo", engine: str | None = None) -> dict:  # fmt: skip
     """Run this process's share of a distributed reconstruction of the CXI file ``path`` with ``engine``
     (``mlcg``, ``lsqml``, ``rpie``, ``epie``; the process group must be initialized). ``exchange``: ``halo``
     (PtyGer's) or ``allreduce`` (every rank holds the whole object and all-reduces its sums: the plain scheme,
     for comparison). Returns ``{"object": (Y, X)
     complex64 on rank 0 else None, "probe", "problem" (this rank's), "grid" (the global object grid), "log",
-    "tiles", "history"}``."""
+    "tiles", "history"}``. ``engine`` None: the one ``options`` are for."""
+    engine = engine or engine_of(options)
     rank, world = dist.get_rank(), dist.get_world_size()
     with CXIFile(path) as cxi:
         header = _global_scan(cxi)
@@ -333,14 +337,14 @@ def _gather_json(record: dict) -> list[dict]:
 
 
 def run_rank(path: str | Path, output: str | Path, epochs: int, options: EngineOptions, device: str = "cpu",
-             exchange: str = "halo", engine: str = "mlcg") -> dict:  # fmt: skip
+             exchange: str = "halo", engine: str | None = None) -> dict:  # fmt: skip
     """Every rank calls this (process group initialized): reconstruct; once every rank has finished, rank 0 writes
     the product ``output`` and its JSON summary (with every rank's communication log). Returns the summary."""
     import json
 
     from edgeray.io import write_product
-    from edgeray.ptycho.reconstruct import to_product
 
+    engine = engine or engine_of(options)
     rank, world = dist.get_rank(), dist.get_world_size()
     started = time.perf_counter()
     result = reconstruct_rank(path, epochs, options, device, exchange, engine)
@@ -388,7 +392,7 @@ def _spawned(rank: int, world: int, port: int, args: tuple) -> None:
 
 def launch(nproc: int, path: str | Path, output: str | Path, epochs: int, options: EngineOptions,
            device: str = "cpu", timeout_s: float = 60.0, exchange: str = "halo",
-           engine: str = "mlcg") -> dict:  # fmt: skip
+           engine: str | None = None) -> dict:  # fmt: skip
     """Start ``nproc`` ranks on this machine (gloo, 127.0.0.1) and run the reconstruction; returns rank 0's summary.
 
     A rank that raises or is killed stops the others (they are terminated) and this raises

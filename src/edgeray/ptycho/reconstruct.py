@@ -26,30 +26,34 @@ from edgeray.ptycho.problem import (
     prepare,
 )
 
-ENGINES = ("lsqml", "rpie", "epie", "mlcg")
+#: engine name -> (engine class, its options class, the options it starts from): the one table of engines
+ENGINE_TABLE: dict[str, tuple[type, type, Callable[[], EngineOptions]]] = {
+    "lsqml": (LSQMLEngine, LSQMLOptions, LSQMLOptions),
+    "rpie": (PIEEngine, PIEOptions, PIEOptions),
+    "epie": (PIEEngine, PIEOptions, epie_options),
+    "mlcg": (MLCGEngine, MLCGOptions, MLCGOptions),
+}
+ENGINES = tuple(ENGINE_TABLE)
+DEFAULT_ENGINE = "lsqml"
+DEFAULT_EPOCHS = 50
+
+
+def engine_of(options: EngineOptions) -> str:
+    """The engine an options object is for (``rpie`` for :class:`PIEOptions`: ePIE is rPIE with other weights)."""
+    return next(name for name, (_, cls, _) in ENGINE_TABLE.items() if type(options) is cls)
 
 
 def default_options(engine: str, **overrides) -> EngineOptions:
     """The documented defaults of ``engine`` with ``overrides`` applied (unknown names are an error)."""
-    if engine == "lsqml":
-        cls, base = LSQMLOptions, {}
-    elif engine == "rpie":
-        cls, base = PIEOptions, {}
-    elif engine == "epie":
-        cls, base = PIEOptions, asdict(epie_options())
-    elif engine == "mlcg":
-        cls, base = MLCGOptions, {}
-    else:
+    if engine not in ENGINE_TABLE:
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    _, cls, start = ENGINE_TABLE[engine]
+    base = asdict(start())
     known = {f.name for f in fields(cls)}
     unknown = set(overrides) - known
     if unknown:
         raise ValueError(f"engine {engine} has no option(s) {', '.join(sorted(unknown))}; it has {sorted(known)}")
     return cls(**{**base, **overrides})
-
-
-def _engine_class(engine: str):
-    return {"lsqml": LSQMLEngine, "rpie": PIEEngine, "epie": PIEEngine, "mlcg": MLCGEngine}[engine]
 
 
 @dataclass
@@ -65,8 +69,8 @@ class ReconstructionResult:
 
 def run(
     scan: PtychoScan,
-    engine: str = "lsqml",
-    epochs: int = 50,
+    engine: str = DEFAULT_ENGINE,
+    epochs: int = DEFAULT_EPOCHS,
     device: str = "cpu",
     *,
     geometry: Geometry | None = None,
@@ -98,7 +102,7 @@ def run(
     else:
         obj_t = initial_object(problem)
     state = State(obj_t, probe_t, problem.positions_px.clone())
-    runner = _engine_class(engine)(problem, state, options)
+    runner = ENGINE_TABLE[engine][0](problem, state, options)
     runner.name = engine
     started = time.perf_counter()
     history = runner.run(epochs, callback, observer)
@@ -109,8 +113,8 @@ def run(
 
 def reconstruct(
     scan: PtychoScan,
-    engine: str = "lsqml",
-    epochs: int = 50,
+    engine: str = DEFAULT_ENGINE,
+    epochs: int = DEFAULT_EPOCHS,
     device: str = "cpu",
     **kwargs,
 ) -> Product:

@@ -103,7 +103,7 @@ def serve_frames(
     frames: Iterator[tuple[np.ndarray, dict]],
     n_frames: int,
     rate_hz: float = 2000.0,
-    wait_s: float = 30.0,
+    wait_s: float = 60.0,
     linger_s: float = 5.0,
     settle_s: float = 0.5,
     progress: Callable[[int], None] | None = None,

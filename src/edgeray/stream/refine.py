@@ -32,7 +32,7 @@ import torch
 from edgeray.ptycho.engine import LowPassMomentum, State
 from edgeray.ptycho.ops import Propagator, patch_indices, split_positions
 from edgeray.ptycho.problem import Geometry, Problem
-from edgeray.ptycho.reconstruct import _engine_class, default_options
+from edgeray.ptycho.reconstruct import ENGINE_TABLE, default_options
 from edgeray.stream.mosaic import detail_sums
 from edgeray.stream.refine_order import UpdateOrder
 from edgeray.stream.spare_time import SpareTimeWorker, lower_thread_priority
@@ -283,7 +283,7 @@ class LiveRefiner(SpareTimeWorker):
             )
             options = default_options(self.options.engine, batch_size=self.options.batch_size)
             state = State(self.object, self.probe, self.positions_px)
-            self.engine = _engine_class(self.options.engine)(problem, state, options, check_positions=False)
+            self.engine = ENGINE_TABLE[self.options.engine][0](problem, state, options, check_positions=False)
         self.engine.state.object, self.engine.state.probe = self.object, self.probe
         self.engine.state.positions_px = self.positions_px
         return self.engine

@@ -189,7 +189,7 @@ class DenoiserOptions:
             CUDA where the GPU has them).
     """
 
-    steps: int = 1500
+    steps: int = 3000
     batch_size: int = 8
     patch: int = 64
     learning_rate: float = 1e-3
@@ -200,7 +200,7 @@ class DenoiserOptions:
     features: str = "own"
     holdout: float = 0.25
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"
 
 
 def _feature_net(options: DenoiserOptions, clean: np.ndarray):

@@ -41,7 +41,8 @@ class TomoOptions:
         device: ``cpu`` or ``cuda`` (``fbp`` and ``sirt``).
         entry: which NXtomo entry of a NeXus file (None: the first); not used for Data Exchange.
         data_path, image_key_path, angles_path: where the file keeps frames, image keys and angles, when not
-            where Data Exchange or NXtomo say (:class:`~edgeray.io.nxtomo.TomoPaths`).
+            where Data Exchange or NXtomo say (:class:`~edgeray.io.nxtomo.TomoPaths`); ``layout``: a named one of
+            :data:`~edgeray.io.tomo_layouts.LAYOUTS` (None: found from the file).
     """
 
     algorithm: str = "gridrec"
@@ -58,6 +59,7 @@ class TomoOptions:
     data_path: str | None = None
     image_key_path: str | None = None
     angles_path: str | None = None
+    layout: str | None = None
 
 
 def preprocess_rows(data: DataExchangeFile | NXtomoFile, rows: slice, options: TomoOptions) -> np.ndarray:
@@ -112,7 +114,7 @@ def reconstruct_file(
     if options.algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {options.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
     start_time = time.perf_counter()
-    paths = TomoPaths(options.data_path, options.image_key_path, options.angles_path)
+    paths = TomoPaths(options.data_path, options.image_key_path, options.angles_path, options.layout)
     with open_tomo(path, options.entry, paths) as data:
         rows, columns = data.frame_shape
         first, last = options.slices or (0, rows)
