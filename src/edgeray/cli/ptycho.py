@@ -18,8 +18,6 @@ def _ptycho_distributed(args: argparse.Namespace, options) -> int:
     ranks (ML-CG is PtyGer's scheme)."""
     from edgeray.ptycho import distributed
 
-    if args.position_correction:
-        raise ValueError("--position-correction is not distributed yet: run it without --nproc/--distributed")
     if args.nproc and args.distributed:
         raise ValueError("--nproc starts its own ranks; --distributed is for torchrun: give one of the two")
     if not args.scan.is_file():
@@ -62,7 +60,7 @@ def add_ptycho_reconstruct(commands: argparse._SubParsersAction) -> None:
         "--momentum",
         type=float,
         default=None,
-        help="low-pass momentum after each epoch, 0 off (lsqml default 0.8; others 0; not with --nproc)",
+        help="low-pass momentum after each epoch, 0 off (lsqml default 0.8; others 0)",
     )
     r.add_argument("--near-field", action="store_true", help="Fresnel (near-field) propagation")
     r.add_argument(
@@ -98,12 +96,13 @@ def cmd_ptycho_reconstruct(args: argparse.Namespace) -> int:
         "position_correction": args.position_correction,
         "momentum": args.momentum,
     }
-    if (args.nproc or args.distributed) and args.momentum is None:
-        overrides["momentum"] = 0.0  # not distributed yet (it needs the whole object): off, as documented
     if args.noise and args.engine in ("lsqml", "mlcg"):
         overrides["noise"] = args.noise
     options = default_options(args.engine, **{k: v for k, v in overrides.items() if v is not None})
     if args.nproc or args.distributed:
+        from edgeray.ptycho.distributed import refuse_undistributed
+
+        refuse_undistributed(options)  # before any rank starts
         return _ptycho_distributed(args, options)
     geometry = Geometry("near" if args.near_field else "far", args.focus_to_sample_m)
     with CXIFile(args.scan, **cxi_options(args)) as cxi:

@@ -20,6 +20,11 @@ random batches (same seed) and takes its own frames of each; the batch's object-
 update directions) are completed by the same halo exchange, its probe-shaped sums and per-batch maxima by
 all-reduce. So they too equal their one-process runs up to float32 round-off, at the price of a halo exchange
 per batch rather than per epoch.
+
+What needs the whole object is done on the whole object: the low-pass momentum after each epoch (LSQML's default)
+assembles it with one all-reduce and takes the same step on every rank; a batch's intensity floor is the mean over
+every rank's part of it. Options that cannot keep the one-process answer are refused before any rank starts
+(:func:`refuse_undistributed`): position correction, and LSQML with Poisson noise.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import torch.distributed as dist
 
 from edgeray.io import CXIFile, PtychoScan
 from edgeray.ptycho.engine import EngineOptions, State
-from edgeray.ptycho.lsqml import LSQMLEngine
+from edgeray.ptycho.lsqml import LSQMLEngine, LSQMLOptions
 from edgeray.ptycho.mlcg import MLCGEngine
 from edgeray.ptycho.ops import split_positions
 from edgeray.ptycho.pie import PIEEngine
@@ -136,14 +141,17 @@ class DistributedEngine:
     dense_sums = True  # sums completed across ranks on whole-object arrays (halo exchange)
 
     def __init__(self, problem: Problem, state: State, options, tiles: list[Tile], rank: int,
-                 exchange: str = "halo"):  # fmt: skip
+                 exchange: str = "halo", object_shape: tuple[int, int] | None = None):  # fmt: skip
         if exchange not in ("halo", "allreduce"):
             raise ValueError(f"exchange must be 'halo' or 'allreduce', not {exchange!r}")
-        if options.position_correction:
-            raise ValueError("position correction is not distributed yet: run it in one process")
-        if options.momentum:
-            raise ValueError("momentum is not distributed yet (its low-pass needs the whole object): set momentum=0")
+        refuse_undistributed(options)
         self.tiles, self.rank, self.exchange = tiles, rank, exchange
+        # the global object grid (object_shape: default, the boxes' extent) and where some rank holds it
+        self.object_shape = object_shape or (max(t.box[1] for t in tiles), max(t.box[3] for t in tiles))
+        self.held = torch.zeros(self.object_shape, dtype=torch.bool)
+        for tile in tiles:
+            self.held[tile.box[0] : tile.box[1], tile.box[2] : tile.box[3]] = True
+        self.whole: torch.Tensor | None = None  # the whole object after the last momentum step (every rank)
         self.log = CommLog()
         self.neighbours = [(t, o) for t in tiles if t.rank != rank and (o := _overlap(tiles[rank], t)) is not None]
         super().__init__(problem, state, options)
@@ -212,6 +220,25 @@ class DistributedEngine:
         self.log.close_epoch(time.perf_counter() - start)
         return misfit
 
+    def intensity_floor(self, batch) -> float:
+        total, count = self.combine_costs([float(batch.intensity.double().sum()), float(batch.intensity.numel())])
+        return 1e-6 * total / max(count, 1.0) + 1e-30
+
+    def momentum_step(self, local: torch.Tensor) -> torch.Tensor:
+        """The one-process momentum on the whole object: the ranks' owned pixels assembled by one all-reduce (the
+        pixels no rank holds, which only the momentum moves, kept on every rank), the step taken identically on
+        every rank, this rank's box cut out again."""
+        if self.momentum.beta == 0:
+            return local
+        y0, y1, x0, x1 = self.tiles[self.rank].box
+        canvas = torch.zeros(self.object_shape, dtype=local.dtype, device=local.device)
+        canvas[y0:y1, x0:x1] = torch.where(self.owned, local, torch.zeros_like(local))
+        n_bytes = canvas.numel() * canvas.element_size()
+        self._timed("all_reduce_momentum", n_bytes, lambda: dist.all_reduce(canvas))
+        outside = self.whole if self.whole is not None else torch.ones_like(canvas)  # the start object: ones
+        self.whole = self.momentum(torch.where(self.held.to(local.device), canvas, outside))
+        return self.whole[y0:y1, x0:x1].clone()
+
 
 class DistributedMLCG(DistributedEngine, MLCGEngine):
     """ML-CG on one rank's tile: PtyGer's scheme (gradient halo exchange, all-reduced line-search costs)."""
@@ -231,6 +258,18 @@ class DistributedPIE(DistributedEngine, PIEEngine):
 
 
 DISTRIBUTED = {LSQMLEngine: DistributedLSQML, PIEEngine: DistributedPIE, MLCGEngine: DistributedMLCG}
+
+
+def refuse_undistributed(options: EngineOptions) -> None:
+    """Refuse, before any work, the options a distributed run cannot give the one-process answer for."""
+    if isinstance(options, LSQMLOptions) and options.noise == "poisson":
+        raise ValueError("LSQML with Poisson noise is not run across ranks: it amplifies round-off about 100x per "
+                         "epoch (in one process, float32 and float64 differ by 5e-2 after 5 epochs), so no other "
+                         "order of summation gives its answer. Use Gaussian noise, or ML-CG (--engine mlcg) with "
+                         "Poisson noise, which keeps its answer on any number of ranks")  # fmt: skip
+    if options.position_correction:
+        raise ValueError("position correction is not distributed yet (a frame's shift needs the whole object's "
+                         "gradient on every rank): run it in one process (no --nproc, no --distributed)")  # fmt: skip
 
 
 def engine_class(engine: str) -> type:
@@ -278,7 +317,7 @@ def reconstruct_rank(path: str | Path, epochs: int, options: EngineOptions, devi
         count = torch.tensor([problem.n_frames], dtype=torch.float64, device=problem.device)
         dist.all_reduce(power)
         dist.all_reduce(count)
-        mean_pattern = torch.sqrt(power / count).to(problem.amplitudes.dtype)[None]
+        mean_pattern = torch.sqrt(power / count)[None]  # float64, as the one-process guess takes its mean
         everyone = dataclasses.replace(problem, amplitudes=mean_pattern,
                                        positions_px=torch.from_numpy(grid.positions_px).to(problem.device))  # fmt: skip
         probe = initial_probe(everyone, options.n_probe_modes)
@@ -287,16 +326,18 @@ def reconstruct_rank(path: str | Path, epochs: int, options: EngineOptions, devi
         probe = add_probe_modes(probe.to(problem.device), options.n_probe_modes)
     obj = torch.ones(mine.shape, dtype=torch.complex64, device=problem.device)
     runner = engine_class(engine)(problem, State(obj, probe, problem.positions_px.clone()), options, tiles, rank,
-                                  exchange)  # fmt: skip
+                                  exchange, grid.object_shape)  # fmt: skip
     runner.name = engine
     history = runner.run(epochs)
-    assembled = _assemble(runner.state.object, tiles, rank, grid.object_shape, runner.owned)
+    assembled = _assemble(runner.state.object, tiles, rank, grid.object_shape, runner.owned, runner.whole)
     return {"object": assembled, "probe": runner.state.probe, "log": runner.log, "tiles": tiles,
             "history": history, "grid": grid, "problem": problem}  # fmt: skip
 
 
-def _assemble(local: torch.Tensor, tiles: list[Tile], rank: int, shape: tuple[int, int], owned: torch.Tensor):
-    """The global object on rank 0 (pixels no frame touches stay 1): one all-reduce of the owned pixels."""
+def _assemble(local: torch.Tensor, tiles: list[Tile], rank: int, shape: tuple[int, int], owned: torch.Tensor,
+              whole: torch.Tensor | None = None):  # fmt: skip
+    """The global object on rank 0: one reduction of the owned pixels; pixels no frame touches are 1, or, after
+    momentum steps (which move them too), ``whole``'s."""
     canvas = torch.zeros(shape, dtype=local.dtype, device=local.device)
     covered = torch.zeros(shape, dtype=torch.float32, device=local.device)
     y0, y1, x0, x1 = tiles[rank].box
@@ -306,7 +347,8 @@ def _assemble(local: torch.Tensor, tiles: list[Tile], rank: int, shape: tuple[in
     dist.reduce(covered, dst=0)
     if rank != 0:
         return None
-    return torch.where(covered > 0, canvas, torch.ones_like(canvas)).cpu().numpy()
+    outside = whole.to(canvas.dtype) if whole is not None else torch.ones_like(canvas)
+    return torch.where(covered > 0, canvas, outside).cpu().numpy()
 
 
 def init_process_group(device: str = "cpu", timeout_s: float = 60.0) -> None:
@@ -404,6 +446,7 @@ def launch(nproc: int, path: str | Path, output: str | Path, epochs: int, option
 
     import torch.multiprocessing as mp
 
+    refuse_undistributed(options)  # before any rank starts
     with socket.socket() as probe_socket:
         probe_socket.bind(("127.0.0.1", 0))
         port = probe_socket.getsockname()[1]

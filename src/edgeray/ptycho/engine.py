@@ -152,7 +152,7 @@ class Batch:
             None if bool((fractions == 0).all()) else shift_ramps(fractions, problem.frame_shape, state.object.dtype)
         )
         self.patch_index = patch_indices(corners, problem.frame_shape, problem.object_shape[1])
-        self.probes = shifted_probes(probe_spectrum, self.ramps)
+        self.probes = shifted_probes(probe_spectrum, self.ramps)[: len(index)]  # none for a rank without frames
         self.patches = extract_patches(state.object, self.patch_index)
         self.waves = self.probes * self.patches[:, None]
         self.far = problem.propagator.forward(self.waves)
@@ -164,15 +164,16 @@ class Batch:
         sums them there and reads the total once, so a GPU epoch does not wait on the host after each batch)."""
         return (valid * (torch.sqrt(self.intensity) - self.amplitudes) ** 2).sum()
 
-    def exit_wave_update(self, problem: Problem, noise: str = "gaussian") -> torch.Tensor:
+    def exit_wave_update(self, problem: Problem, noise: str = "gaussian", floor: float | None = None) -> torch.Tensor:
         """``chi`` ``(B, M, H, W)``: the change of exit waves that best explains the data under ``noise``.
 
         Gaussian: the amplitude projection ``far * A / |far|`` on valid pixels. Poisson: the likelihood gradient
         direction ``far * (A^2 / I - 1)`` with a per-frame step minimizing the Poisson likelihood along it.
+        ``floor``: the intensity floor (default: 1e-6 of this batch's mean intensity, see below).
         """
         # Where the model predicts (almost) nothing, the phase of its far field is round-off; a floor of 1e-6 of
         # the mean intensity keeps such pixels from driving the update (and float32 from departing from float64).
-        eps = 1e-6 * float(self.intensity.mean()) + 1e-30
+        eps = 1e-6 * float(self.intensity.mean()) + 1e-30 if floor is None else floor
         valid = problem.valid
         if noise == "gaussian":
             factor = valid * (self.amplitudes / torch.sqrt(self.intensity + eps) - 1.0)
@@ -324,7 +325,7 @@ class Engine:
                 break
             best = min(best, cost)
             good = self.state.clone()
-            self.state.object = self.momentum(self.state.object)
+            self.state.object = self.momentum_step(self.state.object)
             self.epochs_done += 1
             self.history.cost.append(cost)
             self.history.seconds.append(seconds)
@@ -370,6 +371,16 @@ class Engine:
         # one value per object pixel, the same wherever several frames reach it: plain assignment is exact
         changed = obj.index_select(0, flat) + change(*(s.entries for s in sums)).reshape(-1).to(obj.dtype)
         obj.index_copy_(0, flat, changed)
+
+    def intensity_floor(self, batch: Batch) -> float | None:
+        """The floor of :meth:`Batch.exit_wave_update` (None: the batch's own; a distributed run: every rank's
+        part of the batch together)."""
+        return None
+
+    def momentum_step(self, obj: torch.Tensor) -> torch.Tensor:
+        """The object after the epoch's low-pass momentum (:class:`LowPassMomentum`; a distributed run applies it
+        to the whole object, assembled from every rank)."""
+        return self.momentum(obj)
 
     # What a distributed run reduces across ranks (see edgeray.ptycho.distributed): the engines call these
     # hooks wherever they sum over frames; in one process there is nothing to do.

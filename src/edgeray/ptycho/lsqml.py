@@ -77,7 +77,7 @@ class LSQMLEngine(Engine):
         spectrum = torch.fft.fft2(self.state.probe)
         batch = self.forward(index, spectrum)
         misfit = batch.misfit(self.valid)
-        chi = batch.exit_wave_update(self.problem, options.noise)
+        chi = batch.exit_wave_update(self.problem, options.noise, self.intensity_floor(batch))
         if self.correct_positions_now():
             self.position_step(batch, chi, spectrum)
         probe_power = abs2(batch.probes).sum(dim=1)

@@ -70,14 +70,34 @@ def shift_ramps(fractions: torch.Tensor, frame_shape: tuple[int, int], dtype=tor
     return ramp_y[:, :, None] * ramp_x[:, None, :]
 
 
+def fft2(values: torch.Tensor, norm: str | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``torch.fft.fft2`` over the last two axes, also of no frames at all (MKL refuses an empty batch, which a rank
+    holding none of a mini-batch's frames has)."""
+    if values.numel() == 0:
+        return _empty_spectrum(values, out)
+    return torch.fft.fft2(values, norm=norm, out=out)
+
+
+def ifft2(values: torch.Tensor, norm: str | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``torch.fft.ifft2``, likewise."""
+    if values.numel() == 0:
+        return _empty_spectrum(values, out)
+    return torch.fft.ifft2(values, norm=norm, out=out)
+
+
+def _empty_spectrum(values: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    dtype = values.dtype if values.is_complex() else values.dtype.to_complex()
+    return out if out is not None else torch.empty(values.shape, dtype=dtype, device=values.device)
+
+
 def shifted_probes(probe_spectrum: torch.Tensor, ramps: torch.Tensor | None) -> torch.Tensor:
     """Probe modes moved by each frame's sub-pixel remainder: ``(N, M, H, W)`` from ``fft2(probe)`` ``(M, H, W)``.
 
     ``ramps`` None means every position is on the pixel grid (no shift).
     """
     if ramps is None:
-        return torch.fft.ifft2(probe_spectrum)[None]
-    return torch.fft.ifft2(probe_spectrum[None] * ramps[:, None])
+        return ifft2(probe_spectrum)[None]
+    return ifft2(probe_spectrum[None] * ramps[:, None])
 
 
 def unshift_sum(values: torch.Tensor, ramps: torch.Tensor | None) -> torch.Tensor:
@@ -87,8 +107,8 @@ def unshift_sum(values: torch.Tensor, ramps: torch.Tensor | None) -> torch.Tenso
     """
     if ramps is None:
         return values.sum(dim=0)
-    spectrum = torch.fft.fft2(values)
-    return torch.fft.ifft2((spectrum * ramps.conj()[:, None]).sum(dim=0))
+    spectrum = fft2(values)
+    return ifft2((spectrum * ramps.conj()[:, None]).sum(dim=0))
 
 
 def fresnel_kernel(
@@ -115,14 +135,14 @@ class Propagator:
     def forward(self, waves: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Detector waves of ``waves`` (written to ``out`` when given, in the far field)."""
         if self.kernel is None:
-            return torch.fft.fft2(waves, norm="ortho", out=out)
-        return torch.fft.ifft2(torch.fft.fft2(waves, norm="ortho") * self.kernel, norm="ortho")
+            return fft2(waves, norm="ortho", out=out)
+        return ifft2(fft2(waves, norm="ortho") * self.kernel, norm="ortho")
 
     def backward(self, waves: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Exit waves of detector ``waves`` (written to ``out`` when given, in the far field)."""
         if self.kernel is None:
-            return torch.fft.ifft2(waves, norm="ortho", out=out)
-        return torch.fft.ifft2(torch.fft.fft2(waves, norm="ortho") * self.kernel.conj(), norm="ortho")
+            return ifft2(waves, norm="ortho", out=out)
+        return ifft2(fft2(waves, norm="ortho") * self.kernel.conj(), norm="ortho")
 
 
 def gaussian_lowpass(values: torch.Tensor, sigma_px: float) -> torch.Tensor:

@@ -50,7 +50,7 @@ class PIEEngine(Engine):
         spectrum = torch.fft.fft2(self.state.probe)
         batch = self.forward(index, spectrum)
         misfit = batch.misfit(self.valid)
-        chi = batch.exit_wave_update(self.problem)
+        chi = batch.exit_wave_update(self.problem, floor=self.intensity_floor(batch))
         if self.correct_positions_now():
             self.position_step(batch, chi, spectrum)
         numerator = self.pixel_sum((batch.probes.conj() * chi).sum(dim=1), batch.patch_index)

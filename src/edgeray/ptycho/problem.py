@@ -199,7 +199,7 @@ def initial_probe(problem: Problem, n_modes: int = 1) -> torch.Tensor:
     illuminated area. Near field: the mean amplitude propagated back to the sample. Extra modes are the first
     one times ``y``, ``x``, ``xy``... (orthogonalized), each holding 5% of the power.
     """
-    mean_amplitude = torch.sqrt((problem.amplitudes**2).mean(dim=0)).to(torch.complex64)
+    mean_amplitude = torch.sqrt((problem.amplitudes.double() ** 2).mean(dim=0)).to(torch.complex64)  # any order
     if problem.geometry.propagation == "near":
         return add_probe_modes(problem.propagator.backward(mean_amplitude[None]), n_modes)
     height, width = problem.frame_shape
