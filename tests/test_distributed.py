@@ -198,3 +198,38 @@ def test_cli_nproc_writes_product_and_communication_log(scan_file, tmp_path):
     refused = main(["ptycho", "reconstruct", str(scan_file), "-o", str(tmp_path / "no.h5"), "--nproc", "2",
                     "--position-correction"])  # fmt: skip
     assert refused == 2 and not (tmp_path / "no.h5").exists()
+
+
+def test_frames_left_on_disk_give_the_in_memory_answer_read_ahead_on_one_rank_or_two(scan_file, tmp_path):
+    """Frames read per batch from the file (h5py for compressed frames, direct reads for raw ones): the very same
+    reconstruction as in memory; the batches come from the thread reading ahead, each rank reads its own frames."""
+    from edgeray.io import CXIFile
+    from edgeray.ptycho.disk_frames import DiskAmplitudes
+
+    raw = write_cxi(tmp_path / "raw.cxi", read_cxi(scan_file), compression="none")
+    for path in (scan_file, raw):
+        memory = run(read_cxi(path), "lsqml", 3)
+        with CXIFile(path) as cxi:
+            lazy = cxi.lazy()
+        disk = run(lazy, "lsqml", 3)
+        amplitudes = disk.problem.amplitudes
+        assert isinstance(amplitudes, DiskAmplitudes) and (amplitudes.direct is not None) == (path == raw)
+        np.testing.assert_array_equal(disk.product.object, memory.product.object)
+        np.testing.assert_array_equal(disk.product.probe, memory.product.probe)
+        frame_bytes = int(np.prod(lazy.frames.shape[1:])) * lazy.frames.dtype.itemsize
+        assert amplitudes.bytes_read == 4 * 300 * frame_bytes  # the checking pass, then each epoch once
+        assert amplitudes.read_ahead_hits == 3 * int(np.ceil(300 / default_options("lsqml").batch_size))  # every batch
+    summary = launch(2, raw, tmp_path / "two.h5", 3, default_options("lsqml"), frames_on_disk="always")
+    two = read_product(tmp_path / "two.h5")
+    assert _relative(two.object[0], memory.product.object[0]) < 1e-4 and summary["ranks"] == 2
+
+
+def test_a_bad_frame_on_disk_is_named_before_any_epoch(tmp_path):
+    from edgeray.io import CXIFile, EdgeRayFormatError
+
+    scan = simulate_ptycho(PtychoSimConfig(n_positions=100, seed=4))
+    scan.frames = scan.frames.astype(np.float32)
+    scan.frames[57, 3, 3] = -5
+    path = write_cxi(tmp_path / "bad.cxi", scan, compression="none")
+    with CXIFile(path) as cxi, pytest.raises(EdgeRayFormatError, match=r"bad.cxi.*frames 0\.\.99 hold NaN"):
+        run(cxi.lazy(), "lsqml", 2)

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -25,14 +26,14 @@ def _ptycho_distributed(args: argparse.Namespace, options) -> int:
     if args.distributed:
         distributed.init_process_group(args.device)
         summary = distributed.run_rank(args.scan, args.output, args.epochs, options, args.device,
-                                       engine=args.engine)  # fmt: skip
+                                       engine=args.engine, frames_on_disk=args.frames_on_disk)  # fmt: skip
         if distributed.dist.get_rank() != 0:
             return 0
     else:
         backend = "nccl" if args.device.startswith("cuda") else "gloo"
         console.print(f"{args.engine} on {args.nproc} ranks ({backend}, 127.0.0.1), {args.epochs} epochs")
         summary = distributed.launch(args.nproc, args.scan, args.output, args.epochs, options, args.device,
-                                     engine=args.engine)  # fmt: skip
+                                     engine=args.engine, frames_on_disk=args.frames_on_disk)  # fmt: skip
     moved = sum(sum(e.get("halo_exchange", {}).get("bytes", 0) + e.get("all_reduce_probe", {}).get("bytes", 0)
                     for e in rank["epochs"]) for rank in summary["communication"])  # fmt: skip
     console.print(f"[green]wrote[/] {args.output} and {summary_path(args.output)}: {summary['ranks']} ranks, "
@@ -75,6 +76,9 @@ def add_ptycho_reconstruct(commands: argparse._SubParsersAction) -> None:
     r.add_argument("--true-probe", action="store_true", help="start from a simulated file's ground-truth probe")
     r.add_argument("--nproc", type=int, default=None, help="run across N local ranks (gloo; NCCL on cuda)")
     r.add_argument("--distributed", action="store_true", help="run as one rank of torchrun's process group")
+    r.add_argument("--frames-on-disk", choices=("auto", "always", "never"), default="auto",
+                   help="read frames from the file per batch, overlapped with compute (auto: when they would take "
+                   "over half the memory available)")  # fmt: skip
     add_cxi_flags(r)
     add_config_flags(r)
     r.set_defaults(func=cmd_ptycho_reconstruct)
@@ -85,6 +89,7 @@ def cmd_ptycho_reconstruct(args: argparse.Namespace) -> int:
 
     from edgeray.io import CXIFile, write_product
     from edgeray.ptycho import Geometry
+    from edgeray.ptycho.disk_frames import keep_on_disk
     from edgeray.ptycho.evaluate import compare_on_scanned_region
     from edgeray.ptycho.reconstruct import default_options, run
     from edgeray.viz import save_preview
@@ -106,7 +111,11 @@ def cmd_ptycho_reconstruct(args: argparse.Namespace) -> int:
         return _ptycho_distributed(args, options)
     geometry = Geometry("near" if args.near_field else "far", args.focus_to_sample_m)
     with CXIFile(args.scan, **cxi_options(args)) as cxi:
-        scan = cxi.load()
+        scan = cxi.lazy()
+        if not keep_on_disk(scan.frames, args.frames_on_disk):
+            scan = cxi.load()
+        else:
+            console.print(f"frames stay in {args.scan} ({scan.frames.nbytes / 2**30:.1f} GiB): read per batch")
     probe = None
     if args.probe:
         from edgeray.sim import probe_from_file
@@ -162,6 +171,8 @@ def cmd_ptycho_reconstruct(args: argparse.Namespace) -> int:
         "object_pixel_size_m": list(product.object_pixel_size_m),
         "options": json.loads(product.attrs["options"]),
         "stopped": result.history.stopped,
+        "frames_on_disk": not isinstance(scan.frames, np.ndarray),
+        "bytes_read": getattr(result.problem.amplitudes, "bytes_read", None),
     }
     if scan.ground_truth is not None:
         summary["vs_ground_truth"] = compare_on_scanned_region(product, scan.ground_truth, scan.positions_m)

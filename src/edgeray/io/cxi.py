@@ -123,6 +123,7 @@ class CXIFile:
         if translation not in ("sample", "probe"):
             raise ValueError(f"translation must be 'sample' or 'probe', not {translation!r}")
         self.path = Path(path)
+        self._options = {"translation": translation, "follow_basis": follow_basis}
         try:
             # SWMR reading is harmless for any file and consistent for a run file the edge is still writing
             self._h5 = h5py.File(self.path, "r", swmr=True)
@@ -318,6 +319,16 @@ class CXIFile:
             ground_truth=self.ground_truth(),
             attrs=self.attrs(),
         )
+
+    def lazy(self) -> PtychoScan:
+        """The scan with its frames left in the file (a :class:`~edgeray.ptycho.disk_frames.FramesOnDisk`): the
+        engines then read them per mini-batch (scans larger than memory)."""
+        from edgeray.ptycho.disk_frames import FramesOnDisk
+
+        frames = FramesOnDisk(self.path, (self.n_frames, *self.frame_shape), self._frames.dtype,
+                              cxi_options=dict(self._options))  # fmt: skip
+        return PtychoScan(frames=frames, positions_m=self.positions_m, geometry=self.geometry, mask=self.mask,
+                          probe=self.probe, ground_truth=self.ground_truth(), attrs=self.attrs())  # fmt: skip
 
     def close(self) -> None:
         self._h5.close()

@@ -41,12 +41,13 @@ import torch
 import torch.distributed as dist
 
 from edgeray.io import CXIFile, PtychoScan
+from edgeray.ptycho.disk_frames import keep_on_disk
 from edgeray.ptycho.engine import EngineOptions, State
 from edgeray.ptycho.lsqml import LSQMLEngine, LSQMLOptions
 from edgeray.ptycho.mlcg import MLCGEngine
 from edgeray.ptycho.ops import split_positions
 from edgeray.ptycho.pie import PIEEngine
-from edgeray.ptycho.problem import Problem, add_probe_modes, initial_probe, object_grid, prepare
+from edgeray.ptycho.problem import Problem, add_probe_modes, initial_probe, object_grid, power_sum, prepare
 from edgeray.ptycho.reconstruct import ENGINE_TABLE, engine_of, to_product
 
 
@@ -173,7 +174,7 @@ class DistributedEngine:
         order = torch.from_numpy(self.rng.permutation(len(self.local_index))).to(self.problem.device)
         size = max(1, min(self.options.batch_size, len(self.local_index)))
         local = [self.local_index[batch] for batch in torch.split(order, size)]
-        return [torch.sort(batch[batch >= 0]).values for batch in local]
+        return self.announced([torch.sort(batch[batch >= 0]).values for batch in local])
 
     def combine_costs(self, values: list[float]) -> list[float]:
         tensor = torch.tensor(values, dtype=torch.float64, device=self.problem.device)
@@ -287,7 +288,8 @@ def _global_scan(cxi: CXIFile) -> PtychoScan:
 
 
 def reconstruct_rank(path: str | Path, epochs: int, options: EngineOptions, device: str = "cpu",
-                     exchange: str = "halo", engine: str | None = None) -> dict:  # fmt: skip
+                     exchange: str = "halo", engine: str | None = None,
+                     frames_on_disk: str = "auto") -> dict:  # fmt: skip
     """Run this process's share of a distributed reconstruction of the CXI file ``path`` with ``engine``
     (``mlcg``, ``lsqml``, ``rpie``, ``epie``; the process group must be initialized). ``exchange``: ``halo``
     (PtyGer's) or ``allreduce`` (every rank holds the whole object and all-reduces its sums: the plain scheme,
@@ -304,7 +306,8 @@ def reconstruct_rank(path: str | Path, epochs: int, options: EngineOptions, devi
             whole = (0, grid.object_shape[0], 0, grid.object_shape[1])
             tiles = [Tile(t.rank, t.frames, whole) for t in tiles]
         mine = tiles[rank]
-        frames = cxi.read_frame_subset(mine.frames)
+        on_disk = cxi.lazy().frames.subset(mine.frames)  # this rank's frames only, either way
+        frames = on_disk if keep_on_disk(on_disk, frames_on_disk) else cxi.read_frame_subset(mine.frames)
     local_scan = PtychoScan(frames=frames, positions_m=header.positions_m[mine.frames], geometry=header.geometry,
                             mask=header.mask, probe=header.probe)  # fmt: skip
     problem = prepare(local_scan, device=device)
@@ -313,7 +316,7 @@ def reconstruct_rank(path: str | Path, epochs: int, options: EngineOptions, devi
     problem.object_shape = mine.shape
     problem.origin_m = grid.origin_m
     if header.probe is None:  # the one-process guess, from the mean pattern over every rank's frames
-        power = (problem.amplitudes.double() ** 2).sum(dim=0)
+        power = power_sum(problem.amplitudes)
         count = torch.tensor([problem.n_frames], dtype=torch.float64, device=problem.device)
         dist.all_reduce(power)
         dist.all_reduce(count)
@@ -379,7 +382,7 @@ def _gather_json(record: dict) -> list[dict]:
 
 
 def run_rank(path: str | Path, output: str | Path, epochs: int, options: EngineOptions, device: str = "cpu",
-             exchange: str = "halo", engine: str | None = None) -> dict:  # fmt: skip
+             exchange: str = "halo", engine: str | None = None, frames_on_disk: str = "auto") -> dict:  # fmt: skip
     """Every rank calls this (process group initialized): reconstruct; once every rank has finished, rank 0 writes
     the product ``output`` and its JSON summary (with every rank's communication log). Returns the summary."""
     import json
@@ -389,7 +392,7 @@ def run_rank(path: str | Path, output: str | Path, epochs: int, options: EngineO
     engine = engine or engine_of(options)
     rank, world = dist.get_rank(), dist.get_world_size()
     started = time.perf_counter()
-    result = reconstruct_rank(path, epochs, options, device, exchange, engine)
+    result = reconstruct_rank(path, epochs, options, device, exchange, engine, frames_on_disk)
     seconds = time.perf_counter() - started
     mine = result["tiles"][rank]
     logs = _gather_json({"rank": rank, "frames": len(mine.frames), "box": mine.box, "epochs": result["log"].epochs})
@@ -417,10 +420,10 @@ def _spawned(rank: int, world: int, port: int, args: tuple) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))  # fmt: skip
     torch.set_num_threads(1)
-    path, output, epochs, options, device, timeout_s, exchange, engine, errors = args
+    path, output, epochs, options, device, timeout_s, exchange, engine, frames_on_disk, errors = args
     try:
         init_process_group(device, timeout_s)
-        run_rank(path, output, epochs, options, device, exchange, engine)
+        run_rank(path, output, epochs, options, device, exchange, engine, frames_on_disk)
     except Exception as error:  # noted for launch(): the first cause, not the others' broken connections
         secondary = isinstance(error, dist.DistError) or "closed by peer" in str(error) or "gloo" in str(error)
         Path(errors, f"{'later' if secondary else 'cause'}-rank{rank}.txt").write_text(
@@ -434,11 +437,12 @@ def _spawned(rank: int, world: int, port: int, args: tuple) -> None:
 
 def launch(nproc: int, path: str | Path, output: str | Path, epochs: int, options: EngineOptions,
            device: str = "cpu", timeout_s: float = 60.0, exchange: str = "halo",
-           engine: str | None = None) -> dict:  # fmt: skip
+           engine: str | None = None, frames_on_disk: str = "auto") -> dict:  # fmt: skip
     """Start ``nproc`` ranks on this machine (gloo, 127.0.0.1) and run the reconstruction; returns rank 0's summary.
 
-    A rank that raises or is killed stops the others (they are terminated) and this raises
-    :class:`RuntimeError` naming it; no product is written unless every rank finished.
+    ``frames_on_disk``: ``auto`` (each rank reads its frames per batch from the file when they would not fit in
+    memory), ``always`` or ``never``. A rank that raises or is killed stops the others (they are terminated) and
+    this raises :class:`RuntimeError` naming it; no product is written unless every rank finished.
     """
     import json
     import socket
@@ -451,7 +455,8 @@ def launch(nproc: int, path: str | Path, output: str | Path, epochs: int, option
         probe_socket.bind(("127.0.0.1", 0))
         port = probe_socket.getsockname()[1]
     with tempfile.TemporaryDirectory() as errors:
-        arguments = (str(path), str(output), epochs, options, device, timeout_s, exchange, engine, errors)
+        arguments = (str(path), str(output), epochs, options, device, timeout_s, exchange, engine, frames_on_disk,
+                     errors)  # fmt: skip
         try:
             mp.spawn(_spawned, args=(nproc, port, arguments), nprocs=nproc, join=True)
         except mp.ProcessRaisedException as error:

@@ -20,7 +20,7 @@ from edgeray.ptycho.ops import (
     shifted_probes,
     split_positions,
 )
-from edgeray.ptycho.problem import Problem
+from edgeray.ptycho.problem import Problem, power_sum
 
 NOISE_MODELS = ("gaussian", "poisson")
 
@@ -255,7 +255,11 @@ class Engine:
     def data_norm(self) -> float:
         """Sum of the measured intensities over valid pixels (the cost's denominator), computed once."""
         if self._data_norm is None:
-            self._data_norm = float((self.valid * self.problem.amplitudes.to(self.real) ** 2).sum())
+            amplitudes = self.problem.amplitudes
+            if isinstance(amplitudes, torch.Tensor):
+                self._data_norm = float((self.valid * amplitudes.to(self.real) ** 2).sum())
+            else:  # frames on disk: summed once as they were checked
+                self._data_norm = float((self.valid.double() * power_sum(amplitudes)).sum())
         return self._data_norm
 
     def _check_positions(self, positions_px: torch.Tensor) -> None:
@@ -281,7 +285,14 @@ class Engine:
         order = torch.from_numpy(self.rng.permutation(n)).to(self.problem.device)
         size = max(1, min(self.options.batch_size, n))
         place = self.state.positions_px[:, 0].round() * self.problem.object_shape[1] + self.state.positions_px[:, 1]
-        return [batch[torch.argsort(place[batch])] for batch in torch.split(order, size)]
+        return self.announced([batch[torch.argsort(place[batch])] for batch in torch.split(order, size)])
+
+    def announced(self, batches: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``batches``, told to frames read from disk (:mod:`edgeray.ptycho.disk_frames`) so they are read ahead."""
+        expect = getattr(self.problem.amplitudes, "expect", None)
+        if expect is not None:
+            expect(batches)
+        return batches
 
     def refine_probe_now(self) -> bool:
         return self.options.probe_refine and self.epochs_done >= self.options.probe_start_epoch

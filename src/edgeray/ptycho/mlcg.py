@@ -51,7 +51,9 @@ class MLCGEngine(Engine):
 
     def _frames(self) -> list[torch.Tensor]:
         n = self.problem.n_frames
-        return list(torch.split(torch.arange(n, device=self.problem.device), max(1, self.options.batch_size)))
+        return self.announced(
+            list(torch.split(torch.arange(n, device=self.problem.device), max(1, self.options.batch_size)))
+        )
 
     def _cost_of(self, batch: Batch) -> torch.Tensor:
         valid = self.valid

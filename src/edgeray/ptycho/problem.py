@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from edgeray.io import Product, PtychoScan
+from edgeray.ptycho.disk_frames import DiskAmplitudes, FramesOnDisk
 from edgeray.ptycho.ops import Propagator, fresnel_kernel
 
 PROPAGATIONS = ("far", "near")
@@ -46,7 +47,7 @@ class Problem:
             ``positions_m = positions_px * pixel_size_m + origin_m``.
     """
 
-    amplitudes: torch.Tensor
+    amplitudes: torch.Tensor | DiskAmplitudes
     valid: torch.Tensor
     positions_px: torch.Tensor
     object_shape: tuple[int, int]
@@ -131,6 +132,8 @@ def prepare(
         ValueError: mismatched shapes, all-zero frames, or non-finite/negative counts or positions.
     """
     geometry = geometry or Geometry()
+    if isinstance(scan.frames, FramesOnDisk):
+        return _prepare_on_disk(scan, geometry, torch.device(device), margin_px)
     frames = np.asarray(scan.frames)
     if frames.ndim != 3:
         raise ValueError(f"frames must be (N, H, W), got shape {frames.shape}")
@@ -180,6 +183,40 @@ def prepare(
     )
 
 
+def power_sum(amplitudes: torch.Tensor | DiskAmplitudes) -> torch.Tensor:
+    """``sum over frames of amplitude^2`` ``(H, W)`` float64 (in any order of frames: float64)."""
+    if isinstance(amplitudes, DiskAmplitudes):
+        return torch.from_numpy(amplitudes.power_sum).to(amplitudes.device)
+    return (amplitudes.double() ** 2).sum(dim=0)
+
+
+def _prepare_on_disk(scan: PtychoScan, geometry: Geometry, device: torch.device, margin_px: int) -> Problem:
+    """:func:`prepare` for frames left in their file: amplitudes read per batch (:class:`DiskAmplitudes`)."""
+    frames: FramesOnDisk = scan.frames
+    height, width = frames.shape[1:]
+    grid = object_grid(scan, geometry, margin_px)
+    valid = np.ones((height, width), dtype=np.float32)
+    if scan.mask is not None:
+        valid[np.asarray(scan.mask, dtype=bool)] = 0.0
+    if geometry.propagation == "far":
+        valid, propagator = np.fft.ifftshift(valid), Propagator()
+    else:
+        kernel = fresnel_kernel((height, width), grid.pixel_size_m, scan.geometry.wavelength_m, grid.distance_m, device)
+        propagator = Propagator(kernel)
+    return Problem(
+        amplitudes=DiskAmplitudes(frames, geometry.propagation == "far", device),
+        valid=torch.from_numpy(valid).to(device),
+        positions_px=torch.from_numpy(grid.positions_px).to(device),
+        object_shape=grid.object_shape,
+        pixel_size_m=grid.pixel_size_m,
+        propagator=propagator,
+        origin_m=grid.origin_m,
+        geometry=geometry,
+        energy_eV=scan.geometry.energy_eV,
+        distance_m=scan.geometry.distance_m,
+    )
+
+
 def typical_step_px(positions_px: torch.Tensor, sample: int = 2000) -> float:
     """Median distance from a scan point to its nearest neighbour, pixels (on a sample of the points)."""
     points = positions_px[:: max(1, len(positions_px) // sample)].to(torch.float64)
@@ -199,7 +236,7 @@ def initial_probe(problem: Problem, n_modes: int = 1) -> torch.Tensor:
     illuminated area. Near field: the mean amplitude propagated back to the sample. Extra modes are the first
     one times ``y``, ``x``, ``xy``... (orthogonalized), each holding 5% of the power.
     """
-    mean_amplitude = torch.sqrt((problem.amplitudes.double() ** 2).mean(dim=0)).to(torch.complex64)  # any order
+    mean_amplitude = torch.sqrt(power_sum(problem.amplitudes) / problem.n_frames).to(torch.complex64)
     if problem.geometry.propagation == "near":
         return add_probe_modes(problem.propagator.backward(mean_amplitude[None]), n_modes)
     height, width = problem.frame_shape
