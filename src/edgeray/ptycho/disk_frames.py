@@ -23,6 +23,8 @@ import torch
 
 #: above this fraction of the memory available, a scan's frames stay on disk (``frames_on_disk="auto"``)
 MEMORY_FRACTION = 0.5
+#: in memory, a scan takes about its counts plus this many float32 copies while it is read and prepared
+FLOAT32_COPIES = 3
 
 
 @dataclass
@@ -63,13 +65,14 @@ def available_memory_bytes() -> int:
 
 
 def keep_on_disk(frames: FramesOnDisk, mode: str = "auto") -> bool:
-    """Whether to read ``frames`` per batch: ``always``, ``never``, or ``auto`` (their float32 amplitudes would
-    take more than :data:`MEMORY_FRACTION` of the memory available)."""
+    """Whether to read ``frames`` per batch: ``always``, ``never``, or ``auto`` (reading and preparing them in memory
+    would take more than :data:`MEMORY_FRACTION` of the memory available)."""
     if mode not in ("auto", "always", "never"):
         raise ValueError(f"frames_on_disk must be auto, always or never, not {mode!r}")
     if mode != "auto":
         return mode == "always"
-    return int(np.prod(frames.shape, dtype=np.int64)) * 4 > MEMORY_FRACTION * available_memory_bytes()
+    in_memory = frames.nbytes + FLOAT32_COPIES * 4 * int(np.prod(frames.shape, dtype=np.int64))
+    return in_memory > MEMORY_FRACTION * available_memory_bytes()
 
 
 class DiskAmplitudes:

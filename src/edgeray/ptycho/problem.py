@@ -157,18 +157,23 @@ def prepare(
     pixel, distance = grid.pixel_size_m, grid.distance_m
     device = torch.device(device)
 
-    intensities = frames.astype(np.float32)
+    # one float32 copy of the frames besides them (a large scan is several times its counts' size in float32)
+    if geometry.propagation == "far":
+        intensities = np.fft.ifftshift(frames, axes=(-2, -1)).astype(np.float32, copy=False)
+        intensities /= np.float32(height * width)
+    else:
+        intensities = frames.astype(np.float32)
     valid = np.ones((height, width), dtype=np.float32)
     if scan.mask is not None:
         valid[np.asarray(scan.mask, dtype=bool)] = 0.0
     if geometry.propagation == "far":
-        intensities = np.fft.ifftshift(intensities, axes=(-2, -1)) / (height * width)
         valid = np.fft.ifftshift(valid)
         propagator = Propagator()
     else:
         kernel = fresnel_kernel((height, width), pixel, scan.geometry.wavelength_m, distance, device)
         propagator = Propagator(kernel)
-    amplitudes = torch.from_numpy(np.sqrt(np.maximum(intensities, 0.0))).to(device)
+    np.maximum(intensities, 0.0, out=intensities)
+    amplitudes = torch.from_numpy(np.sqrt(intensities, out=intensities)).to(device)
     return Problem(
         amplitudes=amplitudes,
         valid=torch.from_numpy(valid).to(device),
