@@ -14,7 +14,7 @@ PY_DIRS := $(wildcard src tests benchmarks docs examples)
 PEERS := .venv-peers
 PEERS_STAMP := $(PEERS)/.peers-installed
 
-.PHONY: demo test lint format clean venv peers bench browser docs installed
+.PHONY: demo test lint format clean venv peers bench browser slurm docs installed
 
 venv: $(STAMP)
 
@@ -36,6 +36,13 @@ browser:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
+# The flow's scheduler tests start a one-node Slurm (tests/slurm_cluster.py): Debian's packages, once.
+slurm:
+	@test -x /usr/sbin/slurmctld -a -x /usr/sbin/slurmd -a -x /usr/sbin/munged -a -x /usr/bin/sbatch || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    --no-install-recommends slurmctld slurmd slurm-client munge >/dev/null; }
+
 lint: $(STAMP)
 	$(BIN)/ruff check $(PY_DIRS)
 	$(BIN)/ruff format --check $(PY_DIRS)
@@ -44,7 +51,7 @@ format: $(STAMP)
 	$(BIN)/ruff format $(PY_DIRS)
 	$(BIN)/ruff check --fix $(PY_DIRS)
 
-test: lint browser
+test: lint browser slurm
 	$(BIN)/python -m pytest -q
 
 # The documentation site (Sphinx, docs/ -> docs/_build/html); any warning fails the build. The gallery's pictures

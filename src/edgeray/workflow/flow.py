@@ -71,6 +71,52 @@ def local_config(run_dir: str | Path, retries: int = 2, background: bool = True,
     return Config(executors=executors, retries=retries, run_dir=str(run_dir), strategy="none")
 
 
+def slurm_config(
+    run_dir: str | Path,
+    *,
+    partition: str | None = None,
+    account: str | None = None,
+    worker_init: str = "",
+    walltime: str = "01:00:00",
+    reconstruct_workers: int = 8,
+    reconstruct_blocks: int = 4,
+    train_partition: str | None = None,
+    exclusive: bool = True,
+    address: str | None = None,
+    retries: int = 2,
+    heartbeat_s: float = 2.0,
+    poll_s: int = 60,
+):
+    """Parsl config for a Slurm cluster: ``reconstruct`` (up to ``reconstruct_blocks`` nodes of
+    ``reconstruct_workers`` workers) and ``train`` (one node, one worker; ``train_partition``, e.g. a GPU one), each
+    node a Slurm job (``sbatch``, workers started with ``srun``). A job that ends under a task (cancelled,
+    pre-empted, out of time) is found within ``5 * heartbeat_s`` seconds; its task is retried ``retries`` times on
+    a new job. ``exclusive=False`` lets the two executors' jobs share a node. ``address``: where workers reach this
+    process (default: Parsl's guess of this host's address). ``poll_s``: seconds between the scheduler's job status
+    queries (how soon a job that ended is replaced)."""
+    from parsl.config import Config
+    from parsl.executors import HighThroughputExecutor
+    from parsl.launchers import SrunLauncher
+    from parsl.providers import SlurmProvider
+
+    class PolledSlurmProvider(SlurmProvider):
+        status_polling_interval = poll_s  # Parsl's SlurmProvider fixes it at 60 s
+
+    def executor(label: str, workers: int, blocks: int, queue: str | None) -> HighThroughputExecutor:
+        provider = PolledSlurmProvider(partition=queue, account=account, nodes_per_block=1, init_blocks=1, min_blocks=0,
+                                 max_blocks=blocks, walltime=walltime, worker_init=worker_init, exclusive=exclusive,
+                                 launcher=SrunLauncher(), cmd_timeout=30)  # fmt: skip
+        extra = {"address": address} if address else {}
+        return HighThroughputExecutor(label=label, max_workers_per_node=workers, provider=provider,
+                                      heartbeat_period=max(1, round(heartbeat_s)),
+                                      heartbeat_threshold=max(10, round(5 * heartbeat_s)), **extra)  # fmt: skip
+
+    executors = [executor(RECONSTRUCT, reconstruct_workers, reconstruct_blocks, partition),
+                 executor(TRAIN, 1, 1, train_partition or partition)]  # fmt: skip
+    return Config(executors=executors, retries=retries, run_dir=str(run_dir), strategy="htex_auto_scale",
+                  strategy_period=2, max_idletime=30)  # fmt: skip
+
+
 def load_config(spec: str, run_dir: str | Path):
     """``local`` or a Python file defining ``config`` (a ``parsl.config.Config``) or ``make_config(run_dir)``."""
     if spec == "local":
