@@ -96,10 +96,15 @@ def scan_figure(path: str | Path, frame_index: int = 0, cxi_options: dict | None
     return fig
 
 
+PREVIEW_SIDE = 2048  # pixels a preview shows an object with at most, per side (more is memory, not detail)
+
+
 def product_figure(path: str | Path) -> plt.Figure:
     """Preview of a reconstruction product: amplitude, phase, probe, cost curve."""
     product = read_product(path)
     obj = product.object[0]
+    stride = -(-max(obj.shape) // PREVIEW_SIDE)  # a preview of a huge object: every stride-th pixel
+    obj = obj[::stride, ::stride]
     mosaic_only = not np.any(product.probe) and not len(product.loss_values)  # a surrogate's: no probe, no cost
     fig, axes = plt.subplots(1, 2 if mosaic_only else 4, figsize=(9, 4.2) if mosaic_only else (16, 4.2))
     _show(axes[0], np.abs(obj), "object amplitude", label="|O|")

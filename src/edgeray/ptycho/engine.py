@@ -256,10 +256,7 @@ class Engine:
         """Sum of the measured intensities over valid pixels (the cost's denominator), computed once."""
         if self._data_norm is None:
             amplitudes = self.problem.amplitudes
-            if isinstance(amplitudes, torch.Tensor):
-                self._data_norm = float((self.valid * amplitudes.to(self.real) ** 2).sum())
-            else:  # frames on disk: summed once as they were checked
-                self._data_norm = float((self.valid.double() * power_sum(amplitudes)).sum())
+            self._data_norm = float((self.valid.double() * power_sum(amplitudes)).sum())
         return self._data_norm
 
     def _check_positions(self, positions_px: torch.Tensor) -> None:

@@ -192,7 +192,10 @@ def power_sum(amplitudes: torch.Tensor | DiskAmplitudes) -> torch.Tensor:
     """``sum over frames of amplitude^2`` ``(H, W)`` float64 (in any order of frames: float64)."""
     if isinstance(amplitudes, DiskAmplitudes):
         return torch.from_numpy(amplitudes.power_sum).to(amplitudes.device)
-    return (amplitudes.double() ** 2).sum(dim=0)
+    total = torch.zeros(amplitudes.shape[1:], dtype=torch.float64, device=amplitudes.device)
+    for block in torch.split(amplitudes, 4096):  # a few frames at a time: no float64 copy of a large scan
+        total += (block.double() ** 2).sum(dim=0)
+    return total
 
 
 def _prepare_on_disk(scan: PtychoScan, geometry: Geometry, device: torch.device, margin_px: int) -> Problem:
