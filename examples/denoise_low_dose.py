@@ -24,7 +24,7 @@ scan = simulate_tomo(TomoSimConfig(phantom="foam", size=128, slices=2, angles=90
 write_dxchange(out / "foam_low_dose.h5", scan)
 reconstruct_file(out / "foam_low_dose.h5", out / "foam_rec.h5", TomoOptions(center=(128 - 1) / 2))
 slices, _ = read_reconstruction(out / "foam_rec.h5")
-model, _ = load_denoiser(None)
+model, _ = load_denoiser("low-dose")
 denoised = denoise_volume(slices, model)
 truth = scan.ground_truth
 

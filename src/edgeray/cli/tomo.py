@@ -13,6 +13,7 @@ import numpy as np
 from edgeray.cli._common import add_tomo_path_flags, console, progress_bar, row_range, summary_path, write_summary
 from edgeray.cli.config import add_config_flags
 from edgeray.cli.files import add_tomo_info
+from edgeray.tomo.classical import CLASSICAL
 
 
 def _center(value: str) -> float | None:
@@ -251,12 +252,13 @@ def cmd_tomo_evaluate_denoiser(args: argparse.Namespace) -> int:
 
         evaluation = evaluate_denoiser(args.model, args.quick, progress=tick)
     evaluation["seconds"] = time.perf_counter() - started
-    table = Table(title=f"{evaluation['model']}: held-out cases (each slice denoised alone)")
-    for column in ("case", "SSIM in", "SSIM out", "PSNR in", "PSNR out"):
+    table = Table(title=f"{evaluation['model']} beside BM3D and TV (noise estimated): held-out cases, each slice alone")
+    for column in ("case", "SSIM in", "SSIM out", *(f"SSIM {m.upper()}" for m in CLASSICAL), "PSNR in", "PSNR out"):
         table.add_column(column, justify="left" if column == "case" else "right")
     for row in evaluation["cases"]:
-        table.add_row(row["case"], f"{row['ssim_in']:.3f}", f"{row['ssim_out']:.3f}", f"{row['psnr_in']:.1f}",
-                      f"{row['psnr_out']:.1f}")  # fmt: skip
+        classical = [f"{row[f'ssim_{m}']:.3f}" for m in CLASSICAL]
+        table.add_row(row["case"], f"{row['ssim_in']:.3f}", f"{row['ssim_out']:.3f}", *classical,
+                      f"{row['psnr_in']:.1f}", f"{row['psnr_out']:.1f}")  # fmt: skip
     console.print(table)
     if args.output is not None:
         args.output.write_text(json.dumps(evaluation, indent=2) + "\n")
@@ -272,11 +274,14 @@ def cmd_tomo_evaluate_denoiser(args: argparse.Namespace) -> int:
 
 def add_tomo_denoise(commands: argparse._SubParsersAction) -> None:
     """The arguments of ``cmd_tomo_denoise``."""
-    tn = commands.add_parser("denoise", help="denoise reconstructed slices (/exchange/data) with TomoGAN")
+    tn = commands.add_parser("denoise", help="denoise reconstructed slices (/exchange/data): TomoGAN, BM3D or TV")
     tn.add_argument("input", type=Path, help="reconstruction file, /exchange/data (slices, Y, X)")
     tn.add_argument("-o", "--output", type=Path, required=True, help="denoised reconstruction file")
+    tn.add_argument("--method", choices=("tomogan", *CLASSICAL), default="tomogan",
+                    help="tomogan (learned; fast), bm3d or tv (classical, no training; noise level estimated from "
+                    "each slice)")  # fmt: skip
     tn.add_argument("--model", default=None,
-                    help="denoiser directory, or a shipped one: low-dose (default), general, stream")  # fmt: skip
+                    help="tomogan: a model directory, or shipped: general (default), low-dose, stream")  # fmt: skip
     tn.add_argument("--device", default="auto", help="cpu, cuda or auto (CUDA when there is one)")
     tn.set_defaults(func=cmd_tomo_denoise)
 
@@ -284,30 +289,40 @@ def add_tomo_denoise(commands: argparse._SubParsersAction) -> None:
 def cmd_tomo_denoise(args: argparse.Namespace) -> int:
     from edgeray.device import resolve_device
     from edgeray.io import read_reconstruction, write_reconstruction
+    from edgeray.tomo.classical import denoise_volume_classical
     from edgeray.tomo.denoise import denoise_volume, load_denoiser
 
     volume, params = read_reconstruction(args.input)
-    model, card = load_denoiser(args.model)
-    model = model.to(resolve_device(args.device))
+    card: dict = {}
+    if args.method == "tomogan":
+        model, card = load_denoiser(args.model)
+        model = model.to(resolve_device(args.device))
     started = time.perf_counter()
-    with progress_bar("denoising", len(volume)) as update:
+    with progress_bar(f"denoising ({args.method})", len(volume)) as update:
         done = [0]
 
         def tick(n: int) -> None:
             done[0] += n
             update(done[0])
 
-        denoised = denoise_volume(volume, model, progress=tick)
+        if args.method == "tomogan":
+            denoised = denoise_volume(volume, model, progress=tick)
+        else:
+            denoised = denoise_volume_classical(volume, args.method, progress=tick)
     seconds = time.perf_counter() - started
-    model_name = str(args.model) if args.model is not None else "shipped TomoGAN"
+    if args.method == "tomogan":
+        model_name = str(args.model) if args.model is not None else "shipped TomoGAN (general)"
+    else:
+        model_name = f"{args.method} (noise estimated from each slice)"
     write_reconstruction(args.output, denoised, {**params, "denoised_by": model_name, "denoised_from": str(args.input)})
     middle = len(volume) // 2
     from edgeray.viz import slice_panels
 
-    slice_panels({"input": volume[middle], "TomoGAN": denoised[middle]}, args.output.with_suffix(".png"),
+    slice_panels({"input": volume[middle], args.method: denoised[middle]}, args.output.with_suffix(".png"),
                  f"{args.input.name}: slice {middle} of {len(volume)}")  # fmt: skip
     write_summary(args.output, {"seconds": seconds, "slices": len(volume), "slices_per_s": len(volume) / seconds,
-                                "model": model_name, "parameters": card.get("parameters")})  # fmt: skip
+                                "method": args.method, "model": model_name,
+                                "parameters": card.get("parameters")})  # fmt: skip
     console.print(f"[green]wrote[/] {args.output}, its PNG and JSON: {len(volume)} slices, "
                   f"{len(volume) / seconds:.1f} slices/s")  # fmt: skip
     return 0

@@ -411,8 +411,9 @@ SHIPPED_BY_NAME = {"low-dose": SHIPPED_DENOISER, "general": SHIPPED_GENERAL_DENO
 
 
 def denoiser_directory(directory: str | Path | None = None) -> Path:
-    """A denoiser directory, or a shipped model's name (``low-dose``, the default; ``general``; ``stream``)."""
-    return Path(SHIPPED_BY_NAME.get(str(directory), directory)) if directory is not None else SHIPPED_DENOISER
+    """A denoiser directory, or a shipped model's name (``general``, the default: it transfers to families and doses
+    it was not trained on, benchmarks/denoise_vs_bm3d.py; ``low-dose``; ``stream``)."""
+    return Path(SHIPPED_BY_NAME.get(str(directory), directory)) if directory is not None else SHIPPED_GENERAL_DENOISER
 
 
 def load_denoiser(directory: str | Path | None = None) -> tuple[UNet, dict]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeray.metrics import psnr, ssim
+from edgeray.tomo.classical import CLASSICAL
 
 TOOTH_FILES = (
     Path(__file__).resolve().parents[3] / "tests" / "data" / "tooth.h5",
@@ -50,8 +51,13 @@ def _scores(outputs: np.ndarray, inputs: np.ndarray, truth: np.ndarray) -> dict:
     def mean(metric, images):
         return float(np.mean([metric(a, b) for a, b in zip(images, truth, strict=True)]))
 
-    return {"ssim_in": mean(ssim, inputs), "ssim_out": mean(ssim, outputs),
-            "psnr_in": mean(psnr, inputs), "psnr_out": mean(psnr, outputs)}  # fmt: skip
+    scores = {"ssim_in": mean(ssim, inputs), "ssim_out": mean(ssim, outputs),
+              "psnr_in": mean(psnr, inputs), "psnr_out": mean(psnr, outputs)}  # fmt: skip
+    for method in CLASSICAL:  # the classical denoisers beside it, on the same slices
+        from edgeray.tomo.classical import denoise_volume_classical
+
+        scores[f"ssim_{method}"] = mean(ssim, denoise_volume_classical(inputs, method))
+    return scores
 
 
 def evaluate_case(model, case: Case, seed: int) -> dict:
