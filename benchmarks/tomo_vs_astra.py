@@ -5,7 +5,12 @@ dark corrected, minus-log; sizes 512^2 from 360 angles and 1024^2 from 720 (quic
 astra: ``FBP`` with the ``linear`` projector and its default Ram-Lak filter (astra-toolbox from PyPI, CPU).
 scikit-image: ``iradon`` with the ramp filter, linear interpolation. EdgeRay: ``gridrec`` (NUFFT, Joseph kernel:
 astra's image) and ``fbp`` (torch backprojection), ramp filter. Times are the best of 3 (2 threads each);
-SSIM on the reconstruction circle against the phantom and against astra's image. Prints one JSON object per line.
+SSIM on the reconstruction circle against the phantom and against astra's image.
+
+``edgeray tomo recon`` as a user runs it (issue 36): a raw Data Exchange file of 8 slices (1024^2 from 720 angles;
+quick 512^2 / 360), the centre given, the ramp filter, in its own process: the command's ``seconds`` (reading,
+flat/dark, log, filtering, NUFFT, writing) against astra's FBP of the same 8 sinograms one after another, and
+against the core alone (gridrec on the sinograms in memory). Prints one JSON object per line.
 
     python benchmarks/tomo_vs_astra.py --quick
     python benchmarks/tomo_vs_astra.py --device cuda     # adds astra's FBP_CUDA and EdgeRay's fbp on the GPU
@@ -96,6 +101,42 @@ def case(size: int, angles: int, repeats: int, device: str = "cpu") -> None:
           "target_met": bool(astra_seconds / seconds >= 2 and ssim(image, reference) >= 0.99)})  # fmt: skip
 
 
+def command_case(size: int, angles: int, slices: int = 8) -> None:
+    """``edgeray tomo recon`` on a raw file against astra on the same sinograms and against its own core."""
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from edgeray.io import read_reconstruction, write_dxchange
+
+    scan = simulate_tomo(TomoSimConfig(size=size, slices=slices, angles=angles, photons=1e6, seed=2))
+    sinograms = np.ascontiguousarray(np.moveaxis(minus_log(normalize(scan.projections, scan.flats, scan.darks)), 1, 0))
+    theta = np.radians(scan.theta_deg)
+    center = size / 2 - 0.5  # gridrec's default axis, given to the command too
+    references, astra_seconds = best_of(lambda: [astra_fbp(s, theta, size) for s in sinograms], 1)
+    core, core_seconds = best_of(lambda: gridrec(sinograms, theta, center, filter_name="ramp"), 3)
+    with tempfile.TemporaryDirectory() as folder:
+        raw = write_dxchange(Path(folder) / "raw.h5", scan, compression="none")
+        out = Path(folder) / "rec.h5"
+        command = [sys.executable, "-m", "edgeray", "tomo", "recon", str(raw), "-o", str(out), "--center",
+                   str(center), "--filter", "ramp", "--chunk-slices", str(slices // 2)]  # fmt: skip
+        runs = []
+        for _ in range(3):
+            started = time.perf_counter()
+            subprocess.run(command, check=True, capture_output=True)
+            runs.append((json.loads(out.with_suffix(".json").read_text())["seconds"], time.perf_counter() - started))
+        seconds, wall = min(runs)
+        images, _ = read_reconstruction(out)
+    agreement = min(ssim(image, reference) for image, reference in zip(images, references, strict=True))
+    core_agreement = min(ssim(image, reference) for image, reference in zip(core, references, strict=True))
+    emit({"size": size, "angles": angles, "slices": slices, "method": "edgeray tomo recon (command)",
+          "command_seconds": seconds, "process_seconds": wall, "core_seconds": core_seconds,
+          "astra_seconds": astra_seconds, "command_speedup_vs_astra": astra_seconds / seconds,
+          "core_speedup_vs_astra": astra_seconds / core_seconds, "command_over_core": seconds / core_seconds,
+          "ssim_vs_astra_min": agreement, "core_ssim_vs_astra_min": core_agreement})  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="256^2/180 and 512^2/360 (about a minute)")
@@ -113,6 +154,7 @@ def main() -> None:
           "torch": torch.__version__, "threads": 2})  # fmt: skip
     for size, angles in [(256, 180), (512, 360)] if args.quick else [(512, 360), (1024, 720)]:
         case(size, angles, 3, args.device)
+    command_case(*((512, 360) if args.quick else (1024, 720)))
 
 
 if __name__ == "__main__":

@@ -41,6 +41,8 @@ def add_tomo_recon(commands: argparse._SubParsersAction) -> None:
     tr.add_argument("--chunk-slices", "--chunk", dest="chunk_slices", type=int, default=O.chunk_slices,
                     help="slices read and reconstructed at once")  # fmt: skip
     tr.add_argument("--iterations", type=int, default=O.iterations, help="SIRT / CGLS iterations")
+    tr.add_argument("--compression", choices=("none", "gzip", "lz4"), default=O.compression,
+                    help="of the written slices (gzip: smaller files, a slower command)")  # fmt: skip
     tr.add_argument("--device", default=O.device, help="cpu or cuda (fbp, sirt)")
     tr.add_argument("--entry", default=None, help="NXtomo files: which entry (default: the first)")
     add_tomo_path_flags(tr)
@@ -57,7 +59,8 @@ def cmd_tomo_recon(args: argparse.Namespace) -> int:
                           zingers=args.zingers, slices=row_range(args.slices), chunk_slices=args.chunk_slices,
                           iterations=args.iterations, device=args.device, entry=args.entry,
                           data_path=args.data_path, image_key_path=args.image_key_path,
-                          angles_path=args.angles_path, layout=args.layout)  # fmt: skip
+                          angles_path=args.angles_path, layout=args.layout,
+                          compression=args.compression)  # fmt: skip
     with progress_bar(f"{args.algorithm} reconstruction", None) as update:
         summary = reconstruct_file(args.input, args.output, options, progress=lambda done, total: update(done, total))
     volume, _ = read_reconstruction(args.output)
