@@ -120,7 +120,7 @@ def command_case(size: int, angles: int, slices: int = 8) -> None:
         raw = write_dxchange(Path(folder) / "raw.h5", scan, compression="none")
         out = Path(folder) / "rec.h5"
         command = [sys.executable, "-m", "edgeray", "tomo", "recon", str(raw), "-o", str(out), "--center",
-                   str(center), "--filter", "ramp", "--chunk-slices", str(slices // 2)]  # fmt: skip
+                   str(center), "--filter", "ramp"]  # fmt: skip
         runs = []
         for _ in range(3):
             started = time.perf_counter()

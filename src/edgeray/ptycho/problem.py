@@ -153,27 +153,30 @@ def prepare(
     if scan.mask is not None and np.asarray(scan.mask).shape != (height, width):
         raise ValueError(f"mask shape {np.asarray(scan.mask).shape} differs from frames' {(height, width)}")
 
-    grid = object_grid(scan, geometry, margin_px)
-    pixel, distance = grid.pixel_size_m, grid.distance_m
     device = torch.device(device)
-
     # one float32 copy of the frames besides them (a large scan is several times its counts' size in float32)
     if geometry.propagation == "far":
         intensities = np.fft.ifftshift(frames, axes=(-2, -1)).astype(np.float32, copy=False)
         intensities /= np.float32(height * width)
     else:
         intensities = frames.astype(np.float32)
+    np.maximum(intensities, 0.0, out=intensities)
+    amplitudes = torch.from_numpy(np.sqrt(intensities, out=intensities)).to(device)
+    return _problem(scan, geometry, device, margin_px, amplitudes)
+
+
+def _problem(scan: PtychoScan, geometry: Geometry, device: torch.device, margin_px: int, amplitudes) -> Problem:
+    """The problem around ``amplitudes`` (a tensor, or frames read from disk): grid, valid pixels, propagator."""
+    height, width = scan.frames.shape[1:]
+    grid = object_grid(scan, geometry, margin_px)
     valid = np.ones((height, width), dtype=np.float32)
     if scan.mask is not None:
         valid[np.asarray(scan.mask, dtype=bool)] = 0.0
     if geometry.propagation == "far":
-        valid = np.fft.ifftshift(valid)
-        propagator = Propagator()
+        valid, propagator = np.fft.ifftshift(valid), Propagator()
     else:
-        kernel = fresnel_kernel((height, width), pixel, scan.geometry.wavelength_m, distance, device)
+        kernel = fresnel_kernel((height, width), grid.pixel_size_m, scan.geometry.wavelength_m, grid.distance_m, device)
         propagator = Propagator(kernel)
-    np.maximum(intensities, 0.0, out=intensities)
-    amplitudes = torch.from_numpy(np.sqrt(intensities, out=intensities)).to(device)
     return Problem(
         amplitudes=amplitudes,
         valid=torch.from_numpy(valid).to(device),
@@ -200,29 +203,8 @@ def power_sum(amplitudes: torch.Tensor | DiskAmplitudes) -> torch.Tensor:
 
 def _prepare_on_disk(scan: PtychoScan, geometry: Geometry, device: torch.device, margin_px: int) -> Problem:
     """:func:`prepare` for frames left in their file: amplitudes read per batch (:class:`DiskAmplitudes`)."""
-    frames: FramesOnDisk = scan.frames
-    height, width = frames.shape[1:]
-    grid = object_grid(scan, geometry, margin_px)
-    valid = np.ones((height, width), dtype=np.float32)
-    if scan.mask is not None:
-        valid[np.asarray(scan.mask, dtype=bool)] = 0.0
-    if geometry.propagation == "far":
-        valid, propagator = np.fft.ifftshift(valid), Propagator()
-    else:
-        kernel = fresnel_kernel((height, width), grid.pixel_size_m, scan.geometry.wavelength_m, grid.distance_m, device)
-        propagator = Propagator(kernel)
-    return Problem(
-        amplitudes=DiskAmplitudes(frames, geometry.propagation == "far", device),
-        valid=torch.from_numpy(valid).to(device),
-        positions_px=torch.from_numpy(grid.positions_px).to(device),
-        object_shape=grid.object_shape,
-        pixel_size_m=grid.pixel_size_m,
-        propagator=propagator,
-        origin_m=grid.origin_m,
-        geometry=geometry,
-        energy_eV=scan.geometry.energy_eV,
-        distance_m=scan.geometry.distance_m,
-    )
+    amplitudes = DiskAmplitudes(scan.frames, geometry.propagation == "far", device)
+    return _problem(scan, geometry, device, margin_px, amplitudes)
 
 
 def typical_step_px(positions_px: torch.Tensor, sample: int = 2000) -> float:

@@ -88,11 +88,14 @@ def filtered_spectra(sinograms: np.ndarray, center: float, filter_name: str, cut
     transformed on ``P = spectral_size`` points with the phase referred to the rotation axis (cycles per pixel)."""
     n_columns = sinograms.shape[-1]
     size = padded_size(n_columns)
-    response = filter_response(size, filter_name, cutoff)
-    filtered = np.fft.irfft(np.fft.rfft(sinograms, n=size, axis=-1) * response[: size // 2 + 1], n=size, axis=-1)
-    spectra = np.fft.fft(filtered[..., :n_columns], n=spectral_size, axis=-1)
+    response = filter_response(size, filter_name, cutoff).astype(sinograms.dtype)  # float32 in, complex64 out
+    import scipy.fft
+
+    half = scipy.fft.rfft(sinograms, n=size, axis=-1, workers=-1) * response[: size // 2 + 1]
+    filtered = scipy.fft.irfft(half, n=size, axis=-1, workers=-1)
+    spectra = scipy.fft.fft(filtered[..., :n_columns], n=spectral_size, axis=-1, workers=-1)
     omega = np.fft.fftfreq(spectral_size)
-    spectra *= np.exp(2j * np.pi * omega * center)[None, None]
+    spectra *= np.exp(2j * np.pi * omega * center).astype(spectra.dtype)[None, None]
     return spectra, omega
 
 
@@ -136,7 +139,8 @@ def gridrec(
     size = size or n_columns
     center = default_center(n_columns) if center is None else float(center)
     spectral_size = spectral_size or int(np.ceil((n_columns + 2) / 16) * 16)
-    spectra, omega = filtered_spectra(sinograms.astype(np.float64), center, filter_name, cutoff, spectral_size)
+    real, complex_ = (np.float32, np.complex64) if precision == "single" else (np.float64, np.complex128)
+    spectra, omega = filtered_spectra(sinograms.astype(real), center, filter_name, cutoff, spectral_size)
     weights = angle_weights(theta)[:, None] / len(omega)  # d theta * d omega
     bands = np.arange(-bands, bands + 1) if interpolation == "linear" else np.zeros(1)
     # the interpolation kernel's width on the detector: 1 pixel for pixel-driven backprojection ("pixel"), the
@@ -144,22 +148,26 @@ def gridrec(
     width = np.maximum(np.abs(np.cos(theta)), np.abs(np.sin(theta))) if kernel == "joseph" else np.ones_like(theta)
     # finufft's modes are integers -N/2..N/2-1; pixel centres sit at mode + offset (half a pixel for even N)
     offset = -(size - 1) / 2.0 + size // 2
-    all_kx, all_ky, all_strengths = [], [], []
-    for band in bands:
+    # every band's points and strengths written in place into one array each, in the NUFFT's precision (the
+    # copies and float64 temporaries of building them band by band and joining cost as much as the NUFFT)
+    n_points = len(omega)
+    kx = np.empty((len(theta), len(bands) * n_points), dtype=real)
+    ky = np.empty_like(kx)
+    strengths = np.empty((n_slices, len(theta), len(bands) * n_points), dtype=complex_)
+    for k, band in enumerate(bands):
         shifted = omega + band  # the spectrum of the sampled rows repeats with period 1 cycle per pixel
         # the centre phase exp(2 pi i omega c) belongs to each band's own frequency
         factor = weights * np.exp(2j * np.pi * band * center)
         if interpolation == "linear":
             factor = factor * np.sinc(shifted[None, :] * width[:, None]) ** 2
-        kx = 2 * np.pi * shifted[None, :] * np.cos(theta)[:, None]  # radians per pixel along x (columns)
-        ky = 2 * np.pi * shifted[None, :] * np.sin(theta)[:, None]
-        all_strengths.append(spectra * (factor * np.exp(1j * offset * (kx + ky)))[None])
-        all_kx.append(np.mod(kx + np.pi, 2 * np.pi) - np.pi)  # modes are integers: wrapping by 2 pi changes nothing
-        all_ky.append(np.mod(ky + np.pi, 2 * np.pi) - np.pi)
-    real, complex_ = (np.float32, np.complex64) if precision == "single" else (np.float64, np.complex128)
-    kx = np.concatenate(all_kx, axis=1).ravel().astype(real)
-    ky = np.concatenate(all_ky, axis=1).ravel().astype(real)
-    strengths = np.ascontiguousarray(np.concatenate(all_strengths, axis=2).reshape(n_slices, -1), dtype=complex_)
+        band_x = 2 * np.pi * shifted[None, :] * np.cos(theta)[:, None]  # radians per pixel along x (columns)
+        band_y = 2 * np.pi * shifted[None, :] * np.sin(theta)[:, None]
+        columns = slice(k * n_points, (k + 1) * n_points)
+        np.multiply(spectra, (factor * np.exp(1j * offset * (band_x + band_y))).astype(complex_)[None],
+                    out=strengths[:, :, columns])  # fmt: skip
+        kx[:, columns] = np.mod(band_x + np.pi, 2 * np.pi) - np.pi  # modes are integers: wrapping by 2 pi is nothing
+        ky[:, columns] = np.mod(band_y + np.pi, 2 * np.pi) - np.pi
+    kx, ky, strengths = kx.ravel(), ky.ravel(), strengths.reshape(n_slices, -1)
     options = {"eps": eps, "isign": 1, "modeord": 0}
     if threads:
         options["nthreads"] = threads
