@@ -237,6 +237,10 @@ def add_tomo_evaluate_denoiser(commands: argparse._SubParsersAction) -> None:
     te.add_argument("-o", "--output", type=Path, default=None, help="also write the results here (JSON)")
     te.add_argument("--quick", action="store_true", help="fewer slices per case")
     te.add_argument("--record", action="store_true", help="write the results into the model's card")
+    te.add_argument("--scan", type=Path, default=None,
+                    help="also a raw scan's own data: even vs odd angles, no truth needed")  # fmt: skip
+    te.add_argument("--rows", default=None, help="--scan: detector rows FIRST:LAST (default the first 8)")
+    te.add_argument("--center", type=float, default=None, help="--scan: rotation axis column (default: found)")
     te.set_defaults(func=cmd_tomo_evaluate_denoiser)
 
 
@@ -263,6 +267,17 @@ def cmd_tomo_evaluate_denoiser(args: argparse.Namespace) -> int:
         table.add_row(row["case"], f"{row['ssim_in']:.3f}", f"{row['ssim_out']:.3f}", *classical,
                       f"{row['psnr_in']:.1f}", f"{row['psnr_out']:.1f}")  # fmt: skip
     console.print(table)
+    if args.scan is not None:
+        from edgeray.tomo.denoise_eval import split_angle_check
+
+        check = split_angle_check(args.scan, row_range(args.rows), args.model, args.center)
+        evaluation["scan"] = check
+        split = Table(title=f"{check['case']}: each method's half against the other half (lower is better)")
+        for column in ("method", "split error", "vs input"):
+            split.add_column(column, justify="left" if column == "method" else "right")
+        for name, value in sorted(check["split_mse"].items(), key=lambda item: item[1]):
+            split.add_row(name, f"{value:.4g}", f"{check['relative'][name]:.3f}")
+        console.print(split)
     if args.output is not None:
         args.output.write_text(json.dumps(evaluation, indent=2) + "\n")
     if args.record:

@@ -99,6 +99,34 @@ def _basis_to_axes(basis: np.ndarray, path: Path, notes: list[str]) -> tuple[boo
     return transpose, flip_rows, flip_cols, pixel
 
 
+@dataclass
+class FramesOnDisk:
+    """A CXI file's frames, not read: ``indices`` (sorted global frame numbers; None: all) of ``path``.
+
+    Attributes:
+        path: the CXI file; cxi_options: keywords for :class:`~edgeray.io.CXIFile`; shape: ``(N, H, W)`` of the
+            frames meant; dtype: as stored.
+    """
+
+    path: Path
+    shape: tuple[int, int, int]
+    dtype: np.dtype
+    indices: np.ndarray | None = None
+    cxi_options: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+    def subset(self, indices: np.ndarray) -> FramesOnDisk:
+        """These frames' ``indices`` (positions within them, increasing)."""
+        chosen = np.asarray(indices) if self.indices is None else self.indices[np.asarray(indices)]
+        return FramesOnDisk(self.path, (len(chosen), *self.shape[1:]), self.dtype, chosen, self.cxi_options)
+
+
 class CXIFile:
     """Lazy reader of a CXI ptychography file; frames are read in chunks, never all at once unless asked.
 
@@ -323,8 +351,6 @@ class CXIFile:
     def lazy(self) -> PtychoScan:
         """The scan with its frames left in the file (a :class:`~edgeray.ptycho.disk_frames.FramesOnDisk`): the
         engines then read them per mini-batch (scans larger than memory)."""
-        from edgeray.ptycho.disk_frames import FramesOnDisk
-
         frames = FramesOnDisk(self.path, (self.n_frames, *self.frame_shape), self._frames.dtype,
                               cxi_options=dict(self._options))  # fmt: skip
         return PtychoScan(frames=frames, positions_m=self.positions_m, geometry=self.geometry, mask=self.mask,

@@ -1,8 +1,8 @@
 """Scans larger than memory: the engines' measured amplitudes read from the CXI file per mini-batch.
 
-:class:`FramesOnDisk` stands for a scan's frames in a :class:`~edgeray.io.PtychoScan` (``scan.frames``) without
-reading them; :func:`~edgeray.ptycho.problem.prepare` then gives the engines a :class:`DiskAmplitudes` in place of
-the amplitude tensor. It answers ``index_select(0, index)`` as the tensor would, reading those frames from the file
+:class:`~edgeray.io.cxi.FramesOnDisk` stands for a scan's frames in a :class:`~edgeray.io.PtychoScan`
+(``scan.frames``) without reading them; :func:`~edgeray.ptycho.problem.prepare` then gives the engines a
+:class:`DiskAmplitudes` in place of the amplitude tensor. It answers ``index_select(0, index)`` as the tensor would, reading those frames from the file
 (whole-frame ``preadv`` calls through :class:`edgeray.loader.direct.DirectRows` where the frames are stored
 unfiltered, h5py otherwise). An engine announces an epoch's batches (:meth:`DiskAmplitudes.expect`) and a thread
 reads them ahead, so reading overlaps compute. Memory holds the object, the probe and ``read_ahead + 1`` batches;
@@ -15,44 +15,16 @@ import os
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
+
+from edgeray.io.cxi import FramesOnDisk
 
 #: above this fraction of the memory available, a scan's frames stay on disk (``frames_on_disk="auto"``)
 MEMORY_FRACTION = 0.5
 #: in memory, a scan takes about its counts plus this many float32 copies while it is read and prepared
 FLOAT32_COPIES = 3
-
-
-@dataclass
-class FramesOnDisk:
-    """A CXI file's frames, not read: ``indices`` (sorted global frame numbers; None: all) of ``path``.
-
-    Attributes:
-        path: the CXI file; cxi_options: keywords for :class:`~edgeray.io.CXIFile`; shape: ``(N, H, W)`` of the
-            frames meant; dtype: as stored.
-    """
-
-    path: Path
-    shape: tuple[int, int, int]
-    dtype: np.dtype
-    indices: np.ndarray | None = None
-    cxi_options: dict = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
-
-    def subset(self, indices: np.ndarray) -> FramesOnDisk:
-        """These frames' ``indices`` (positions within them, increasing)."""
-        chosen = np.asarray(indices) if self.indices is None else self.indices[np.asarray(indices)]
-        return FramesOnDisk(self.path, (len(chosen), *self.shape[1:]), self.dtype, chosen, self.cxi_options)
 
 
 def available_memory_bytes() -> int:

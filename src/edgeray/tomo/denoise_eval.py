@@ -130,3 +130,38 @@ def record_transfer(directory: str | Path, evaluation: dict) -> None:
                      f"{row['psnr_in']:.1f} -> {row['psnr_out']:.1f} |")  # fmt: skip
     text = (directory / "MODEL_CARD.md").read_text().split("\n## Transfer")[0].rstrip("\n")
     (directory / "MODEL_CARD.md").write_text(text + "\n" + "\n".join(lines) + "\n")
+
+
+def split_angle_check(path: str | Path, rows: tuple[int, int] | None = None, model_dir: str | Path | None = None,
+                      center: float | None = None) -> dict:  # fmt: skip
+    """Every method on a scan's own data, no truth needed: the raw scan's even and odd angles are reconstructed
+    apart (one object, independent noise); each method denoises one half and is scored against the other.
+
+    With ``B`` the other half's reconstruction, ``E|f(A) - B|^2 = E|f(A) - x|^2 + E|B - x|^2`` for the truth ``x``
+    (B's noise has mean zero and is independent of A), so ordering methods by this split error orders them by
+    their error against the truth (the check Noise2Inverse trains with). Returns ``{"case", "rows", "center",
+    "split_mse": {method: mean square error}, "relative": {method: over the input's}}``; lower is better.
+    """
+    from edgeray.io import open_tomo
+    from edgeray.tomo.classical import denoise_volume_classical
+    from edgeray.tomo.denoise import denoise_volume, load_denoiser
+    from edgeray.tomo.fbp import gridrec
+    from edgeray.tomo.recon import TomoOptions, find_center, preprocess_rows
+
+    with open_tomo(path) as data:
+        first, last = rows or (0, min(data.frame_shape[0], 8))
+        sinograms = preprocess_rows(data, slice(first, last), TomoOptions())
+        theta = np.radians(data.theta_deg)
+        center = center if center is not None else find_center(data, TomoOptions())[0]
+    order = np.argsort(theta)  # even and odd of the angles in order: two interleaved halves of the turn
+    halves = [gridrec(sinograms[:, order[k::2]], theta[order[k::2]], center) for k in (0, 1)]
+    model, _ = load_denoiser(model_dir)
+    methods = {"input": lambda x: x, "tomogan": lambda x: denoise_volume(x, model)}
+    methods |= {m: (lambda x, m=m: denoise_volume_classical(x, m)) for m in CLASSICAL}
+    split = {}
+    for name, method in methods.items():
+        a, b = method(halves[0]), method(halves[1])
+        split[name] = float((np.mean((a - halves[1]) ** 2) + np.mean((b - halves[0]) ** 2)) / 2)
+    return {"case": f"split angles of {Path(path).name}, rows {first}:{last}", "rows": [first, last],
+            "center": float(center), "split_mse": split,
+            "relative": {name: value / split["input"] for name, value in split.items()}}  # fmt: skip
