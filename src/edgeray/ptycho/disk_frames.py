@@ -2,11 +2,12 @@
 
 :class:`~edgeray.io.cxi.FramesOnDisk` stands for a scan's frames in a :class:`~edgeray.io.PtychoScan`
 (``scan.frames``) without reading them; :func:`~edgeray.ptycho.problem.prepare` then gives the engines a
-:class:`DiskAmplitudes` in place of the amplitude tensor. It answers ``index_select(0, index)`` as the tensor would, reading those frames from the file
-(whole-frame ``preadv`` calls through :class:`edgeray.loader.direct.DirectRows` where the frames are stored
-unfiltered, h5py otherwise). An engine announces an epoch's batches (:meth:`DiskAmplitudes.expect`) and a thread
-reads them ahead, so reading overlaps compute. Memory holds the object, the probe and ``read_ahead + 1`` batches;
-a distributed rank reads only its own frames.
+:class:`DiskAmplitudes` in place of the amplitude tensor. It answers ``index_select(0, index)`` as the tensor
+would, reading those frames from the file (whole-frame ``preadv`` calls through
+:class:`edgeray.loader.direct.DirectRows` where the frames are stored unfiltered, h5py otherwise). An engine
+announces an epoch's batches (:meth:`DiskAmplitudes.expect`) and a thread reads them ahead, so reading overlaps
+compute. Memory holds the object, the probe and ``read_ahead + 1`` batches; a distributed rank reads only its own
+frames.
 """
 
 from __future__ import annotations
