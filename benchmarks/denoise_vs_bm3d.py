@@ -6,7 +6,8 @@ scored by SSIM against the truth after the best affine intensity match (least sq
 loses by its output's scale. The peer is BM3D (the ``bm3d`` package, no training) at the noise level estimated from
 each slice (as ``edgeray tomo denoise --method bm3d`` runs it) and, as a ceiling no user has, at the best of the
 fixed levels 0.1-0.5 of the slice's range (the truth picks it). Beside them: total variation at the estimated
-level, and the shipped TomoGANs (general: ``tomo denoise``'s default; low-dose, the default before). Seconds per slice for each.
+level, and the shipped TomoGANs (general: ``tomo denoise``'s default; low-dose, the default before). Seconds per
+slice for each.
 
 Prints one JSON object per line. ``--quick``: 4 slices instead of 12.
 
