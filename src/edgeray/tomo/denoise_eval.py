@@ -132,19 +132,10 @@ def record_transfer(directory: str | Path, evaluation: dict) -> None:
     (directory / "MODEL_CARD.md").write_text(text + "\n" + "\n".join(lines) + "\n")
 
 
-def split_angle_check(path: str | Path, rows: tuple[int, int] | None = None, model_dir: str | Path | None = None,
-                      center: float | None = None) -> dict:  # fmt: skip
-    """Every method on a scan's own data, no truth needed: the raw scan's even and odd angles are reconstructed
-    apart (one object, independent noise); each method denoises one half and is scored against the other.
-
-    With ``B`` the other half's reconstruction, ``E|f(A) - B|^2 = E|f(A) - x|^2 + E|B - x|^2`` for the truth ``x``
-    (B's noise has mean zero and is independent of A), so ordering methods by this split error orders them by
-    their error against the truth (the check Noise2Inverse trains with). Returns ``{"case", "rows", "center",
-    "split_mse": {method: mean square error}, "relative": {method: over the input's}}``; lower is better.
-    """
+def split_halves(path: str | Path, rows: tuple[int, int] | None = None, center: float | None = None):
+    """A raw scan's rows reconstructed twice, from its even and from its odd angles (in angle order): ``([even,
+    odd] each (S, C, C) float32, (first, last), center)``; ``rows`` default the first 8, ``center`` default found."""
     from edgeray.io import open_tomo
-    from edgeray.tomo.classical import denoise_volume_classical
-    from edgeray.tomo.denoise import denoise_volume, load_denoiser
     from edgeray.tomo.fbp import gridrec
     from edgeray.tomo.recon import TomoOptions, find_center, preprocess_rows
 
@@ -155,6 +146,23 @@ def split_angle_check(path: str | Path, rows: tuple[int, int] | None = None, mod
         center = center if center is not None else find_center(data, TomoOptions())[0]
     order = np.argsort(theta)  # even and odd of the angles in order: two interleaved halves of the turn
     halves = [gridrec(sinograms[:, order[k::2]], theta[order[k::2]], center) for k in (0, 1)]
+    return halves, (first, last), center
+
+
+def split_angle_check(path: str | Path, rows: tuple[int, int] | None = None, model_dir: str | Path | None = None,
+                      center: float | None = None) -> dict:  # fmt: skip
+    """Every method on a scan's own data, no truth needed: the raw scan's even and odd angles are reconstructed
+    apart (one object, independent noise); each method denoises one half and is scored against the other.
+
+    With ``B`` the other half's reconstruction, ``E|f(A) - B|^2 = E|f(A) - x|^2 + E|B - x|^2`` for the truth ``x``
+    (B's noise has mean zero and is independent of A), so ordering methods by this split error orders them by
+    their error against the truth (the check Noise2Inverse trains with). Returns ``{"case", "rows", "center",
+    "split_mse": {method: mean square error}, "relative": {method: over the input's}}``; lower is better.
+    """
+    from edgeray.tomo.classical import denoise_volume_classical
+    from edgeray.tomo.denoise import denoise_volume, load_denoiser
+
+    halves, (first, last), center = split_halves(path, rows, center)
     model, _ = load_denoiser(model_dir)
     methods = {"input": lambda x: x, "tomogan": lambda x: denoise_volume(x, model)}
     methods |= {m: (lambda x, m=m: denoise_volume_classical(x, m)) for m in CLASSICAL}
