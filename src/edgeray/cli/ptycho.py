@@ -111,10 +111,8 @@ def cmd_ptycho_reconstruct(args: argparse.Namespace) -> int:
         return _ptycho_distributed(args, options)
     geometry = Geometry("near" if args.near_field else "far", args.focus_to_sample_m)
     with CXIFile(args.scan, **cxi_options(args)) as cxi:
-        scan = cxi.lazy()
-        if not keep_on_disk(scan.frames, args.frames_on_disk):
-            scan = cxi.load()
-        else:
+        scan = cxi.lazy() if keep_on_disk(cxi.frames_on_disk(), args.frames_on_disk) else cxi.load()
+        if not isinstance(scan.frames, np.ndarray):
             console.print(f"frames stay in {args.scan} ({scan.frames.nbytes / 2**30:.1f} GiB): read per batch")
     probe = None
     if args.probe:

@@ -348,13 +348,17 @@ class CXIFile:
             attrs=self.attrs(),
         )
 
+    def frames_on_disk(self) -> FramesOnDisk:
+        """The frames as they lie in the file, none read."""
+        return FramesOnDisk(self.path, (self.n_frames, *self.frame_shape), self._frames.dtype,
+                            cxi_options=dict(self._options))  # fmt: skip
+
     def lazy(self) -> PtychoScan:
-        """The scan with its frames left in the file (a :class:`~edgeray.ptycho.disk_frames.FramesOnDisk`): the
-        engines then read them per mini-batch (scans larger than memory)."""
-        frames = FramesOnDisk(self.path, (self.n_frames, *self.frame_shape), self._frames.dtype,
-                              cxi_options=dict(self._options))  # fmt: skip
-        return PtychoScan(frames=frames, positions_m=self.positions_m, geometry=self.geometry, mask=self.mask,
-                          probe=self.probe, ground_truth=self.ground_truth(), attrs=self.attrs())  # fmt: skip
+        """The scan with its frames left in the file (:meth:`frames_on_disk`): the engines then read them per
+        mini-batch (scans larger than memory)."""
+        return PtychoScan(frames=self.frames_on_disk(), positions_m=self.positions_m, geometry=self.geometry,
+                          mask=self.mask, probe=self.probe, ground_truth=self.ground_truth(),
+                          attrs=self.attrs())  # fmt: skip
 
     def close(self) -> None:
         self._h5.close()

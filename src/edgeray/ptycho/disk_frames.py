@@ -132,7 +132,8 @@ class DiskAmplitudes:
     def _load(self, local: np.ndarray) -> torch.Tensor:
         order = np.argsort(local, kind="stable")
         block = np.empty((len(local), *self.shape[1:]), dtype=np.float32)
-        block[order] = self._amplitudes(self._raw_block(local[order])) if len(local) else block[order]
+        if len(local):
+            block[order] = self._amplitudes(self._raw_block(local[order]))
         return torch.from_numpy(block)
 
     def index_select(self, dim: int, index: torch.Tensor) -> torch.Tensor:

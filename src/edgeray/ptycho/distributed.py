@@ -306,7 +306,7 @@ def reconstruct_rank(path: str | Path, epochs: int, options: EngineOptions, devi
             whole = (0, grid.object_shape[0], 0, grid.object_shape[1])
             tiles = [Tile(t.rank, t.frames, whole) for t in tiles]
         mine = tiles[rank]
-        on_disk = cxi.lazy().frames.subset(mine.frames)  # this rank's frames only, either way
+        on_disk = cxi.frames_on_disk().subset(mine.frames)  # this rank's frames only, either way
         frames = on_disk if keep_on_disk(on_disk, frames_on_disk) else cxi.read_frame_subset(mine.frames)
     local_scan = PtychoScan(frames=frames, positions_m=header.positions_m[mine.frames], geometry=header.geometry,
                             mask=header.mask, probe=header.probe)  # fmt: skip
