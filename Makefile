@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_PIN)
-	$(BIN)/python -m pip install --quiet -e '.[dev,docs]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,docs,tiled]'
 	# ptychodus for the interoperability tests: its readers need numpy/h5py/scipy/scikit-image/pydantic only
 	$(BIN)/python -m pip install --quiet --no-deps ptychodus==1.7.0
 	touch $@

@@ -30,6 +30,42 @@ def progress_bar(description: str, total: int | None):
         yield lambda done, total=None: bar.update(task, completed=done, total=total or bar.tasks[0].total)
 
 
+def source_arg(value: str) -> Path | str:
+    """A command's input: a file path, or a Tiled URI (``http(s)://...``, kept as text)."""
+    from edgeray.io.tiled import is_tiled_uri
+
+    return value if is_tiled_uri(value) else Path(value)
+
+
+@contextmanager
+def local_source(source: Path | str, beside: Path):
+    """Yield a local file for ``source``: the file itself, or a run read from a Tiled URI (its run file when the
+    node names one on this machine, else a copy in a temporary folder beside ``beside``, removed afterwards).
+    Format errors in a copy name the URI, not the temporary file."""
+    from edgeray.io import EdgeRayFormatError
+    from edgeray.io.tiled import is_tiled_uri, local_file
+
+    if not is_tiled_uri(source):
+        yield Path(source)
+        return
+    import shutil
+    import tempfile
+
+    Path(beside).parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=".tiled-", dir=Path(beside).parent))
+    try:
+        with progress_bar(f"reading {source}", None) as update:
+            path = local_file(str(source), folder, progress=lambda done, total: update(done, total))
+        try:
+            yield path
+        except EdgeRayFormatError as error:
+            if error.path != path:
+                raise
+            raise ValueError(f"{source}: {error.dataset}: {error.problem}") from error
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def summary_path(output: Path) -> Path:
     """``out.h5`` -> ``out.json``: where a command's JSON summary goes."""
     return output.with_suffix(".json")

@@ -10,29 +10,38 @@ import numpy as np
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from edgeray.cli._common import add_cxi_flags, console, cxi_options, defaults_of, summary_path, write_summary
+from edgeray.cli._common import (
+    add_cxi_flags,
+    console,
+    cxi_options,
+    defaults_of,
+    local_source,
+    source_arg,
+    summary_path,
+    write_summary,
+)
 from edgeray.cli.config import add_config_flags
 
 
-def _ptycho_distributed(args: argparse.Namespace, options) -> int:
+def _ptycho_distributed(args: argparse.Namespace, options, scan_file: Path) -> int:
     """``--nproc N`` (this command starts the ranks) or ``--distributed`` (under torchrun): any engine across
     ranks (ML-CG is PtyGer's scheme)."""
     from edgeray.ptycho import distributed
 
     if args.nproc and args.distributed:
         raise ValueError("--nproc starts its own ranks; --distributed is for torchrun: give one of the two")
-    if not args.scan.is_file():
-        raise FileNotFoundError(f"{args.scan}: no such scan file")
+    if not scan_file.is_file():
+        raise FileNotFoundError(f"{scan_file}: no such scan file")
     if args.distributed:
         distributed.init_process_group(args.device)
-        summary = distributed.run_rank(args.scan, args.output, args.epochs, options, args.device,
+        summary = distributed.run_rank(scan_file, args.output, args.epochs, options, args.device,
                                        engine=args.engine, frames_on_disk=args.frames_on_disk)  # fmt: skip
         if distributed.dist.get_rank() != 0:
             return 0
     else:
         backend = "nccl" if args.device.startswith("cuda") else "gloo"
         console.print(f"{args.engine} on {args.nproc} ranks ({backend}, 127.0.0.1), {args.epochs} epochs")
-        summary = distributed.launch(args.nproc, args.scan, args.output, args.epochs, options, args.device,
+        summary = distributed.launch(args.nproc, scan_file, args.output, args.epochs, options, args.device,
                                      engine=args.engine, frames_on_disk=args.frames_on_disk)  # fmt: skip
     moved = sum(sum(e.get("halo_exchange", {}).get("bytes", 0) + e.get("all_reduce_probe", {}).get("bytes", 0)
                     for e in rank["epochs"]) for rank in summary["communication"])  # fmt: skip
@@ -47,7 +56,7 @@ def add_ptycho_reconstruct(commands: argparse._SubParsersAction) -> None:
     from edgeray.ptycho.reconstruct import DEFAULT_ENGINE, DEFAULT_EPOCHS, ENGINES, run
 
     r = commands.add_parser("reconstruct", help="reconstruct a CXI scan -> product HDF5, PNG, JSON")
-    r.add_argument("scan", type=Path, help="CXI file")
+    r.add_argument("scan", type=source_arg, help="CXI file, or the Tiled URI of a run with CXI names")
     r.add_argument("-o", "--output", type=Path, required=True, help="product HDF5 file")
     r.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE, help="engine")
     r.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="passes over the data")
@@ -85,6 +94,12 @@ def add_ptycho_reconstruct(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_ptycho_reconstruct(args: argparse.Namespace) -> int:
+    with local_source(args.scan, args.output) as scan_file:
+        return _reconstruct(args, scan_file)
+
+
+def _reconstruct(args: argparse.Namespace, scan_file: Path) -> int:
+    """``ptycho reconstruct`` of the local file ``scan_file`` (``args.scan`` names the source: a file or URI)."""
     from rich.progress import TimeElapsedColumn
 
     from edgeray.io import CXIFile, write_product
@@ -108,9 +123,9 @@ def cmd_ptycho_reconstruct(args: argparse.Namespace) -> int:
         from edgeray.ptycho.distributed import refuse_undistributed
 
         refuse_undistributed(options)  # before any rank starts
-        return _ptycho_distributed(args, options)
+        return _ptycho_distributed(args, options, scan_file)
     geometry = Geometry("near" if args.near_field else "far", args.focus_to_sample_m)
-    with CXIFile(args.scan, **cxi_options(args)) as cxi:
+    with CXIFile(scan_file, **cxi_options(args)) as cxi:
         scan = cxi.lazy() if keep_on_disk(cxi.frames_on_disk(), args.frames_on_disk) else cxi.load()
         if not isinstance(scan.frames, np.ndarray):
             console.print(f"frames stay in {args.scan} ({scan.frames.nbytes / 2**30:.1f} GiB): read per batch")

@@ -303,6 +303,7 @@ def add_edge(commands: argparse._SubParsersAction) -> None:
     from edgeray.stream.learn import LearnOptions
     from edgeray.stream.pva import PvaOptions
     from edgeray.stream.refine import RefineOptions as R
+    from edgeray.stream.tiled_publish import TiledOptions
     from edgeray.stream.tomo import TomoEdgeOptions as T
 
     e = commands.add_parser("edge", help="the edge service: receive, write, infer, stitch, live view")
@@ -345,6 +346,17 @@ def add_edge(commands: argparse._SubParsersAction) -> None:
                    help="live view updates per second (10 beside a browser on 2 cores: p99 latency 114-846 ms; "
                         "3: 74-77 ms)")  # fmt: skip
     e.add_argument("--publish", default=E.publish, help="PUB endpoint for mosaic and stats, or 'off'")
+    e.add_argument("--tiled", default=None, metavar="URI",
+                   help="publish each scan (live image, products, metadata) under this Tiled node; the API key from "
+                   "TILED_API_KEY")  # fmt: skip
+    e.add_argument("--tiled-period-s", type=float, default=TiledOptions.period_s,
+                   help="--tiled: the live image is rewritten at most this often, s")  # fmt: skip
+    e.add_argument(
+        "--tiled-retry-s",
+        type=float,
+        default=TiledOptions.retry_s,
+        help="--tiled: how long a scan's products are tried after its end before the failure is reported",
+    )
     e.add_argument("--scans", type=int, default=None, help="exit after this many scans (default: run until stopped)")
     e.add_argument("--hold", type=float, default=0.0, help="keep the live view up this many seconds at exit")
     e.add_argument("--curve-keys", type=Path, default=None, help="CurveZMQ key folder; needed off loopback")
@@ -373,17 +385,23 @@ def cmd_edge(args: argparse.Namespace) -> int:
     from edgeray.stream.refine import RefineOptions
 
     if args.mode == "tomo":
+        if args.tiled:
+            raise ValueError("--tiled publishes ptychography scans; the tomography edge does not publish to Tiled yet")
         return _edge_tomo(args)
-    refine = learn = None
+    refine = learn = tiled = None
     if args.refine:
         refine = RefineOptions(engine=args.refine_engine, tail_s=args.refine_tail_s, seed=args.refine_seed)
     if args.learn:
         learn = LearnOptions(start_frames=args.learn_start_frames, tail_s=args.learn_tail_s)
+    if args.tiled:
+        from edgeray.stream.tiled_publish import TiledOptions
+
+        tiled = TiledOptions(uri=args.tiled, period_s=args.tiled_period_s, retry_s=args.tiled_retry_s)
     options = EdgeOptions(
         listen=_listen(args), out=args.out, model=args.model, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
         publish=None if args.publish == "off" else args.publish, scans=args.scans, curve_keys=args.curve_keys,
         infer_threads=args.infer_threads, infer_workers=args.infer_workers, registry=args.registry, refine=refine,
-        refine_probe_file=args.refine_probe, ring_frames=args.ring_frames, learn=learn,
+        refine_probe_file=args.refine_probe, ring_frames=args.ring_frames, learn=learn, tiled=tiled,
     )  # fmt: skip
     return _serve(EdgeService(options).start(), Dashboard, args, "edge")
 

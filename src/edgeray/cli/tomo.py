@@ -10,7 +10,16 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeray.cli._common import add_tomo_path_flags, console, progress_bar, row_range, summary_path, write_summary
+from edgeray.cli._common import (
+    add_tomo_path_flags,
+    console,
+    local_source,
+    progress_bar,
+    row_range,
+    source_arg,
+    summary_path,
+    write_summary,
+)
 from edgeray.cli.config import add_config_flags
 from edgeray.cli.files import add_tomo_info
 from edgeray.tomo.classical import CLASSICAL
@@ -26,7 +35,9 @@ def add_tomo_recon(commands: argparse._SubParsersAction) -> None:
     from edgeray.tomo.recon import TomoOptions as O
 
     tr = commands.add_parser("recon", help="raw scan (Data Exchange or NeXus NXtomo) -> reconstruction, PNG, JSON")
-    tr.add_argument("input", type=Path, help="Data Exchange (/exchange/data, theta...) or NXtomo file (image_key...)")
+    tr.add_argument("input", type=source_arg,
+                    help="Data Exchange (/exchange/data, theta...) or NXtomo file (image_key...), or a Tiled URI of a "
+                    "run with those names")  # fmt: skip
     tr.add_argument("-o", "--output", type=Path, required=True, help="reconstruction file (Data Exchange)")
     tr.add_argument("--algorithm", "--algo", dest="algorithm", choices=("gridrec", "fbp", "sirt", "cgls"),
                     default=O.algorithm,
@@ -61,8 +72,10 @@ def cmd_tomo_recon(args: argparse.Namespace) -> int:
                           data_path=args.data_path, image_key_path=args.image_key_path,
                           angles_path=args.angles_path, layout=args.layout,
                           compression=args.compression)  # fmt: skip
-    with progress_bar(f"{args.algorithm} reconstruction", None) as update:
-        summary = reconstruct_file(args.input, args.output, options, progress=lambda done, total: update(done, total))
+    with local_source(args.input, args.output) as raw, progress_bar(f"{args.algorithm} reconstruction", None) as update:
+        summary = reconstruct_file(raw, args.output, options, progress=lambda done, total: update(done, total))
+    if raw != args.input:
+        summary["source"] = str(args.input)
     volume, _ = read_reconstruction(args.output)
     middle = volume[len(volume) // 2]
     import matplotlib

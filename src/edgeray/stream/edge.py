@@ -42,6 +42,7 @@ from edgeray.stream.security import bind_server_socket
 from edgeray.stream.serving import ModelHolder
 from edgeray.stream.stitcher import Stitcher
 from edgeray.stream.supervisor import WriterSupervisor
+from edgeray.stream.tiled_publish import TiledOptions
 
 log = logging.getLogger("edgeray.edge")
 
@@ -80,6 +81,7 @@ class EdgeOptions:
         ring_frames: frames the shared-memory ring of a scan holds (a stall of writer or network up to that long
             costs nothing).
         spill_bytes: memory for frames beyond a full ring, bytes; past it frames are dropped and counted.
+        tiled: publish each scan to a Tiled server (:mod:`edgeray.stream.tiled_publish`), or None.
     """
 
     listen: str = "tcp://127.0.0.1:5555"
@@ -101,6 +103,7 @@ class EdgeOptions:
     learn: LearnOptions | None = None
     ring_frames: int = 8192
     spill_bytes: int = 256 << 20
+    tiled: TiledOptions | None = None
 
 
 class EdgeService:
@@ -112,6 +115,12 @@ class EdgeService:
         self.options = options
         self.torch_threads = torch.get_num_threads()  # the process's; the stream's threads each use one
         Path(options.out).mkdir(parents=True, exist_ok=True)
+        self.finished = threading.Event()
+        self.tiled = None
+        if options.tiled is not None:  # first: a key the server refuses stops the service before anything opens
+            from edgeray.stream.tiled_publish import TiledPublisher
+
+            self.tiled = TiledPublisher(options.tiled, self.finished)
         self.context = context or zmq.Context.instance()
         self.models = ModelHolder(options.model, options.registry, "uint16", options.infer_threads,
                                   options.registry_poll_s)  # fmt: skip
@@ -131,7 +140,6 @@ class EdgeService:
 
             pool = ThreadPoolExecutor(options.infer_workers, thread_name_prefix="edge-infer-worker")
         self.stopping = threading.Event()
-        self.finished = threading.Event()
         self.lock = threading.Lock()  # guards the mosaics and the summaries list
         control: queue.Queue = queue.Queue()  # receiver -> inference: scan started / ended, stop
         to_stitch: queue.Queue = queue.Queue(STITCH_QUEUE_BATCHES)  # inference -> stitcher
@@ -155,6 +163,10 @@ class EdgeService:
         ]
         if self.publisher is not None:
             self.threads.append(threading.Thread(target=self.live.publish, name="edge-publish", daemon=True))
+        if self.tiled is not None:
+            self.tiled.attach(self.live)
+            self.finisher.on_summary = self.tiled.scan_done
+            self.threads.append(threading.Thread(target=self.tiled.run, name="edge-tiled", daemon=True))
         if self.models.registry is not None:
             self.threads.append(threading.Thread(target=self.models.watch, args=(self.finished,),
                                                  name="edge-registry", daemon=True))  # fmt: skip
@@ -222,5 +234,8 @@ class EdgeService:
             self.publisher.close(0)
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Wait until the service has finished (``options.scans`` reached or stopped); True if it has."""
-        return self.finished.wait(timeout)
+        """Wait until the service has finished (``options.scans`` reached or stopped) and, with Tiled, published
+        what it could; True if it has."""
+        if not self.finished.wait(timeout):
+            return False
+        return self.tiled is None or self.tiled.done.wait(timeout)

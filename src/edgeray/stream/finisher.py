@@ -46,6 +46,7 @@ class Finisher:
         self.options, self.to_finish, self.models, self.lock = options, to_finish, models, lock
         self.stopping, self.finished = stopping, finished
         self.summaries: list[dict] = []
+        self.on_summary = None  # called with (summary, its file) once a scan's summary is written (Tiled)
         self.helpers: list[threading.Thread] = []  # scans whose refinement or learning still runs
         self.pictures = None
         if options.preview:
@@ -71,6 +72,8 @@ class Finisher:
     def record(self, summary: dict, path: Path) -> None:
         """Write a scan's summary and count it (the service stops after ``options.scans`` of them)."""
         path.write_text(json.dumps(summary, indent=2))
+        if self.on_summary is not None:
+            self.on_summary(summary, path)
         with self.lock:
             self.summaries.append(summary)
         if self.options.scans is not None and len(self.summaries) >= self.options.scans:

@@ -1,0 +1,190 @@
+"""Tiled, where Bluesky facilities find their data: scans read from a real Tiled server, and the edge's scans
+published to one (``tiled serve`` on 127.0.0.1 with an API key, started here), readable by Tiled's own client."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tiled.client import from_uri
+
+from edgeray.cli import main
+from edgeray.io import read_product, read_reconstruction
+from edgeray.sim import PtychoSimConfig, simulate_ptycho
+from edgeray.stream import EdgeOptions, EdgeService, connect, replay
+from edgeray.stream.refine import RefineOptions
+from edgeray.stream.tiled_publish import TiledOptions
+from tiled_server import TiledServer
+
+KEY = "edgeraytestkey0123"
+
+
+@pytest.fixture(scope="module")
+def scan():
+    """2 s of frames at 2 kHz, the edge model's geometry."""
+    return simulate_ptycho(PtychoSimConfig(n_positions=4000, step_px=4.0, seed=21))
+
+
+def edge(tmp_path: Path, uri: str, **options) -> EdgeService:
+    tiled = TiledOptions(uri, period_s=0.25, retry_s=options.pop("retry_s", 30.0))
+    defaults = {"listen": "tcp://127.0.0.1:0", "out": tmp_path / "out", "publish": None, "preview": False,
+                "scans": 1, "tiled": tiled}  # fmt: skip
+    return EdgeService(EdgeOptions(**{**defaults, **options})).start()
+
+
+def summary_of(service: EdgeService, scan_id: str) -> dict:
+    return json.loads((Path(service.options.out) / f"{scan_id}.json").read_text())
+
+
+# -- reading ---------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def served_files(tmp_path_factory, petra_cxi, tooth_h5):
+    """``tiled serve directory`` of the PETRA III scan, the tooth and an NXtomo file (tomoscan's layout)."""
+    from edgeray.sim import TomoSimConfig, simulate_tomo
+    from test_nxtomo import write_tomoscan_style
+
+    folder = tmp_path_factory.mktemp("served")
+    files = folder / "files"
+    files.mkdir()
+    shutil.copy(petra_cxi, files)
+    shutil.copy(tooth_h5, files)
+    nxtomo = simulate_tomo(TomoSimConfig(size=48, slices=3, angles=90, photons=1e4, n_flats=4, n_darks=2, seed=5))
+    write_tomoscan_style(files / "phantom.nx", [nxtomo])
+    with TiledServer(folder / "server", KEY, directory=files) as server:
+        yield server, files
+
+
+@pytest.mark.parametrize(
+    ("command", "name", "flags"),
+    [
+        (["ptycho", "reconstruct"], "petra3_p25_nearfield.cxi", ["--near-field", "--epochs", "3"]),
+        (["tomo", "recon"], "tooth.h5", []),
+        (["tomo", "recon"], "phantom.nx", []),
+    ],
+)
+def test_a_run_read_through_tiled_reconstructs_as_its_file(tmp_path, monkeypatch, served_files, command, name, flags):
+    server, files = served_files
+    monkeypatch.setenv("TILED_API_KEY", KEY)
+    uri = server.uri + Path(name).stem
+    assert main([*command, str(files / name), "-o", str(tmp_path / "file.h5"), *flags]) == 0
+    assert main([*command, uri, "-o", str(tmp_path / "tiled.h5"), *flags]) == 0
+    if command[0] == "ptycho":
+        from_file, from_tiled = read_product(tmp_path / "file.h5"), read_product(tmp_path / "tiled.h5")
+        np.testing.assert_array_equal(from_tiled.object, from_file.object)
+        np.testing.assert_array_equal(from_tiled.probe, from_file.probe)
+        assert from_tiled.attrs["source"] == uri
+    else:
+        np.testing.assert_array_equal(read_reconstruction(tmp_path / "tiled.h5")[0],
+                                      read_reconstruction(tmp_path / "file.h5")[0])  # fmt: skip
+    summary = json.loads((tmp_path / "tiled.json").read_text())
+    assert uri in json.dumps(summary)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tiled-")]  # the copy is gone
+
+
+def test_a_wrong_key_or_node_is_refused_by_name(tmp_path, monkeypatch, capsys, served_files):
+    server, _ = served_files
+    monkeypatch.setenv("TILED_API_KEY", "notthekey")
+    assert main(["tomo", "recon", server.uri + "tooth", "-o", str(tmp_path / "rec.h5")]) != 0
+    assert "refused the API key" in capsys.readouterr().err
+    monkeypatch.setenv("TILED_API_KEY", KEY)
+    assert main(["tomo", "recon", server.uri + "nothing", "-o", str(tmp_path / "rec.h5")]) != 0
+    assert "no such node" in capsys.readouterr().err
+    assert not (tmp_path / "rec.h5").exists()
+
+
+# -- publishing --------------------------------------------------------------------------------------------------
+def test_the_edge_publishes_a_scan_readable_by_tiled_and_equal_to_its_files(tmp_path, monkeypatch, scan):
+    monkeypatch.setenv("TILED_API_KEY", KEY)
+    with TiledServer(tmp_path / "server", KEY) as server:
+        service = edge(tmp_path, server.uri, refine=RefineOptions(tail_s=1.0))
+        client = from_uri(server.uri, api_key=KEY)
+        seen, done = [], threading.Event()
+
+        def watch() -> None:  # a reader during the scan: how much of the live image is filled
+            while not done.is_set():
+                try:
+                    amplitude = client["live-1"]["live"]["amplitude"].read()
+                    seen.append(int(np.isfinite(amplitude).sum()))
+                except Exception:  # not created yet (KeyError), or being made again as the mosaic grows
+                    pass
+                time.sleep(0.05)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        socket = connect(service.endpoint)
+        replay(scan, socket, 2000.0, scan_id="live-1")
+        done.set()
+        watcher.join()
+        assert service.wait(120)
+        service.join(10)
+        socket.close()
+        summary = summary_of(service, "live-1")
+        assert summary["tiled"]["published"] is True and summary["tiled"]["failed_requests"] == 0
+        assert summary["frames_written"] == len(scan.frames)
+        grew = [b for a, b in itertools.pairwise(seen) if b > a]
+        assert len(grew) >= 2, f"the live image in Tiled did not grow during the scan: {seen}"
+
+        node = from_uri(server.uri, api_key=KEY)["live-1"]
+        metadata = node.metadata
+        assert metadata["state"] == "done" and metadata["scan_id"] == "live-1"
+        assert metadata["summary"]["frames_received"] == len(scan.frames)
+        assert Path(metadata["run_file"]) == Path(summary["files"]["raw"]).resolve()
+        assert metadata["model_version"] == summary["model_version"]
+        for key in ("product", "refined"):
+            product = read_product(summary["files"][key])
+            np.testing.assert_array_equal(node[key]["object"].read(), product.object)
+            np.testing.assert_array_equal(node[key]["probe"].read(), product.probe)
+            np.testing.assert_array_equal(node[key]["positions_m"].read(), product.positions_m)
+        assert np.isfinite(node["live"]["amplitude"].read()).sum() >= max(seen)
+
+
+def test_a_key_the_server_refuses_stops_the_edge_before_it_listens(tmp_path, monkeypatch):
+    monkeypatch.setenv("TILED_API_KEY", "notthekey")
+    with TiledServer(tmp_path / "server", KEY) as server:
+        with pytest.raises(ValueError, match="refused the API key"):
+            EdgeService(EdgeOptions(listen="tcp://127.0.0.1:0", out=tmp_path / "out", publish=None, preview=False,
+                                    tiled=TiledOptions(server.uri)), context=None)  # fmt: skip
+
+
+def test_a_server_killed_mid_scan_costs_no_frame_and_publishing_resumes_or_reports(tmp_path, monkeypatch, scan):
+    monkeypatch.setenv("TILED_API_KEY", KEY)
+    server = TiledServer(tmp_path / "server", KEY).start()
+    try:
+        service = edge(tmp_path, server.uri, scans=2, retry_s=20.0)
+        socket = connect(service.endpoint)
+        sender = threading.Thread(target=replay, args=(scan, socket, 2000.0), kwargs={"scan_id": "killed-1"})
+        sender.start()
+        time.sleep(1.0)
+        server.kill()  # mid-scan: the edge goes on; the scan's products wait for the server
+        sender.join()
+        server.start()  # back (same port, same catalog) within the scan's retry time: publishing resumes
+        deadline = time.monotonic() + 30
+        while "tiled" not in summary_of(service, "killed-1") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        server.kill()  # and gone for the whole second scan: its products are reported unpublished
+        replay(scan, socket, 2000.0, scan_id="killed-2")
+        assert service.wait(120)
+        service.join(10)
+        socket.close()
+    finally:
+        server.stop()
+    first, second = summary_of(service, "killed-1"), summary_of(service, "killed-2")
+    for summary in (first, second):
+        assert summary["frames_received"] == summary["frames_written"] == len(scan.frames)
+        assert summary["frames_inferred"] == len(scan.frames)
+        assert read_product(summary["files"]["product"]).object.size
+    assert first["tiled"]["published"] is True and first["tiled"]["failed_requests"] > 0
+    assert second["tiled"]["published"] is False and "Error" in second["tiled"]["last_error"]
+    server.start()
+    try:
+        node = from_uri(server.uri, api_key=KEY)["killed-1"]
+        np.testing.assert_array_equal(node["product"]["object"].read(), read_product(first["files"]["product"]).object)
+        assert node.metadata["summary"]["frames_written"] == len(scan.frames)
+    finally:
+        server.stop()
