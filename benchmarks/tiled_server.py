@@ -69,13 +69,16 @@ class TiledServer:
         self.process = subprocess.Popen(prefix + command + common, stdout=log, stderr=subprocess.STDOUT,
                                         env={**os.environ, "TILED_API_KEY": ""})  # fmt: skip
         deadline = time.monotonic() + timeout_s
-        while not self._answers():
-            if self.process.poll() is not None:
-                raise RuntimeError(f"tiled serve exited with {self.process.returncode}; see {log.name}")
-            if time.monotonic() > deadline:
-                self.kill()
-                raise TimeoutError(f"tiled serve did not answer within {timeout_s:g} s; see {log.name}")
-            time.sleep(0.2)
+        try:
+            while not self._answers():
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"tiled serve exited with {self.process.returncode}; see {log.name}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"tiled serve did not answer within {timeout_s:g} s; see {log.name}")
+                time.sleep(0.2)
+        except BaseException:
+            self.kill()  # never left running behind a failed start
+            raise
         return self
 
     def _answers(self) -> bool:
@@ -83,7 +86,11 @@ class TiledServer:
         import httpx
 
         try:
-            reply = httpx.get(f"http://127.0.0.1:{self.port}/api/v1/search/", headers={"Authorization": f"Apikey {self.api_key}"}, timeout=2)
+            reply = httpx.get(
+                f"http://127.0.0.1:{self.port}/api/v1/search/",
+                headers={"Authorization": f"Apikey {self.api_key}"},
+                timeout=2,
+            )
         except httpx.TransportError:
             return False
         if reply.status_code != 200:

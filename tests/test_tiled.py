@@ -80,8 +80,9 @@ def test_a_run_read_through_tiled_reconstructs_as_its_file(tmp_path, monkeypatch
         np.testing.assert_array_equal(from_tiled.probe, from_file.probe)
         assert from_tiled.attrs["source"] == uri
     else:
-        np.testing.assert_array_equal(read_reconstruction(tmp_path / "tiled.h5")[0],
-                                      read_reconstruction(tmp_path / "file.h5")[0])  # fmt: skip
+        from_file = read_reconstruction(tmp_path / "file.h5")[0]  # the same data; the threaded FFTs may round apart
+        np.testing.assert_allclose(read_reconstruction(tmp_path / "tiled.h5")[0], from_file, rtol=0,
+                                   atol=1e-5 * np.abs(from_file).max())  # fmt: skip
     summary = json.loads((tmp_path / "tiled.json").read_text())
     assert uri in json.dumps(summary)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tiled-")]  # the copy is gone
@@ -180,7 +181,7 @@ def test_a_server_killed_mid_scan_costs_no_frame_and_publishing_resumes_or_repor
         assert summary["frames_inferred"] == len(scan.frames)
         assert read_product(summary["files"]["product"]).object.size
     assert first["tiled"]["published"] is True and first["tiled"]["failed_requests"] > 0
-    assert second["tiled"]["published"] is False and "Error" in second["tiled"]["last_error"]
+    assert second["tiled"]["published"] is False and "cannot reach" in second["tiled"]["last_error"]
     server.start()
     try:
         node = from_uri(server.uri, api_key=KEY)["killed-1"]

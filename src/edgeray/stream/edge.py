@@ -228,6 +228,8 @@ class EdgeService:
         if self.inference.infer_pool is not None:
             self.inference.infer_pool.shutdown(wait=True)
         self.finisher.close()
+        if self.tiled is not None:
+            self.tiled.close()
         self.supervisor.stop()
         self.socket.close(0)
         if self.publisher is not None:
