@@ -3,8 +3,9 @@
 It runs in a process of its own (``spawn``), so Tiled's client (its imports, HTTP, retries) never holds the edge's
 interpreter. It takes messages from the edge (dicts of JSON values and numpy arrays) and answers with others:
 
-- in ``{"kind": "live", "scan_id", "metadata", "image": (amplitude, phase) or None, "taken_unix_s"}``: a scan's
-  container and its live image; answered ``{"kind": "ack"}``;
+- in ``{"kind": "live", "scan_id", "metadata", "image": (Y, X) complex64 (NaN where no frame reached) or None,
+  "taken_unix_s"}``: a scan's container and its live image; answered ``{"kind": "ack", "away": bool}`` (``away``:
+  the server cannot be reached now);
 - in ``{"kind": "ended", "scan_id", "summary"}``: the scan's products and summary, tried until ``retry_s`` after it
   came; answered ``{"kind": "report", "scan_id", "tiled": {...}}`` (what was published, what failed);
 - in ``{"kind": "stop"}``: the pending scans are finished (or reported), then ``{"kind": "done"}``.
@@ -63,12 +64,32 @@ class TiledWriter:
 
     def connect(self) -> None:
         """Reach the server; ValueError when it refuses the key or lacks the node, kept quiet when unreachable."""
+        if not self._port_open():
+            self._backoff()
+            return
         try:
             self.root = connect(self.uri, self.key, self.timeout_s)
         except ValueError as error:
             if "cannot reach" not in str(error):
                 raise
             self._backoff()
+
+    def _port_open(self) -> bool:
+        """Whether the server's port takes a connection: a cheap look before Tiled's client (~0.1 s of CPU a try)."""
+        from urllib.parse import urlsplit
+
+        address = urlsplit(self.uri)
+        port = address.port or (443 if address.scheme == "https" else 80)
+        try:
+            socket.create_connection((address.hostname, port), timeout=min(self.timeout_s, 2.0)).close()
+            return True
+        except OSError:
+            return False
+
+    @property
+    def away(self) -> bool:
+        """Whether the server cannot be reached now."""
+        return self.root is None
 
     def _backoff(self) -> None:
         self.reconnect_at = time.monotonic() + self.backoff_s
@@ -138,17 +159,17 @@ class TiledWriter:
         return state.node
 
     def write_live(self, state: ScanState, node, image: tuple | None) -> None:
-        """``live/amplitude`` and ``live/phase`` (``image``: both ``(Y, X)`` float32; None: made empty, before a
-        scan's first image). Made at least ``LIVE_CHUNK_PX`` square (the chunk of their storage), then one request
+        """``live/amplitude`` and ``live/phase`` of ``image`` (``(Y, X)`` complex; None: made empty, before a scan's
+        first image). Made at least ``LIVE_CHUNK_PX`` square (the chunk of their storage), then one request
         each per image: written in place, extended when the mosaic grew (never shrunk: NaN beyond a smaller image)."""
         if image is None and state.live_arrays:
             return
         old = state.live_shape or (0, 0)
-        rows, cols = image[0].shape if image is not None else (0, 0)
+        rows, cols = image.shape if image is not None else (0, 0)
         shape = (max(rows, old[0], LIVE_CHUNK_PX), max(cols, old[1], LIVE_CHUNK_PX))
         values = {key: np.full(shape, np.nan, dtype=np.float32) for key in ("amplitude", "phase")}
         if image is not None:
-            values["amplitude"][:rows, :cols], values["phase"][:rows, :cols] = image
+            values["amplitude"][:rows, :cols], values["phase"][:rows, :cols] = np.abs(image), np.angle(image)
         if not state.live_arrays:
             live = node["live"] if "live" in node else node.create_container(key="live")
             for key, array in values.items():
@@ -252,7 +273,7 @@ def serve(uri: str, key: str | None, timeout_s: float, retry_s: float, period_s:
         if message is not None:
             if message["kind"] == "live":
                 writer.live(message)
-                outbox.put({"kind": "ack"})
+                outbox.put({"kind": "ack", "away": writer.away})
             elif message["kind"] == "ended":
                 writer.ended(message)
             elif message["kind"] == "stop":

@@ -32,11 +32,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from edgeray.io.tiled import api_key
 
 log = logging.getLogger("edgeray.edge")
+AWAY_PERIOD_S = 2.0  # while the server cannot be reached, the live image is handed over this often, s
 NEW_SCAN_POLL_S = 0.02  # how often the publisher looks for a new scan between updates, s
 START_TIMEOUT_S = 120.0  # the longest the writer process may take to start and reach the server, s
 
@@ -55,7 +54,7 @@ class TiledOptions:
     """
 
     uri: str
-    period_s: float = 0.25
+    period_s: float = 0.5
     max_side: int = 2048
     retry_s: float = 30.0
     timeout_s: float = 10.0
@@ -115,13 +114,14 @@ class TiledPublisher:
     def run(self) -> None:
         """Every ``period_s`` (at once for a new scan) the open scan's live image to the writer, when it has taken
         the last one; the writer's reports into the summaries; after the service has finished, the writer's end."""
-        busy, stop_sent = False, False
+        busy, stop_sent, next_send = False, False, 0.0
         try:
             while True:
                 began = time.monotonic()
                 for answer in self._answers():
                     if answer["kind"] == "ack":
                         busy = False
+                        next_send = began + (AWAY_PERIOD_S if answer["away"] else 0.0)
                     elif answer["kind"] == "report":
                         self._record(answer["scan_id"], answer["tiled"])
                     elif answer["kind"] == "done":
@@ -133,7 +133,7 @@ class TiledPublisher:
                     if not stop_sent:
                         self.inbox.put({"kind": "stop"})
                         stop_sent = True
-                elif not busy:
+                elif not busy and began >= next_send:
                     busy = self._send_live()
                 self._wait(began + self.options.period_s, wake_on_new_scan=not busy)
         finally:
@@ -171,9 +171,7 @@ class TiledPublisher:
             return False
         snapshot = self.live.snapshot()
         taken = time.time()
-        image = self.live.mosaic_image(self.options.max_side)
-        if image is not None:
-            image = (np.abs(image).astype(np.float32), np.angle(image).astype(np.float32))
+        image = self.live.mosaic_image(self.options.max_side)  # amplitude and phase are the writer's work
         counts = {k: snapshot[k] for k in ("frames_received", "frames_inferred", "frames_written", "frames_expected")}
         metadata = {**self._scan_metadata(run), **counts, "state": "scanning"}
         self.inbox.put({"kind": "live", "scan_id": run.start.scan_id, "metadata": metadata, "image": image,
