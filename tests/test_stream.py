@@ -775,3 +775,21 @@ def test_the_receiver_alone_rings_every_frame_and_tells_its_neighbours_in_order(
     push.close(0)
     pull.close(0)
     context.term()
+
+
+@pytest.mark.parametrize("step", [1, 3])
+def test_the_live_image_is_copied_in_blocks_equal_to_the_mosaic(scan, step):
+    from types import SimpleNamespace
+
+    from edgeray.stream.live import COPY_ROWS, LiveState
+
+    mosaic = Mosaic((64, 64), (1e-8, 1e-8))
+    rng = np.random.default_rng(0)
+    patches = torch.polar(torch.rand(300, 64, 64) + 0.5, torch.rand(300, 64, 64))
+    mosaic.add(patches, rng.uniform(0, 4 * COPY_ROWS * 1e-8, (300, 2)))
+    assert mosaic.shape[0] > 3 * COPY_ROWS  # several blocks, the last one partial
+    run = SimpleNamespace(mosaic=mosaic)
+    live = LiveState(None, None, [], None, threading.Lock(), None, threading.Event())
+    numerator, coverage = live.mosaic_sums(run, step)
+    np.testing.assert_array_equal(numerator, mosaic.numerator[::step, ::step].numpy())
+    np.testing.assert_array_equal(coverage, mosaic.coverage[::step, ::step].numpy())

@@ -15,6 +15,8 @@ from edgeray.stream.receiver import Receiver
 from edgeray.stream.serving import ModelHolder
 from edgeray.stream.stitcher import Stitcher
 
+COPY_ROWS = 32  # rows of a mosaic copied per hold of the service's lock
+
 
 class LiveState:
     """Reads the stages' state (never writes it).
@@ -86,11 +88,30 @@ class LiveState:
             return None
         step = 1 if max_side is None else max(1, -(-max(run.mosaic.shape) // max_side))
         if run.refiner is not None:
-            with self.lock:
-                numerator, coverage = run.mosaic.numerator.numpy().copy(), run.mosaic.coverage.numpy().copy()
+            numerator, coverage = self.mosaic_sums(run, 1)
             return run.refiner.image(numerator, coverage)[::step, ::step]
-        with self.lock:  # copy only the pixels shown, so inference waits as little as possible
-            numerator = run.mosaic.numerator[::step, ::step].numpy().copy()
-            coverage = run.mosaic.coverage[::step, ::step].numpy().copy()
+        numerator, coverage = self.mosaic_sums(run, step)  # only the pixels shown
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(coverage > 0, numerator / coverage, np.nan + 0j).astype(np.complex64)
+
+    def mosaic_sums(self, run, step: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of ``run``'s mosaic sums (every ``step``-th pixel): ``numerator`` complex64 and ``coverage``
+        float32 ``(Y, X)``. Copied ``COPY_ROWS`` rows per hold of the service's lock, so the stitcher waits for one
+        block at most, never for the whole copy (a patch added meanwhile may show in some rows only; a grid that
+        grew meanwhile is copied again)."""
+        while True:
+            with self.lock:
+                numerator_t, coverage_t = run.mosaic.numerator, run.mosaic.coverage
+            rows = numerator_t.shape[0]
+            shape = (-(-rows // step), -(-numerator_t.shape[1] // step))
+            numerator, coverage = np.empty(shape, np.complex64), np.empty(shape, np.float32)
+            for first in range(0, rows, COPY_ROWS * step):
+                block = slice(first, min(first + COPY_ROWS * step, rows), step)
+                out = slice(first // step, first // step + len(range(*block.indices(rows))))
+                with self.lock:
+                    if run.mosaic.numerator is not numerator_t:  # the grid grew: copy the new one
+                        break
+                    numerator[out] = numerator_t[block, ::step].numpy()
+                    coverage[out] = coverage_t[block, ::step].numpy()
+            else:
+                return numerator, coverage
