@@ -57,9 +57,12 @@ def emit(record: dict) -> None:
 
 
 def watch(uri: str, key: str, scan_id: str, stop: threading.Event, changes: list, period_s: float) -> None:
-    """Poll the scan's live image every ``period_s``; append the time of each new image seen."""
+    """Poll the scan's live image every ``period_s``; append the time of each new image seen. The node is looked up
+    again at each poll (the arrays grow with the mosaic: a read of an old shape is refused), without retries."""
+    import stamina
     from tiled.client import from_uri
 
+    stamina.set_active(False)
     client, last = from_uri(uri, api_key=key), None
     while not stop.is_set():
         try:

@@ -3,9 +3,10 @@
 It runs in a process of its own (``spawn``), so Tiled's client (its imports, HTTP, retries) never holds the edge's
 interpreter. It takes messages from the edge (dicts of JSON values and numpy arrays) and answers with others:
 
-- in ``{"kind": "live", "scan_id", "metadata", "image": (Y, X) complex64 (NaN where no frame reached) or None,
-  "taken_unix_s"}``: a scan's container and its live image; answered ``{"kind": "ack", "away": bool}`` (``away``:
-  the server cannot be reached now);
+- in ``{"kind": "live", "scan_id", "metadata", "image": [Y, X] or None, "taken_unix_s"}``: a scan's container and
+  its live image, whose sums lie in the shared memory (``numerator`` ``(Y, X)`` complex64, then ``coverage``
+  float32); answered ``{"kind": "ack", "away": bool}`` once they are read (``away``: the server cannot be reached
+  now);
 - in ``{"kind": "ended", "scan_id", "summary"}``: the scan's products and summary, tried until ``retry_s`` after it
   came; answered ``{"kind": "report", "scan_id", "tiled": {...}}`` (what was published, what failed);
 - in ``{"kind": "stop"}``: the pending scans are finished (or reported), then ``{"kind": "done"}``.
@@ -128,14 +129,22 @@ class TiledWriter:
         self._backoff()
 
     # -- live ----------------------------------------------------------------------------------------------------
-    def live(self, message: dict) -> None:
-        """A scan's container (made at its first message), counts and live image."""
+    def live(self, message: dict, shared: memoryview) -> None:
+        """A scan's container (made at its first message), counts and live image (its sums in ``shared``)."""
         state = self.state(message["scan_id"])
         if state.summary is not None:  # ended: its products take over
             return
         state.metadata.update(message["metadata"])
         state.started_unix_s = message["metadata"].get("started_unix_s")
-        image = message.get("image")
+        image = None
+        if message.get("image") is not None:
+            rows, cols = message["image"]
+            numerator = np.ndarray((rows, cols), np.complex64, buffer=shared)
+            coverage = np.ndarray((rows, cols), np.float32, buffer=shared, offset=8 * rows * cols)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                amplitude = np.where(coverage > 0, np.abs(numerator) / coverage, np.nan).astype(np.float32)
+            phase = np.where(coverage > 0, np.angle(numerator), np.nan).astype(np.float32)
+            image = (amplitude, phase)
 
         def publish() -> None:
             node = self.container(state)
@@ -159,17 +168,18 @@ class TiledWriter:
         return state.node
 
     def write_live(self, state: ScanState, node, image: tuple | None) -> None:
-        """``live/amplitude`` and ``live/phase`` of ``image`` (``(Y, X)`` complex; None: made empty, before a scan's
-        first image). Made at least ``LIVE_CHUNK_PX`` square (the chunk of their storage), then one request
-        each per image: written in place, extended when the mosaic grew (never shrunk: NaN beyond a smaller image)."""
+        """``live/amplitude`` and ``live/phase`` of ``image`` (both ``(Y, X)`` float32; None: made empty, before a
+        scan's first image). Whole chunks of ``LIVE_CHUNK_PX`` square (of their storage), NaN beyond the image; one
+        request each per image: written in place, extended by chunks when the mosaic outgrew them (never shrunk)."""
         if image is None and state.live_arrays:
             return
         old = state.live_shape or (0, 0)
-        rows, cols = image.shape if image is not None else (0, 0)
-        shape = (max(rows, old[0], LIVE_CHUNK_PX), max(cols, old[1], LIVE_CHUNK_PX))
+        rows, cols = image[0].shape if image is not None else (0, 0)
+        chunks = -(-max(rows, old[0], 1) // LIVE_CHUNK_PX), -(-max(cols, old[1], 1) // LIVE_CHUNK_PX)
+        shape = (chunks[0] * LIVE_CHUNK_PX, chunks[1] * LIVE_CHUNK_PX)  # whole chunks: few extensions a scan
         values = {key: np.full(shape, np.nan, dtype=np.float32) for key in ("amplitude", "phase")}
         if image is not None:
-            values["amplitude"][:rows, :cols], values["phase"][:rows, :cols] = np.abs(image), np.angle(image)
+            values["amplitude"][:rows, :cols], values["phase"][:rows, :cols] = image
         if not state.live_arrays:
             live = node["live"] if "live" in node else node.create_container(key="live")
             for key, array in values.items():
@@ -251,10 +261,15 @@ def lag_max(published_at: list) -> float | None:
     return float(gaps.max())
 
 
-def serve(uri: str, key: str | None, timeout_s: float, retry_s: float, period_s: float, inbox, outbox) -> None:
-    """The writer process: messages from ``inbox`` (a multiprocessing queue), answers to ``outbox``."""
+def serve(uri: str, key: str | None, timeout_s: float, retry_s: float, period_s: float, shared_name: str, inbox,
+          outbox) -> None:  # fmt: skip
+    """The writer process: messages from ``inbox`` (a multiprocessing queue), answers to ``outbox``; live images in
+    the shared memory named ``shared_name``."""
+    from multiprocessing import shared_memory
+
     import stamina
 
+    shared = shared_memory.SharedMemory(name=shared_name)  # the edge's: it unlinks it
     stamina.set_active(False)  # our retries, bounded and reported; not the client's own back-off
     writer = TiledWriter(uri, key, timeout_s, retry_s)
     try:
@@ -272,7 +287,7 @@ def serve(uri: str, key: str | None, timeout_s: float, retry_s: float, period_s:
             message = None
         if message is not None:
             if message["kind"] == "live":
-                writer.live(message)
+                writer.live(message, shared.buf)
                 outbox.put({"kind": "ack", "away": writer.away})
             elif message["kind"] == "ended":
                 writer.ended(message)

@@ -94,17 +94,22 @@ class LiveState:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(coverage > 0, numerator / coverage, np.nan + 0j).astype(np.complex64)
 
-    def mosaic_sums(self, run, step: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    def mosaic_sums(self, run, step: int = 1, allocate=None) -> tuple[np.ndarray, np.ndarray]:
         """Copies of ``run``'s mosaic sums (every ``step``-th pixel): ``numerator`` complex64 and ``coverage``
-        float32 ``(Y, X)``. Copied ``COPY_ROWS`` rows per hold of the service's lock, so the stitcher waits for one
-        block at most, never for the whole copy (a patch added meanwhile may show in some rows only; a grid that
-        grew meanwhile is copied again)."""
+        float32 ``(Y, X)``, into the arrays ``allocate(shape)`` returns (default: new ones). Copied ``COPY_ROWS``
+        rows per hold of the service's lock, so the stitcher waits for one block at most, never for the whole copy
+        (a patch added meanwhile may show in some rows only; a grid that grew meanwhile is copied again)."""
+        if allocate is None:
+
+            def allocate(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+                return np.empty(shape, np.complex64), np.empty(shape, np.float32)
+
         while True:
             with self.lock:
                 numerator_t, coverage_t = run.mosaic.numerator, run.mosaic.coverage
             rows = numerator_t.shape[0]
             shape = (-(-rows // step), -(-numerator_t.shape[1] // step))
-            numerator, coverage = np.empty(shape, np.complex64), np.empty(shape, np.float32)
+            numerator, coverage = allocate(shape)
             for first in range(0, rows, COPY_ROWS * step):
                 block = slice(first, min(first + COPY_ROWS * step, rows), step)
                 out = slice(first // step, first // step + len(range(*block.indices(rows))))

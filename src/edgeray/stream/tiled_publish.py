@@ -13,11 +13,12 @@ Each scan becomes a container ``<scan_id>`` under the node ``uri`` names:
 
 Tiled's client runs in a process of its own (:mod:`edgeray.io.tiled_writer`): nothing it does (imports, HTTP,
 waiting for a slow server) holds the edge's interpreter. The edge's side is one thread that copies the live image
-under the service's lock (as the live view does) and hands it over, one image at a time: while the writer is busy,
-newer images replace older ones. A request that fails (server slow, gone, restarting) is tried again at the next
-update; a scan's products are tried until ``retry_s`` after its end, then reported. Either way the scan's summary
-gets a ``tiled`` entry saying what was published and what failed: the run file and the products on disk are the
-truth, Tiled a view of them.
+under the service's lock (a block of rows at a time, as the live view does) into shared memory and hands it over,
+one image at a time: while the writer is busy, newer images replace older ones. The writer makes amplitude and
+phase of it. A request that fails (server slow, gone, restarting) is tried again at the next update; a scan's
+products are tried until ``retry_s`` after its end, then reported. Either way the scan's summary gets a ``tiled``
+entry saying what was published and what failed: the run file and the products on disk are the truth, Tiled a view
+of them.
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from multiprocessing import shared_memory
 from pathlib import Path
+
+import numpy as np
 
 from edgeray.io.tiled import api_key
 
@@ -84,17 +88,21 @@ class TiledPublisher:
         self.sent_live: set[str] = set()  # scans the writer has heard of
         context = multiprocessing.get_context("spawn")
         self.inbox, self.outbox = context.Queue(), context.Queue()
+        # the live image's hand-over: sums (complex64 + float32) of up to max_side^2 pixels
+        self.shared = shared_memory.SharedMemory(create=True, size=12 * options.max_side**2)
         arguments = (options.uri, key if key is not None else api_key(), options.timeout_s, options.retry_s,
-                     options.period_s, self.inbox, self.outbox)  # fmt: skip
+                     options.period_s, self.shared.name, self.inbox, self.outbox)  # fmt: skip
         self.process = context.Process(target=serve, args=arguments, name="edge-tiled-writer", daemon=True)
         self.process.start()
         try:
             ready = self.outbox.get(timeout=START_TIMEOUT_S)
         except queue.Empty:
             self.process.kill()
+            self._release()
             raise ValueError(f"{options.uri}: the Tiled writer did not start within {START_TIMEOUT_S:g} s") from None
         if ready["error"] is not None:
             self.process.join(10)
+            self._release()
             raise ValueError(ready["error"])
 
     def attach(self, live) -> None:
@@ -140,11 +148,18 @@ class TiledPublisher:
             self.done.set()
 
     def close(self) -> None:
-        """End the writer process (after :meth:`run` has ended, it has ended by itself)."""
+        """End the writer process (after :meth:`run` has ended, it has ended by itself) and free the shared memory."""
         self.process.join(5)
         if self.process.is_alive():
             self.process.kill()
             self.process.join(5)
+        self._release()
+
+    def _release(self) -> None:
+        if self.shared is not None:
+            self.shared.close()
+            self.shared.unlink()
+            self.shared = None
 
     def _answers(self) -> list[dict]:
         answers = []
@@ -165,19 +180,42 @@ class TiledPublisher:
             time.sleep(min(left, NEW_SCAN_POLL_S))
 
     def _send_live(self) -> bool:
-        """The open scan's counts and (when it changed) live image to the writer; whether one was sent."""
+        """The open scan's counts and live image to the writer; whether they were sent. The image goes through
+        shared memory, copied there straight from the mosaic (no pickling, no second copy in this process); the
+        writer reads it before it answers, and nothing is written there again before it has."""
         run = self.live.receiver.current
         if run is None or run.start.scan_id in self.ended:
             return False
         snapshot = self.live.snapshot()
         taken = time.time()
-        image = self.live.mosaic_image(self.options.max_side)  # amplitude and phase are the writer's work
+        image = self._share_image(run) if run.mosaic is not None and run.mosaic.n_patches else None
         counts = {k: snapshot[k] for k in ("frames_received", "frames_inferred", "frames_written", "frames_expected")}
         metadata = {**self._scan_metadata(run), **counts, "state": "scanning"}
         self.inbox.put({"kind": "live", "scan_id": run.start.scan_id, "metadata": metadata, "image": image,
                         "taken_unix_s": taken})  # fmt: skip
         self.sent_live.add(run.start.scan_id)
         return True
+
+    def _share_image(self, run) -> list[int]:
+        """Copy ``run``'s live image into the shared memory: the mosaic's sums (every k-th pixel of one longer than
+        ``max_side``), or the refined image as sums of coverage 1; returns its shape ``[Y, X]``."""
+        side = self.options.max_side
+
+        def allocate(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+            pixels = shape[0] * shape[1]
+            numerator = np.ndarray(shape, np.complex64, buffer=self.shared.buf)
+            return numerator, np.ndarray(shape, np.float32, buffer=self.shared.buf, offset=8 * pixels)
+
+        if run.refiner is not None:
+            image = self.live.mosaic_image(side)
+            numerator, coverage = allocate(image.shape)
+            finite = np.isfinite(image)
+            np.copyto(numerator, np.where(finite, image, 0))
+            np.copyto(coverage, finite)
+            return list(image.shape)
+        step = max(1, -(-max(run.mosaic.shape) // side))
+        numerator, _ = self.live.mosaic_sums(run, step, allocate)
+        return list(numerator.shape)
 
     def _scan_metadata(self, run) -> dict:
         from edgeray.stream.protocol import geometry_of
