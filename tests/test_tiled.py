@@ -203,3 +203,34 @@ def test_a_server_killed_mid_scan_costs_no_frame_and_publishing_resumes_or_repor
         assert node.metadata["summary"]["frames_written"] == len(scan.frames)
     finally:
         server.stop()
+
+
+def test_the_edge_beside_a_bluesky_run_engine_shares_the_run_id(tmp_path, monkeypatch, scan):
+    """docs/tiled.md's recipe: Bluesky's TiledWriter publishes the run, the edge its images under a node of its own,
+    the run's uid as the scan id; both are found by it."""
+    from bluesky import RunEngine
+    from bluesky.callbacks.tiled_writer import TiledWriter
+    from bluesky.plans import count
+    from ophyd.sim import det
+
+    monkeypatch.setenv("TILED_API_KEY", KEY)
+    with TiledServer(tmp_path / "server", KEY) as server:
+        client = from_uri(server.uri, api_key=KEY)
+        client.create_container("edgeray")
+        engine = RunEngine({}, call_returns_result=False)
+        engine.subscribe(TiledWriter(client))
+        (uid,) = engine(count([det], num=5))
+        service = edge(tmp_path, server.uri + "edgeray")
+        socket = connect(service.endpoint)
+        replay(scan, socket, 4000.0, scan_id=uid)
+        assert service.wait(120)
+        service.join(10)
+        socket.close()
+        run, images = client[uid], from_uri(server.uri, api_key=KEY)["edgeray"][uid]
+        assert run.metadata["start"]["plan_name"] == "count"
+        assert len(run["primary"]["det"].read()) == 5
+        assert images.metadata["state"] == "done"
+        summary = summary_of(service, uid)
+        np.testing.assert_array_equal(
+            images["product"]["object"].read(), read_product(summary["files"]["product"]).object
+        )
