@@ -1,7 +1,8 @@
 """A real Tiled server on 127.0.0.1 for the tests and benchmarks: ``tiled serve`` in a process of its own.
 
 ``catalog`` mode serves a writable catalog (SQLite, array files and an SQL table store for Bluesky's event streams,
-in ``folder``), kept across a restart on the same port; ``directory`` mode serves the HDF5 files of a folder (``.cxi`` included) read-only. Both ask for ``api_key``.
+in ``folder``), kept across a restart on the same port; ``directory`` mode serves the HDF5 files of a folder
+(``.cxi`` included) read-only. Both ask for ``api_key``.
 """
 
 from __future__ import annotations
@@ -60,8 +61,16 @@ class TiledServer:
             command += [arg for ext in HDF5_EXTENSIONS for arg in ("--ext", f"{ext}=application/x-hdf5")]
         else:
             database = self.folder / "catalog.db"
-            command = [tiled_command(), "serve", "catalog", str(database), "-w", str(self.folder / "data"),
-                       "-w", f"sqlite:///{self.folder / 'tables.db'}"]  # files for arrays, SQL for Bluesky's tables
+            command = [
+                tiled_command(),
+                "serve",
+                "catalog",
+                str(database),
+                "-w",
+                str(self.folder / "data"),
+                "-w",
+                f"sqlite:///{self.folder / 'tables.db'}",
+            ]  # files for arrays, SQL for Bluesky's tables
             if not database.exists():
                 command.append("--init")
         log = (self.folder / f"server-{self.started}.log").open("w")
