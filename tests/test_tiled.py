@@ -135,7 +135,7 @@ def test_the_edge_publishes_a_scan_readable_by_tiled_and_equal_to_its_files(tmp_
         summary = summary_of(service, "live-1")
         assert summary["tiled"]["published"] is True and summary["tiled"]["failed_requests"] == 0
         assert summary["frames_written"] == len(scan.frames)
-        grew = [b for a, b in itertools.pairwise(seen) if b > a]
+        grew = [b for a, b in itertools.pairwise(seen) if b > a > 0]
         assert len(grew) >= 2, f"the live image in Tiled did not grow during the scan: {seen}, {errors[-3:]}"
 
         node = from_uri(server.uri, api_key=KEY)["live-1"]
@@ -149,7 +149,8 @@ def test_the_edge_publishes_a_scan_readable_by_tiled_and_equal_to_its_files(tmp_
             np.testing.assert_array_equal(node[key]["object"].read(), product.object)
             np.testing.assert_array_equal(node[key]["probe"].read(), product.probe)
             np.testing.assert_array_equal(node[key]["positions_m"].read(), product.positions_m)
-        assert np.isfinite(node["live"]["amplitude"].read()).sum() >= max(seen)
+        # (a reader can catch a just-made array before its first data: zeros, all finite; hence the last value seen)
+        assert np.isfinite(node["live"]["amplitude"].read()).sum() >= seen[-1]
 
         # the container reads as its run file (on this machine): the iterative engines refine the live scan
         refined = tmp_path / "from_tiled.h5"
