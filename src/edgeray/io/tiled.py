@@ -53,7 +53,7 @@ def connect(uri: str, key: str | None = None, timeout_s: float | None = None):
         raise ValueError(f"{uri}: Tiled's client is not installed: pip install 'edgeray[tiled]'") from error
     try:
         timeout = None if timeout_s is None else httpx.Timeout(timeout_s)
-        return from_uri(uri.rstrip("/"), api_key=key, timeout=timeout)  # a trailing / makes paths of //
+        return from_uri(uri, api_key=key, timeout=timeout)
     except httpx.HTTPStatusError as error:
         status = error.response.status_code
         if status in (401, 403):
