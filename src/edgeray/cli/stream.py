@@ -228,6 +228,15 @@ def _listen(args: argparse.Namespace) -> str:
     return f"inproc://edgeray-pva-{args.pva}" if args.pva else args.listen
 
 
+def _positive_bytes(gib: float, flag: str) -> int:
+    if not gib > 0:
+        raise ValueError(f"{flag} must be positive, not {gib}")
+    return int(gib * 2**30)
+
+
+STOP_GRACE_S = 4.0  # after SIGTERM or SIGINT the open scan is closed and summarized within this, or left as is
+
+
 def _serve(service, view_class, args: argparse.Namespace, label: str) -> int:
     """Run a started edge service (and its live view unless ``--http off``) until it stops: SIGTERM or Ctrl-C
     closes the open scan with every received frame written; print the ready line and the summaries as JSON."""
@@ -245,27 +254,38 @@ def _serve(service, view_class, args: argparse.Namespace, label: str) -> int:
     print(json.dumps({"ready": ready}), flush=True)
     source = f"PV Access channel {args.pva}" if bridge is not None else service.endpoint
     console.print(f"[bold]{label}[/] listening on {source}; live view {ready['view']}; writing to {args.out}")
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda *_: service.stop())
-    try:
-        while not service.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        console.print("[yellow]stopping[/]: closing the open scan with every received frame written")
+    asked_to_stop: list[float] = []  # when SIGTERM or SIGINT came
+
+    def on_signal(signum: int, _frame) -> None:
+        if not asked_to_stop:
+            console.print(f"[yellow]stopping[/] ({signal.Signals(signum).name}): closing the open scan with every "
+                          "received frame written")  # fmt: skip
+        asked_to_stop.append(time.monotonic())
         service.stop()
-        service.wait(60)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+    clean = True
+    while not service.wait(0.2):
+        if asked_to_stop and time.monotonic() - asked_to_stop[0] > STOP_GRACE_S:
+            clean = service.finished.is_set()  # only publishing to Tiled may still be under way: that is given up
+            if not clean:
+                console.print(f"[red]the edge did not finish within {STOP_GRACE_S:g} s of the signal[/]: closing its "
+                              "files")  # fmt: skip
+            break
     if bridge is not None:
         bridge.stop()
         (Path(args.out) / "pva.json").write_text(json.dumps(bridge.stats(), indent=2) + "\n")
     if getattr(args, "hold", 0) > 0 and dashboard is not None:
         time.sleep(args.hold)
-    service.join(10)
+    service.join(STOP_GRACE_S if asked_to_stop else 10)
     if dashboard is not None:
         dashboard.close()
     for summary in service.summaries:
         print(json.dumps({"summary": summary}), flush=True)
         _print_headroom(summary)
-    return 0
+    return 0 if clean else 1
 
 
 def _print_headroom(summary: dict) -> None:
@@ -337,6 +357,13 @@ def add_edge(commands: argparse._SubParsersAction) -> None:
                    help="threads for the network (others need a core)")  # fmt: skip
     e.add_argument("--ring-frames", type=int, default=E.ring_frames,
                    help="frames held in shared memory per scan: how long a stalled stage costs nothing")  # fmt: skip
+    e.add_argument("--memory-gb", type=float, default=None,
+                   help="most memory one scan's ring and spill may take, GiB (default: a quarter of the "
+                   "machine's); a larger frame gets a smaller ring, a scan whose 64-frame ring would not fit is "
+                   "refused")  # fmt: skip
+    e.add_argument("--max-object-px", type=int, default=E.max_object_px,
+                   help="widest object a scan may span, object pixels: frames positioned beyond it are "
+                   "refused")  # fmt: skip
     e.add_argument("--infer-workers", type=int, default=E.infer_workers,
                    help="network calls at once, each on --infer-threads threads (for cores to spare)")  # fmt: skip
     e.add_argument("--registry", type=Path, default=None,
@@ -402,6 +429,8 @@ def cmd_edge(args: argparse.Namespace) -> int:
         publish=None if args.publish == "off" else args.publish, scans=args.scans, curve_keys=args.curve_keys,
         infer_threads=args.infer_threads, infer_workers=args.infer_workers, registry=args.registry, refine=refine,
         refine_probe_file=args.refine_probe, ring_frames=args.ring_frames, learn=learn, tiled=tiled,
+        max_object_px=args.max_object_px,
+        **({} if args.memory_gb is None else {"memory_bytes": _positive_bytes(args.memory_gb, "--memory-gb")}),
     )  # fmt: skip
     return _serve(EdgeService(options).start(), Dashboard, args, "edge")
 

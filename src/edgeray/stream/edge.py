@@ -21,9 +21,12 @@ stitching kernel's compilation, the pictures process, the learner's first step) 
 from __future__ import annotations
 
 import logging
+import math
+import os
 import queue
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -82,6 +85,11 @@ class EdgeOptions:
             costs nothing).
         spill_bytes: memory for frames beyond a full ring, bytes; past it frames are dropped and counted.
         tiled: publish each scan to a Tiled server (:mod:`edgeray.stream.tiled_publish`), or None.
+        memory_bytes: the most memory one scan's ring and spill may take, bytes (default: a quarter of the
+            machine's); a large-frame scan gets a smaller ring, one whose ring of 64 frames would not fit is refused.
+        max_object_px: the widest object a scan may span, object pixels: a frame whose position lies further from
+            its scan's first one is refused (positions in mm or um where metres belong).
+        max_message_bytes: the PULL socket's limit on one message, bytes (larger ones are dropped by ZeroMQ).
     """
 
     listen: str = "tcp://127.0.0.1:5555"
@@ -104,14 +112,44 @@ class EdgeOptions:
     ring_frames: int = 8192
     spill_bytes: int = 256 << 20
     tiled: TiledOptions | None = None
+    memory_bytes: int = field(default_factory=lambda: machine_memory_bytes() // 4)
+    max_object_px: int = 16384
+    max_message_bytes: int = 256 << 20
+
+    def __post_init__(self) -> None:
+        """Every limit checked before anything starts (ValueError naming the option)."""
+        positive = ("max_batch", "ring_frames", "infer_threads", "infer_workers", "memory_bytes", "max_object_px",
+                    "max_message_bytes")  # fmt: skip
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(
+                    f"EdgeOptions.{name} (--{name.replace('_', '-')}) must be a positive integer, not {value!r}"
+                )
+        for name in ("max_wait_ms", "flush_s", "registry_poll_s"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ValueError(
+                    f"EdgeOptions.{name} (--{name.replace('_', '-')}) must be a positive number, not {value!r}"
+                )
+        if self.spill_bytes < 0:
+            raise ValueError(f"EdgeOptions.spill_bytes must be >= 0, not {self.spill_bytes!r}")
+        if self.scans is not None and self.scans < 1:
+            raise ValueError(f"EdgeOptions.scans must be >= 1 or None, not {self.scans!r}")
+
+
+def machine_memory_bytes() -> int:
+    """This machine's physical memory, bytes (8 GiB where it cannot be read)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
 
 
 class EdgeService:
     """The edge service; :meth:`start` its threads, :meth:`stop` (or ``options.scans``) to end, :meth:`join`."""
 
     def __init__(self, options: EdgeOptions, context: zmq.Context | None = None):
-        if options.infer_workers < 1:
-            raise ValueError(f"infer_workers must be >= 1, not {options.infer_workers}")
         self.options = options
         self.torch_threads = torch.get_num_threads()  # the process's; the stream's threads each use one
         Path(options.out).mkdir(parents=True, exist_ok=True)
@@ -130,7 +168,8 @@ class EdgeService:
             from edgeray.stream.learn import warm_up
 
             warm_up(load_model(self.models.get().model_dir, "cpu")[0])
-        self.socket, self.endpoint = bind_server_socket(self.context, zmq.PULL, options.listen, options.curve_keys)
+        self.socket, self.endpoint = bind_server_socket(self.context, zmq.PULL, options.listen, options.curve_keys,
+                                                        max_message_bytes=options.max_message_bytes)  # fmt: skip
         self.publisher = None
         if options.publish:
             self.publisher, _ = bind_server_socket(self.context, zmq.PUB, options.publish, options.curve_keys)
@@ -218,13 +257,18 @@ class EdgeService:
         log.info("edge listening on %s, model %s", self.endpoint, self.model_version)
         return self
 
-    def stop(self) -> None:
-        """Stop receiving; the open scan (if any) is closed as incomplete, with every received frame written."""
+    def stop(self, cut_tails: bool = True) -> None:
+        """Stop receiving; the open scan (if any) is closed as incomplete, with every received frame written.
+        ``cut_tails``: refinements and learning still running stop now (their results so far are written)."""
         self.stopping.set()
+        if cut_tails:
+            self.helpers.stop_all()
 
     def join(self, timeout: float | None = None) -> None:
+        """Wait for the threads (``timeout`` s for all of them together), then close the processes and sockets."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         for thread in self.threads:
-            thread.join(timeout)
+            thread.join(None if deadline is None else max(deadline - time.monotonic(), 0.0))
         if self.inference.infer_pool is not None:
             self.inference.infer_pool.shutdown(wait=True)
         self.finisher.close()

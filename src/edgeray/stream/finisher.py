@@ -16,6 +16,7 @@ import os
 import queue
 import threading
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,7 @@ class Finisher:
         self.helpers: list[threading.Thread] = []  # scans whose refinement or learning still runs
         self.pictures = None
         if options.preview:
-            self.pictures = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+            self.pictures = self._new_pictures()
             self.pictures.submit(load_pictures).result()  # started (and matplotlib loaded) before any frame
 
     def run(self) -> None:
@@ -59,8 +60,9 @@ class Finisher:
         while isinstance(message := self.to_finish.get(), ScanEnded):
             try:
                 self.finish(message.run)
-            except Exception:  # a scan that cannot be summarized must not stop the next ones being
+            except Exception as error:  # a scan that cannot be summarized must not stop the next ones being
                 log.exception("scan %s: its summary or products could not be written", message.run.start.scan_id)
+                self.record_failure(message.run, "finisher", error)
         for helper in self.helpers:
             helper.join()
         self.finished.set()
@@ -68,6 +70,48 @@ class Finisher:
     def close(self) -> None:
         if self.pictures is not None:
             self.pictures.shutdown(wait=True)
+
+    def _new_pictures(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+
+    def draw(self, function, *args) -> str | None:
+        """``function(*args)`` in the pictures process: the picture's path, or None after an error (logged; a
+        process that broke is replaced, so the next scan has its pictures)."""
+        try:
+            return self.pictures.submit(function, *args).result(timeout=300)
+        except BrokenProcessPool as error:
+            log.error("the pictures process broke (%s); starting another", error)
+            self.pictures.shutdown(wait=False, cancel_futures=True)
+            self.pictures = self._new_pictures()
+        except Exception as error:
+            log.error("picture %s could not be drawn: %s", args[-1], error)
+        return None
+
+    def record_failure(self, run: ScanRun, stage: str, error: BaseException) -> None:
+        """A scan whose summary could not be made: an error summary with its counts and the failure named (what
+        was written stays written), so the scan is counted and the service goes on."""
+        run.fail(stage, error)
+        paths = [part.get("path", part["requested"]) for part in run.parts]
+        summary = {
+            "scan_id": run.start.scan_id,
+            "complete": False,
+            "frames_expected": run.expected if run.expected is not None else run.start.n_frames,
+            "frames_received": run.received,
+            "frames_written": run.written,
+            "frames_inferred": run.stitched,
+            "frames_invalid": run.invalid,
+            "network_image": run.no_network,
+            "errors": run.errors,
+            "writer_errors": run.writer_errors,
+            "files": {"raw": paths[0] if paths else None},
+        }
+        try:
+            self.record(summary, Path(self.options.out) / f"{Path(paths[0]).stem if paths else run.start.scan_id}.json")
+        except Exception:
+            log.exception("scan %s: not even its error summary could be written", run.start.scan_id)
+            with self.lock:
+                self.summaries.append(summary)
+        run.ring.close()
 
     def record(self, summary: dict, path: Path) -> None:
         """Write a scan's summary and count it (the service stops after ``options.scans`` of them)."""
@@ -90,7 +134,7 @@ class Finisher:
         files = {"raw": paths[0] if paths else None}
         if len(paths) > 1:
             files["raw_parts"] = paths
-        if run.mosaic is not None and run.mosaic.n_patches:
+        if run.mosaic is not None and run.mosaic.n_patches and run.no_network is None:
             files.update(self.write_product(run))
         rate = run.received / seconds if run.received > 1 else 0.0
         busy = {stage: value / seconds for stage, value in run.busy_s.items()}
@@ -101,7 +145,7 @@ class Finisher:
         load = max(max(cpu.values()), sum(cpu.values()) / cores)
         summary = {
             "scan_id": scan_id,
-            "complete": run.expected is not None and run.received - run.duplicates >= run.expected,
+            "complete": run.complete,
             "frames_expected": run.expected if run.expected is not None else run.start.n_frames,
             "frames_received": run.received,
             "frames_written": run.written,
@@ -128,6 +172,8 @@ class Finisher:
             "model_swaps": [s for s in self.models.swaps if s["unix_s"] >= run.started_wall],
             "max_batch": self.options.max_batch,
             "max_wait_ms": self.options.max_wait_ms,
+            "network_image": run.no_network,  # None: the network imaged the scan; else why not
+            "errors": run.errors,
             "files": files,
         }
         path = Path(self.options.out) / f"{Path(paths[0]).stem if paths else scan_id}.json"
@@ -143,6 +189,16 @@ class Finisher:
                 helper.end()
 
         def finish_helpers() -> None:
+            try:
+                finish_tails()
+            except Exception as error:
+                log.exception("scan %s: its refined or learned products could not be written", scan_id)
+                run.fail("finisher", error)
+                summary["errors"] = run.errors
+            self.record(summary, path)
+            run.ring.close()
+
+        def finish_tails() -> None:
             if run.learner is not None:
                 run.learner.done.wait()
                 summary["learning"] = run.learner.summary()
@@ -158,8 +214,6 @@ class Finisher:
                 if run.refiner.object is not None and run.mosaic.n_patches:
                     files.update(self.write_product(run, refined=True))
                 log.info("scan %s refined: %.1f epochs, misfit %s", scan_id, run.refiner.epochs, run.refiner.misfit)
-            self.record(summary, path)
-            run.ring.close()
 
         finisher = threading.Thread(target=finish_helpers, name="edge-scan-finish", daemon=True)
         self.helpers.append(finisher)
@@ -208,6 +262,5 @@ class Finisher:
         files = {key: str(product_path)}
         if self.options.preview:
             png = Path(self.options.out) / (f"{stem}_refined.png" if refined else f"{stem}.png")
-            drawn = self.pictures.submit(draw_preview, str(product_path), str(png)).result()
-            files[f"{key}_preview" if refined else "preview"] = drawn
+            files[f"{key}_preview" if refined else "preview"] = self.draw(draw_preview, str(product_path), str(png))
         return files

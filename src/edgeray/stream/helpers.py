@@ -40,12 +40,27 @@ class ScanHelpers:
 
     def __init__(self, options, models: ModelHolder, lock: threading.Lock, torch_threads: int):
         self.options, self.models, self.lock, self.torch_threads = options, models, lock, torch_threads
+        self.workers: list = []  # every refiner and learner made, so that a stopping service can end them
+        self.stopped = False
+
+    def stop_all(self) -> None:
+        """End every refinement and learning now (each writes what it has); later ones start stopped."""
+        self.stopped = True
+        for worker in self.workers:
+            worker.stop.set()
+
+    def _keep(self, worker):
+        if worker is not None:
+            self.workers = [w for w in self.workers if not w.done.is_set()] + [worker]
+            if self.stopped:
+                worker.stop.set()
+        return worker
 
     def scan_started(self, run: ScanRun, model: LoadedModel) -> None:
         """Give ``run`` its mosaic, refiner and learner (``model``: the serving one)."""
         run.mosaic = Mosaic(run.start.shape, object_pixel_size_m(run.start), model.weights)
-        run.refiner = self.make_refiner(run, model.probe)
-        run.learner = self.make_learner(run, model)
+        run.refiner = self._keep(self.make_refiner(run, model.probe))
+        run.learner = self._keep(self.make_learner(run, model))
 
     def make_refiner(self, run: ScanRun, model_probe: torch.Tensor | None) -> LiveRefiner | None:
         """The scan's live refiner, when refinement is on and a probe is known (else a warning, and none)."""

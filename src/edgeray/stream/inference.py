@@ -7,6 +7,7 @@ reached: the live image misses them, the run file does not.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -17,6 +18,8 @@ import torch
 
 from edgeray.stream.scan import Inverted, ScanEnded, ScanRun, ScanStarted, Skipped, Stop
 from edgeray.stream.serving import LoadedModel, ModelHolder
+
+log = logging.getLogger("edgeray.edge")
 
 SHED_MARGIN = 1024  # slots between the receiver and a network that has fallen a whole ring behind
 
@@ -54,18 +57,51 @@ class Inference:
                 message = None
             if isinstance(message, ScanStarted):
                 run = message.run
-                self.scan_started(run, self.models.get())
+                self._start_scan(run)
             elif isinstance(message, ScanEnded):
-                while self._next_batch(message.run, drain=True):
+                while self._next_batch_contained(message.run, drain=True):
                     pass
                 self.to_stitch.put(message)
                 continue
             elif isinstance(message, Stop):
                 self.to_stitch.put(message)
                 return
-            if run is None or not self._next_batch(run):
+            if run is None or not self._next_batch_contained(run):
                 with self.frames_ready:
                     self.frames_ready.wait(self._wait_s(run))
+
+    def _start_scan(self, run: ScanRun) -> None:
+        """A scan's mosaic and helpers, when the serving model inverts its frames; else why not, on the scan."""
+        model = self.models.get()
+        size = model.card["config"]["frame_size"]
+        if tuple(run.start.shape) != (size, size):
+            run.no_network = (f"its frames are {run.start.shape[0]}x{run.start.shape[1]} and the serving model "
+                              f"{model.version} inverts {size}x{size} frames")  # fmt: skip
+            log.warning("scan %s: no network image: %s (every frame is written)", run.start.scan_id, run.no_network)
+            return
+        try:
+            self.scan_started(run, model)
+        except Exception as error:  # the scan goes on, written; its summary names the failure
+            log.exception("scan %s: its mosaic or helpers could not be made", run.start.scan_id)
+            run.fail("inference", error)
+            run.no_network = f"its mosaic could not be made ({type(error).__name__}: {error})"
+
+    def _next_batch_contained(self, run: ScanRun, drain: bool = False) -> bool:
+        """:meth:`_next_batch`, or, for a scan the network does not (or no longer) invert, its frames handed on as
+        skipped; an error ends the scan's network image (named on the scan), never this thread."""
+        if run.no_network is None:
+            try:
+                return self._next_batch(run, drain)
+            except Exception as error:
+                log.exception("scan %s: the network failed on a batch", run.start.scan_id)
+                run.fail("inference", error)
+                run.no_network = f"the network failed ({type(error).__name__}: {error})"
+        if run.published <= run.inferred_upto:
+            return False
+        run.not_inverted += run.published - run.inferred_upto
+        run.inferred_upto = run.published
+        self.to_stitch.put(Skipped(run, run.inferred_upto))
+        return True
 
     def _wait_s(self, run: ScanRun | None) -> float:
         """How long the inference may sleep: until the oldest waiting frame's batch is due, at most 50 ms."""

@@ -252,8 +252,10 @@ class LiveLearner(SpareTimeWorker):
     def _run(self) -> None:
         lower_thread_priority()
         torch.set_num_threads(1)
-        self.work_in_spare_time()
-        self.done.set()
+        try:
+            self.work_in_spare_time()
+        finally:  # the finisher waits for this, whatever happened
+            self.done.set()
 
     def summary(self) -> dict:
         """What the learning did, for the scan's JSON summary."""

@@ -13,15 +13,27 @@ def load_pictures() -> None:
     import edgeray.viz  # noqa: F401
 
 
-def draw_preview(product_path: str, png: str) -> str:
-    """A product's PNG preview; returns its path."""
-    from edgeray.viz import save_preview
+class PictureError(RuntimeError):
+    """A picture that could not be drawn; one message only, so it crosses back from the pictures process (an
+    exception whose ``__init__`` takes other arguments cannot be unpickled there, and breaks the pool)."""
 
-    return str(save_preview(product_path, png))
+
+def draw_preview(product_path: str, png: str) -> str:
+    """A product's PNG preview; returns its path (:class:`PictureError` naming the file on any failure)."""
+    try:
+        from edgeray.viz import save_preview
+
+        return str(save_preview(product_path, png))
+    except Exception as error:
+        raise PictureError(f"{png}: {type(error).__name__}: {error}") from None
 
 
 def draw_slices(panels: dict, png: str, title: str) -> str:
-    """Slices ``{label: (Y, X) array}`` side by side -> PNG at ``png``; returns its path."""
-    from edgeray.viz import slice_panels
+    """Slices ``{label: (Y, X) array}`` side by side -> PNG at ``png``; returns its path (:class:`PictureError`
+    naming the file on any failure)."""
+    try:
+        from edgeray.viz import slice_panels
 
-    return str(slice_panels(panels, png, title))
+        return str(slice_panels(panels, png, title))
+    except Exception as error:
+        raise PictureError(f"{png}: {type(error).__name__}: {error}") from None

@@ -19,6 +19,15 @@ from edgeray.io.geometry import PtychoGeometry
 VERSION = 1
 DTYPES = ("uint8", "uint16", "uint32", "float32")
 GEOMETRY_KEYS = ("energy_eV", "detector_distance_m", "detector_pixel_size_m")
+# what a start's geometry may say (SI units): wide enough for any beamline, narrow enough to catch a unit slip
+GEOMETRY_RANGES = {
+    "energy_eV": (10.0, 1e7),
+    "detector_distance_m": (1e-4, 1e3),
+    "detector_pixel_size_m": (1e-7, 1e-2),
+    "object_pixel_size_m": (1e-13, 1e-3),
+}
+MAX_HEADER_BYTES = 65536  # a header is a few hundred bytes; a larger one is refused before it is parsed
+MAX_SCAN_ID_BYTES = 128  # UTF-8 bytes: the scan id names files (``<id>_refined_part2.json`` must stay < 255 bytes)
 
 
 class ProtocolError(ValueError):
@@ -127,6 +136,37 @@ def _dtype(header: dict) -> str:
     return dtype
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_scan_id(scan_id: str) -> None:
+    """A scan id names files: printable, no path separators, not hidden, at most :data:`MAX_SCAN_ID_BYTES`."""
+    size = len(scan_id.encode("utf-8", "surrogatepass"))
+    if not scan_id or any(c in scan_id for c in "/\\\0") or scan_id.startswith(".") or not scan_id.isprintable():
+        raise ProtocolError(f"scan_id {scan_id[:80]!r} is not a usable name (printable, no '/', '\\', leading '.')")
+    if size > MAX_SCAN_ID_BYTES:
+        raise ProtocolError(f"scan_id of {size} bytes is too long for a file name (at most {MAX_SCAN_ID_BYTES})")
+    try:
+        scan_id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProtocolError(f"scan_id {scan_id[:80]!r} is not valid Unicode") from None
+
+
+def _check_geometry_value(key: str, value) -> None:
+    """A geometry entry: a number in :data:`GEOMETRY_RANGES` (pixel sizes: one number, or ``[y, x]``)."""
+    low, high = GEOMETRY_RANGES[key]
+    pair = key.endswith("pixel_size_m") and isinstance(value, list)
+    values = value if pair else [value]
+    if pair and len(values) != 2:
+        raise ProtocolError(f"geometry '{key}' must be a number or [y, x], got a list of {len(values)}")
+    if not all(_is_number(v) for v in values):
+        kind = "a positive number or [y, x]" if key.endswith("pixel_size_m") else "a positive number"
+        raise ProtocolError(f"geometry '{key}' must be {kind}, got {str(value)[:80]!r}")
+    if not all(low <= v <= high for v in values):
+        raise ProtocolError(f"geometry '{key}' = {value!r} is outside {low:g} to {high:g} (SI units: m, eV)")
+
+
 def decode(parts: list) -> Start | Frame | End:
     """Parse and check one multipart message (``bytes``, ``memoryview`` or ``zmq.Frame`` parts).
 
@@ -137,30 +177,29 @@ def decode(parts: list) -> Start | Frame | End:
     if not parts:
         raise ProtocolError("empty message")
     raw = parts[0].bytes if hasattr(parts[0], "bytes") else bytes(parts[0])
+    if len(raw) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header of {len(raw)} bytes (at most {MAX_HEADER_BYTES})")
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ProtocolError(f"header is not JSON: {error}") from None
+    except RecursionError:
+        raise ProtocolError("header is nested too deeply") from None
     if not isinstance(header, dict):
         raise ProtocolError("header is not a JSON object")
     if header.get("v") != VERSION:
         raise ProtocolError(f"unknown protocol version {header.get('v')!r} (this edge speaks {VERSION})")
     kind = header.get("type")
     scan_id = _require(header, "scan_id", str)
-    if not scan_id or len(scan_id) > 200 or any(c in scan_id for c in "/\\\0") or scan_id.startswith("."):
-        raise ProtocolError(f"scan_id {scan_id!r} is not a usable name")
+    _check_scan_id(scan_id)
     expected_parts = 2 if kind == "frame" else 1
     if len(parts) != expected_parts:
         raise ProtocolError(f"{kind} message has {len(parts)} parts, expected {expected_parts}")
     if kind == "start":
         geometry = _require(header, "geometry", dict)
-        for key in GEOMETRY_KEYS:
-            value = geometry.get(key)
-            values = value if isinstance(value, list) and key == "detector_pixel_size_m" else [value]
-            if not values or not all(
-                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in values
-            ):
-                raise ProtocolError(f"geometry '{key}' must be a positive number, got {value!r}")
+        for key in (*GEOMETRY_KEYS, "object_pixel_size_m"):
+            if key in GEOMETRY_KEYS or geometry.get(key) is not None:
+                _check_geometry_value(key, geometry.get(key))
         n_frames = header.get("n_frames")
         if n_frames is not None and (not isinstance(n_frames, int) or n_frames < 0):
             raise ProtocolError(f"'n_frames' must be a non-negative integer or null, got {n_frames!r}")
@@ -187,7 +226,9 @@ def decode(parts: list) -> Start | Frame | End:
         if image_key not in (0, 1, 2) or isinstance(image_key, bool):
             raise ProtocolError(f"'image_key' must be 0 (projection), 1 (flat) or 2 (dark), got {image_key!r}")
         position_yx = (float(position[0]), float(position[1]))
-        t_ns = int(header.get("t_ns") or 0)
+        t_ns = header.get("t_ns") or 0
+        if not isinstance(t_ns, int) or isinstance(t_ns, bool):
+            raise ProtocolError(f"'t_ns' must be an integer (ns), got {t_ns!r}")
         return Frame(scan_id, index, position_yx, data, t_ns, None if theta is None else float(theta), image_key)
     if kind == "end":
         n_frames = _require(header, "n_frames", int)

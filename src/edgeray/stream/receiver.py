@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from edgeray.stream.protocol import End, Frame, ProtocolError, Start, decode
+from edgeray.stream.protocol import End, Frame, ProtocolError, Start, decode, object_pixel_size_m
 from edgeray.stream.ring import FrameRing
 from edgeray.stream.scan import ScanEnded, ScanRun, ScanStarted, Stop
 from edgeray.stream.supervisor import WriterSupervisor
@@ -30,6 +30,21 @@ PUBLISH_EVERY_S = 0.002  # the receiver tells the writer and the inference about
 PUBLISH_FRAMES = 64  # or once this many frames are new
 WRITER_EVERY_S = 0.02  # the writer, which flushes every flush_s, hears of new frames this often (a pipe message
 # every 2 ms was a seventh of the receiver's time, measured)
+MIN_RING_FRAMES = 64  # a ring shrunk to the memory ceiling keeps at least this many slots, or its scan is refused
+
+
+def ring_frames_within(start: Start, ring_frames: int, memory_bytes: int, spill_bytes: int) -> int:
+    """Slots of ``start``'s ring within ``memory_bytes`` (the spill's ``spill_bytes`` counted): ``ring_frames``, or
+    fewer for large frames; ValueError (naming sizes) when not even :data:`MIN_RING_FRAMES` fit."""
+    frame_bytes = start.shape[0] * start.shape[1] * np.dtype(start.dtype).itemsize
+    fitting = (memory_bytes - spill_bytes) // frame_bytes
+    if fitting < MIN_RING_FRAMES:
+        raise ValueError(
+            f"scan {start.scan_id}: frames of {start.dtype} {list(start.shape)} ({frame_bytes / 2**20:.1f} MiB each) "
+            f"need {MIN_RING_FRAMES * frame_bytes / 2**30:.1f} GiB for a ring of {MIN_RING_FRAMES}; the edge may use "
+            f"{memory_bytes / 2**30:.1f} GiB a scan (--memory-gb)"
+        )
+    return int(min(ring_frames, fitting))
 
 
 class Receiver:
@@ -86,7 +101,11 @@ class Receiver:
                     parts = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
                 except zmq.Again:
                     break
-                self._handle(parts, time.perf_counter_ns(), time.time_ns())
+                try:
+                    self._handle(parts, time.perf_counter_ns(), time.time_ns())
+                except Exception as error:  # a message no check foresaw: refused, never the receiver's end
+                    log.exception("a message could not be handled")
+                    self._reject(f"the message could not be handled ({type(error).__name__}: {error})")
                 run = self.current
                 if run is not None and (run.stored - run.published >= PUBLISH_FRAMES or run.spill):
                     break  # a flood: hand these over (and free slots) before taking more
@@ -137,6 +156,8 @@ class Receiver:
                              f"start said {run.start.dtype} {run.start.shape}")  # fmt: skip
             elif message.index > 16 * (run.received + 65536):
                 self._reject(f"frame index {message.index} is implausibly far ahead ({run.received} received)")
+            elif (reason := self._implausible(run, message)) is not None:
+                self._reject(reason)
             else:
                 self._accept(run, message, arrival_ns, wall_ns)
         elif isinstance(message, End):
@@ -145,11 +166,37 @@ class Receiver:
             else:
                 self._close_current(message.n_frames, f"ended, {run.received} frames received")
 
+    def _implausible(self, run: ScanRun, message: Frame) -> str | None:
+        """Why a well-formed frame cannot be used (non-finite counts, a position the object cannot hold), or None."""
+        if run.frame_dtype.kind == "f" and not np.isfinite(message.data).all():
+            return f"frame {message.index} of scan {message.scan_id} has non-finite counts (NaN or inf)"
+        if run.anchor_m is None:
+            run.anchor_m = message.position_m
+            return None
+        offset_px = max(abs(message.position_m[0] - run.anchor_m[0]) / run.object_pixel_m[0],
+                        abs(message.position_m[1] - run.anchor_m[1]) / run.object_pixel_m[1])  # fmt: skip
+        if offset_px > self.options.max_object_px:
+            return (f"frame {message.index} of scan {message.scan_id}: position_m {list(message.position_m)} lies "
+                    f"{offset_px:.3g} object pixels from the scan's first position {list(run.anchor_m)}, beyond the "
+                    f"{self.options.max_object_px} px an object may span (positions must be in metres)")  # fmt: skip
+        return None
+
     def _open(self, start: Start, arrival_ns: int) -> None:
-        """A new scan: its ring, its run file (through the writer), its mosaic and refiner (through the inference)."""
-        ring = FrameRing(self.options.ring_frames, start.shape, start.dtype)
+        """A new scan: its ring, its run file (through the writer), its mosaic and refiner (through the inference).
+        A scan whose ring would not fit the memory ceiling is refused (its frames are then refused as strays)."""
+        try:
+            slots = ring_frames_within(start, self.options.ring_frames, self.options.memory_bytes,
+                                       self.options.spill_bytes)  # fmt: skip
+        except ValueError as error:  # its frames are refused as strays; the scan before is left to finish
+            self._reject(str(error))
+            return
+        if slots < self.options.ring_frames:
+            log.warning("scan %s: its ring holds %d frames (not %d), within the memory ceiling of %.1f GiB",
+                        start.scan_id, slots, self.options.ring_frames, self.options.memory_bytes / 2**30)  # fmt: skip
+        ring = FrameRing(slots, start.shape, start.dtype)
         run = ScanRun(start, time.time(), arrival_ns, ring)
         run.receive_cpu_mark, run.frame_dtype = time.thread_time(), np.dtype(start.dtype)
+        run.object_pixel_m = object_pixel_size_m(start)
         run.base_path = Path(self.options.out) / f"{start.scan_id}.cxi"
         self.current = run
         log.info("scan %s started (%s frames of %s %s)", start.scan_id, start.n_frames, start.shape, start.dtype)

@@ -335,11 +335,13 @@ class LiveRefiner(SpareTimeWorker):
         lower_thread_priority()
         torch.set_num_threads(1)  # this thread's own setting (torch keeps one per thread)
         self.ended.wait(self.options.start_after_s)  # the stream settles first (a short scan may end before)
-        self.work_in_spare_time()
-        if self.cpu_at_last_frame is not None:
-            self.cpu_seconds_after_last_frame = time.process_time() - self.cpu_at_last_frame
-        self._take_pending()
-        self.done.set()
+        try:
+            self.work_in_spare_time()
+            if self.cpu_at_last_frame is not None:
+                self.cpu_seconds_after_last_frame = time.process_time() - self.cpu_at_last_frame
+            self._take_pending()
+        finally:  # the finisher waits for this, whatever happened
+            self.done.set()
 
     def worked(self, seconds: float) -> None:
         self.seconds_busy += seconds

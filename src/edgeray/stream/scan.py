@@ -79,6 +79,20 @@ class ScanRun:
     cpu_s: dict = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))  # CPU seconds of each stage's threads
     receive_cpu_mark: float = 0.0  # the receiving thread's CPU clock when the scan opened
     frame_dtype: np.dtype | None = None  # the start message's dtype (compared per frame: no string per frame)
+    object_pixel_m: tuple[float, float] = (1.0, 1.0)  # receiver: the start's object pixel size (dy, dx), m
+    anchor_m: tuple[float, float] | None = None  # receiver: the first frame's position, m
+    no_network: str | None = None  # inference: why the network does not invert this scan's frames
+    writer_deaths: int = 0  # writer supervisor: writer processes that died while this scan was open
+    errors: list = field(default_factory=list)  # any stage: failures that cost the scan a product, named
+
+    @property
+    def complete(self) -> bool:
+        """Ended by its end message with every frame it announced received."""
+        return self.expected is not None and self.received - self.duplicates >= self.expected
+
+    def fail(self, stage: str, error: BaseException) -> None:
+        """Record that ``stage`` failed on this scan (the scan goes on to its end and an error summary)."""
+        self.errors.append(f"{stage}: {type(error).__name__}: {error}")
 
     @property
     def written(self) -> int:

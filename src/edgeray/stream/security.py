@@ -71,13 +71,16 @@ def server_socket_options(socket: zmq.Socket, endpoint: str, keys: str | Path | 
 
 
 def bind_server_socket(
-    context: zmq.Context, kind: int, endpoint: str, keys: str | Path | None
+    context: zmq.Context, kind: int, endpoint: str, keys: str | Path | None, max_message_bytes: int | None = None
 ) -> tuple[zmq.Socket, str]:
     """A server socket of ``kind`` (``zmq.PULL`` for frames: an unlimited receive queue, nothing dropped;
     ``zmq.PUB`` for the live view: the newest messages only) bound to ``endpoint`` (port 0: any free port), a
-    CurveZMQ server when ``keys`` is given (required off loopback). Returns the socket and the endpoint it bound."""
+    CurveZMQ server when ``keys`` is given (required off loopback). A peer that sends a message part over
+    ``max_message_bytes`` is disconnected by ZeroMQ (None: no limit). Returns the socket and the endpoint it bound."""
     socket = context.socket(kind)
     socket.setsockopt(zmq.LINGER, 0)
+    if max_message_bytes is not None:
+        socket.setsockopt(zmq.MAXMSGSIZE, int(max_message_bytes))
     if kind == zmq.PULL:
         socket.setsockopt(zmq.RCVHWM, 0)  # never drop: the queue in front of us is memory
     elif kind == zmq.PUB:

@@ -7,6 +7,7 @@ thread nine tenths: measured, the backlog of a stall drained in seconds instead 
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -16,6 +17,8 @@ import numpy as np
 import torch
 
 from edgeray.stream.scan import Inverted, ScanEnded, Skipped, Stop
+
+log = logging.getLogger("edgeray.edge")
 
 
 class Stitcher:
@@ -37,8 +40,16 @@ class Stitcher:
         torch.set_num_threads(1)  # one core for stitching: two threads cost the receiver more than they gain
         while True:
             message = self.to_stitch.get()
-            if isinstance(message, Inverted):
-                self.stitch_batch(message)
+            if isinstance(message, Inverted) and message.run.no_network is None:
+                try:
+                    self.stitch_batch(message)
+                except Exception as error:  # the scan's network image ends (named on it), not this thread
+                    log.exception("scan %s: a batch could not be stitched", message.run.start.scan_id)
+                    message.run.fail("stitcher", error)
+                    message.run.no_network = f"its mosaic failed ({type(error).__name__}: {error})"
+                    message.run.stitched_upto = message.upto
+            elif isinstance(message, Inverted):  # in flight when the scan's network image ended
+                message.run.stitched_upto = message.upto
             elif isinstance(message, Skipped):  # a batch of repeats only: nothing to stitch
                 message.run.stitched_upto = message.upto
             elif isinstance(message, ScanEnded):

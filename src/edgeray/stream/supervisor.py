@@ -20,6 +20,8 @@ from edgeray.stream.writer import WriterProcess, part_path
 
 log = logging.getLogger("edgeray.edge")
 
+MAX_DEATHS_PER_SCAN = 3  # a writer that dies this often on one scan is not restarted for it again
+
 
 class WriterSupervisor:
     """The run-file writer of the edge and what it has been told.
@@ -54,7 +56,7 @@ class WriterSupervisor:
     def end(self, run: ScanRun) -> None:
         """Every frame of ``run`` is in its ring."""
         with self.lock:
-            self.writer.send({"op": "end", "stop": run.stored, "attrs": {"complete": run.expected is not None}})
+            self.writer.send({"op": "end", "stop": run.stored, "attrs": {"complete": run.complete}})
 
     def _send_start(self, run: ScanRun, path: Path, first: int) -> None:
         start = run.start
@@ -74,6 +76,8 @@ class WriterSupervisor:
                     with self.lock:
                         run = self.runs.popleft()
                     run.parts[-1].update(path=reply["path"], written=reply["written"], closed=True)
+                    if reply.get("error"):
+                        self._give_up(run, f"the run file {reply['path']} could not be written: {reply['error']}")
                     run.busy_s["write"] += reply.get("busy_s", 0.0)
                     run.cpu_s["write"] += reply.get("cpu_s", 0.0)
                     run.closed.set()
@@ -87,11 +91,29 @@ class WriterSupervisor:
             elif self.finished.is_set() and not self.runs:
                 return
 
+    @staticmethod
+    def _give_up(run: ScanRun, error: str) -> None:
+        """``run`` gets no (more) run file: the error named on it, its ring's slots freed for the frames to come
+        (there is nowhere to write them; the receiver must not wait for it)."""
+        log.error("scan %s: %s", run.start.scan_id, error)
+        run.writer_errors.append(error)
+        run.errors.append(f"writer: {error}")
+        run.ring.written = 2**62
+
     def _restart(self) -> None:
         code = self.writer.process.exitcode
         with self.lock:
             self.writer = WriterProcess(self.flush_s)
-            for run in self.runs:
+            for run in list(self.runs):
+                run.writer_deaths += 1
+                if run.writer_deaths > MAX_DEATHS_PER_SCAN:
+                    self.runs.remove(run)
+                    part = run.parts[-1]
+                    part.update(written=run.ring.written - part["first"], closed=True, died=True)
+                    self._give_up(run, f"the run-file writer died {run.writer_deaths} times on this scan (exit code "
+                                       f"{code}); it is not written further")  # fmt: skip
+                    run.closed.set()
+                    continue
                 first = run.ring.written
                 part = run.parts[-1]
                 part.update(written=first - part["first"], closed=True, died=True)
@@ -106,7 +128,7 @@ class WriterSupervisor:
                     self.writer.send({"op": "frames", "stop": run.published})
                 if run.end_sent:
                     self.writer.send({"op": "end", "stop": run.stored,
-                                      "attrs": {"complete": run.expected is not None}})  # fmt: skip
+                                      "attrs": {"complete": run.complete}})  # fmt: skip
 
     def stop(self) -> None:
         self.writer.stop()

@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -293,7 +294,13 @@ class TomoEdgeService:
         if stream.enhanced is not None:
             panels["enhanced"] = stream.enhanced[middle]
         title = f"{start.scan_id}: {stream.n_in_buffer} projections in the buffer"
-        self.pictures.submit(draw_slices, panels, str(self.out / f"{start.scan_id}.png"), title).result()
+        try:
+            self.pictures.submit(draw_slices, panels, str(self.out / f"{start.scan_id}.png"), title).result()
+        except BrokenProcessPool as error:  # the next scan gets a new pictures process
+            log.error("the pictures process broke (%s); starting another", error)
+            self.pictures = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        except Exception as error:
+            log.error("scan %s: its picture could not be drawn: %s", start.scan_id, error)
         seconds = [u["seconds"] * 1e3 for u in stream.updates]
         summary = {
             "scan_id": start.scan_id, "mode": "tomo", "complete": complete, "frames_expected": start.n_frames,

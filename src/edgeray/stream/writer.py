@@ -7,7 +7,8 @@ their slots may be reused. Control messages are JSON over a pipe (no pickle):
 
 - on its start, once its imports are done -> ``{"op": "ready"}``;
 - ``{"op": "start", "ring": {...}, "path": ..., "start": {scan_id, dtype, shape, geometry}, "attrs": {...}}``
-  -> ``{"op": "started", "path": ...}``
+  -> ``{"op": "started", "path": ...}``, or ``{"op": "closed", "written": 0, "path": ..., "error": ...}`` when the
+  file cannot be made (that scan's later messages are ignored);
 - ``{"op": "frames", "stop": N}``: frames ``< N`` are in the ring;
 - ``{"op": "end", "stop": N, "attrs": {...}}`` -> ``{"op": "closed", "written": n, "path": ...}``;
 - ``{"op": "stop"}``: the process ends.
@@ -98,7 +99,14 @@ def writer_main(connection: Connection, flush_s: float = 0.2, block: int = 1024)
             continue
         op = message["op"]
         if op == "start":
-            scan = _Scan(message)
+            try:
+                scan = _Scan(message)
+            except Exception as error:  # this scan has no run file; the writer (and the next scan) go on
+                log.exception("the run file %s could not be made", message.get("path"))
+                _send(connection, {"op": "closed", "written": 0, "path": str(message.get("path")),
+                                   "error": f"{type(error).__name__}: {error}"})  # fmt: skip
+                scan = None
+                continue
             _send(connection, {"op": "started", "path": str(scan.file.path)})
         elif op == "frames" and scan is not None:
             scan.target = max(scan.target, int(message["stop"]))
