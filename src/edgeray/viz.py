@@ -18,6 +18,7 @@ from edgeray.io import (
     read_product,
     read_reconstruction,
 )
+from edgeray.io._h5util import atomic_path
 
 
 def complex_to_rgb(field: np.ndarray) -> np.ndarray:
@@ -186,8 +187,8 @@ def save_preview(path: str | Path, output: str | Path, frame_index: int = 0, cxi
     else:
         raise ValueError(f"{path}: no preview for files of kind {kind!r} yet")
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=100)
+    with atomic_path(output, keep_suffix=True) as tmp:  # beside its product, as atomically as the product
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return output
 
@@ -203,6 +204,7 @@ def slice_panels(panels: dict[str, np.ndarray], path: str | Path, title: str) ->
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path, keep_suffix=True) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return Path(path)

@@ -18,6 +18,7 @@ from edgeray import __version__
 from edgeray.cli import demo, files, loader, nn, ptycho, simulate, stream, tomo, workflow
 from edgeray.cli._common import console
 from edgeray.cli.config import apply_config, config_text
+from edgeray.cli.limits import check_limits
 from edgeray.io import EdgeRayFormatError
 
 #: command groups in the order ``edgeray --help`` lists them
@@ -43,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args = apply_config(parser, args, argv)
+        check_limits(parser, args)  # every numeric option within its limits, before any work
         if getattr(args, "print_config", False):
             print(config_text(args), end="")
             return 0

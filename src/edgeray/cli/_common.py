@@ -72,9 +72,10 @@ def summary_path(output: Path) -> Path:
 
 
 def write_summary(output: Path, summary: dict) -> Path:
-    path = summary_path(output)
-    path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    return path
+    """The command's JSON summary beside ``output``, written atomically as the output itself is."""
+    from edgeray.io._h5util import write_text_atomic
+
+    return write_text_atomic(summary_path(output), json.dumps(summary, indent=2, default=str) + "\n")
 
 
 def config_from_args(cls: type, args: argparse.Namespace):

@@ -269,7 +269,10 @@ def cmd_nn_infer(args: argparse.Namespace) -> int:
         scan = cxi.load()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = infer_scan(scan, args.model, args.device, args.batch, args.backend)
+        try:
+            result = infer_scan(scan, args.model, args.device, args.batch, args.backend)
+        except ValueError as error:
+            raise ValueError(f"{args.scan}: {error}") from None
     for line in result.mismatches:
         console.print(f"[yellow]warning:[/] the model was trained for another geometry: {escape(line)}")
     write_product(args.output, result.product)

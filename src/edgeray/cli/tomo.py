@@ -76,6 +76,8 @@ def cmd_tomo_recon(args: argparse.Namespace) -> int:
         summary = reconstruct_file(raw, args.output, options, progress=lambda done, total: update(done, total))
     if raw != args.input:
         summary["source"] = str(args.input)
+    for warning in summary["warnings"]:
+        console.print(f"[yellow]warning:[/] {args.input}: {warning}", soft_wrap=True)
     volume, _ = read_reconstruction(args.output)
     middle = volume[len(volume) // 2]
     import matplotlib
@@ -88,7 +90,10 @@ def cmd_tomo_recon(args: argparse.Namespace) -> int:
     ax.imshow(middle, cmap="gray", vmin=low, vmax=high)
     ax.set_title(f"{args.output.name}: slice {len(volume) // 2} of {len(volume)}, centre {summary['center']:.2f}")
     ax.axis("off")
-    fig.savefig(args.output.with_suffix(".png"), dpi=100, bbox_inches="tight")
+    from edgeray.io._h5util import atomic_path
+
+    with atomic_path(args.output.with_suffix(".png"), keep_suffix=True) as tmp:
+        fig.savefig(tmp, dpi=100, bbox_inches="tight")
     plt.close(fig)
     write_summary(args.output, {**summary, "options": asdict(options)})
     console.print(f"[green]wrote[/] {args.output}: {summary['slices']} slices, centre {summary['center']:.2f} "

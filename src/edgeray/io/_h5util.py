@@ -30,19 +30,18 @@ COMPRESSIONS = ("none", "gzip", "lz4", "bitshuffle")
 
 
 @contextlib.contextmanager
-def atomic_h5(path: str | Path) -> Iterator[h5py.File]:
-    """Open a new HDF5 file under a temporary name; rename it to ``path`` only on success.
-
-    A crash or exception inside the block removes the temporary file and leaves any existing
-    file at ``path`` untouched, so a half-written file never stands under the final name.
-    """
+def atomic_path(path: str | Path, keep_suffix: bool = False) -> Iterator[Path]:
+    """A temporary hidden path beside ``path`` to write to (ending ``.tmp``, or ``.tmp.png`` with
+    ``keep_suffix``, for writers that choose the format by the suffix); renamed to ``path`` only when the block
+    succeeds. A crash or exception removes it and leaves any file at ``path`` untouched, so a half-written file
+    never stands under the final name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + (path.suffix if keep_suffix else ""),
+                                    dir=path.parent)  # fmt: skip
     os.close(fd)
     try:
-        with h5py.File(tmp_name, "w") as h5:
-            yield h5
+        yield Path(tmp_name)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp makes 0600; a finished file gets the usual permissions
@@ -51,6 +50,20 @@ def atomic_h5(path: str | Path) -> Iterator[h5py.File]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
+
+
+@contextlib.contextmanager
+def atomic_h5(path: str | Path) -> Iterator[h5py.File]:
+    """Open a new HDF5 file under a temporary name; rename it to ``path`` only on success (:func:`atomic_path`)."""
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+        yield h5
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """``text`` into ``path``, atomically (a reader sees the old file or the whole new one); returns ``path``."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
 
 
 def compression_kwargs(compression: str) -> dict:

@@ -276,12 +276,34 @@ class CXIFile:
             EdgeRayFormatError: when ``validate`` and the block holds NaN/inf or negative counts.
         """
         stop = self.n_frames if stop is None else min(stop, self.n_frames)
-        block = self._orient(self._frames[start:stop])
+        block = self._orient(self._read(np.s_[start:stop], f"frames {start} to {stop - 1}"))
         if validate:
             problems = count_problems(block, start)
             if problems:
                 raise EdgeRayFormatError(self.path, self._frames.name, "; ".join(problems))
         return block
+
+    @property
+    def frames_dataset(self) -> str:
+        """The frames' dataset name in the file."""
+        return self._frames.name
+
+    def _read(self, selection, what: str) -> np.ndarray:
+        """``frames[selection]``; a chunk HDF5 cannot decode (damaged, truncated, a missing filter) is an
+        :class:`EdgeRayFormatError` naming the file, the dataset and the frames."""
+        try:
+            return self._frames[selection]
+        except OSError as error:
+            raise EdgeRayFormatError(
+                self.path,
+                self._frames.name,
+                f"{what} cannot be read ({error}): a damaged "
+                "or truncated chunk, or a compression filter this machine lacks",
+            ) from None
+
+    def _require_frames(self) -> None:
+        if self.n_frames == 0:
+            raise EdgeRayFormatError(self.path, self._frames.name, "holds no frames: nothing to reconstruct")
 
     def read_frame_subset(self, indices: np.ndarray, *, validate: bool = True) -> np.ndarray:
         """Frames at ``indices`` (increasing, no repeats) as stored dtype, oriented, ``(n, H, W)``: one rank's
@@ -289,7 +311,8 @@ class CXIFile:
         indices = np.asarray(indices, dtype=np.int64)
         if indices.size and (np.any(np.diff(indices) <= 0) or indices[0] < 0 or indices[-1] >= self.n_frames):
             raise ValueError(f"{self.path}: frame indices must increase within 0..{self.n_frames - 1}")
-        block = self._orient(self._frames[indices] if indices.size else self._frames[:0])
+        where = f"{indices.size} frames from {indices[0]}" if indices.size else "no frames"
+        block = self._orient(self._read(indices if indices.size else np.s_[:0], where))
         if validate:
             problems = count_problems(block, 0)
             if problems:
@@ -337,7 +360,8 @@ class CXIFile:
 
     def load(self) -> PtychoScan:
         """Read the whole scan into memory (validating every frame)."""
-        frames = np.concatenate([block for _, block in self.iter_frames()]) if self.n_frames else None
+        self._require_frames()
+        frames = np.concatenate([block for _, block in self.iter_frames()])
         return PtychoScan(
             frames=frames,
             positions_m=self.positions_m,
@@ -356,6 +380,7 @@ class CXIFile:
     def lazy(self) -> PtychoScan:
         """The scan with its frames left in the file (:meth:`frames_on_disk`): the engines then read them per
         mini-batch (scans larger than memory)."""
+        self._require_frames()
         return PtychoScan(frames=self.frames_on_disk(), positions_m=self.positions_m, geometry=self.geometry,
                           mask=self.mask, probe=self.probe, ground_truth=self.ground_truth(),
                           attrs=self.attrs())  # fmt: skip

@@ -96,6 +96,8 @@ def _inspect_cxi(path: Path, out: dict, scan_counts: bool, progress: Callable | 
             has_ground_truth=cxi.has_ground_truth,
         )
         out["assumptions"] += cxi.assumptions
+        if cxi.n_frames == 0:
+            out["problems"].append(f"{path}: {cxi.frames_dataset}: holds no frames: nothing to reconstruct")
         if scan_counts:
             total = np.zeros(cxi.frame_shape)
             for start, block in cxi.iter_frames(validate=False):
@@ -120,5 +122,14 @@ def _inspect_tomo(path: Path, out: dict, scan_counts: bool, paths: TomoPaths | N
             has_ground_truth=dx.has_ground_truth,
         )
         out["assumptions"] += dx.assumptions
+        flats, darks = dx.flats(), dx.darks()
+        if flats is not None and darks is not None and len(flats) and len(darks) and flats.shape[1:] == darks.shape[1:]:
+            span = flats.astype(np.float32).mean(axis=0) - darks.astype(np.float32).mean(axis=0)
+            if np.mean(span <= 0) > 0.5:
+                out["problems"].append("the flat fields are no brighter than the darks over most pixels: flats and "
+                                       "darks swapped?")  # fmt: skip
+        if dx.n_angles < 2 or np.ptp(dx.theta_deg) == 0:
+            out["problems"].append(f"{dx.n_angles} projections at {np.unique(dx.theta_deg).size} distinct angle(s): "
+                                   "nothing to reconstruct a slice from")  # fmt: skip
         if scan_counts:
             out["problems"] += dx.problems()

@@ -81,17 +81,23 @@ def cpu_runtime(model: nn.Module, card: dict, model_dir: str | Path | None, back
 
 
 def cached_onnx(model_dir: str | Path | None, export) -> Path:
-    """The model's ONNX file beside its weights (default: the shipped model), written by ``export(path)`` when
-    missing or older than the weights; in a temporary folder when the model's folder is read-only."""
+    """The model's ONNX file beside its weights (default: the shipped model), named by the weights' SHA-256 and
+    written by ``export(path)`` when missing (graphs of other weights are removed); in a temporary folder when the
+    model's folder is read-only."""
+    import hashlib
+
     from edgeray.nn.checkpoint import SHIPPED
     from edgeray.nn.export import EXPORT_VERSION
 
     directory = Path(model_dir) if model_dir is not None else SHIPPED
-    onnx_path = directory / f"model.export{EXPORT_VERSION}.onnx"
-    weights = directory / "model.safetensors"
-    if not onnx_path.exists() or onnx_path.stat().st_mtime < weights.stat().st_mtime:
+    digest = hashlib.sha256((directory / "model.safetensors").read_bytes()).hexdigest()[:16]
+    onnx_path = directory / f"model.export{EXPORT_VERSION}.{digest}.onnx"  # keyed by the weights, not by time
+    if not onnx_path.exists():
         try:
             export(onnx_path)
+            for stale in directory.glob("model.export*.onnx"):  # graphs of other weights (a restored checkpoint)
+                if stale != onnx_path:
+                    stale.unlink(missing_ok=True)
         except OSError:  # a read-only install: export beside a temporary name instead
             import tempfile
 
@@ -117,6 +123,11 @@ def infer_scan(
     was trained with.
     """
     model, card = load_model(model_dir, device)
+    size = card["config"]["frame_size"]
+    if tuple(scan.frames.shape[-2:]) != (size, size):
+        raise ValueError(f"the scan's frames are {scan.frames.shape[-2]}x{scan.frames.shape[-1]} pixels and the model "
+                         f"{model_dir or 'shipped'} inverts {size}x{size} frames (crop or bin the frames, or fine-tune "
+                         "a model of their size)")  # fmt: skip
     weights = stitch_weights(model, scan.frames.shape[-2:])
     grid = object_grid(scan)
     if isinstance(model, GroupNet):

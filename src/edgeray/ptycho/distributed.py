@@ -451,6 +451,15 @@ def launch(nproc: int, path: str | Path, output: str | Path, epochs: int, option
     import torch.multiprocessing as mp
 
     refuse_undistributed(options)  # before any rank starts
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise ValueError(f"nproc must be a positive integer, not {nproc!r}")
+    from edgeray.io import CXIFile
+
+    with CXIFile(path) as cxi:
+        if cxi.n_frames < nproc:
+            raise ValueError(
+                f"{path}: {cxi.n_frames} frames cannot be shared by {nproc} ranks (one frame each at least)"
+            )
     with socket.socket() as probe_socket:
         probe_socket.bind(("127.0.0.1", 0))
         port = probe_socket.getsockname()[1]

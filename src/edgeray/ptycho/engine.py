@@ -61,6 +61,19 @@ class EngineOptions:
     momentum: float = 0.0
     momentum_scale_px: float = 8.0
 
+    def __post_init__(self) -> None:
+        """Each numeric field within its limits (ValueError naming it), before any work."""
+        limits = {"batch_size": (1, None), "n_probe_modes": (1, 64), "probe_start_epoch": (0, None),
+                  "position_start_epoch": (0, None), "position_step_limit_px": (0, None), "momentum": (0, 0.999),
+                  "momentum_scale_px": (1e-9, None), "divergence_factor": (1, None)}  # fmt: skip
+        for name, (low, high) in limits.items():
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= low and (high is None or value <= high)):
+                bounds = f">= {low:g}" + ("" if high is None else f" and <= {high:g}")
+                raise ValueError(f"{type(self).__name__}.{name} must be {bounds}, not {value!r}")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"{type(self).__name__}.dtype must be float32 or float64, not {self.dtype!r}")
+
 
 class LowPassMomentum:
     """Momentum on the large-scale part of the object's change from one epoch to the next.

@@ -85,6 +85,8 @@ def run(
 
     ``observer(state)`` is called after each epoch, outside the timed part (benchmarks score every epoch).
     """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a positive integer, not {epochs!r}")
     options = options or default_options(engine, **option_overrides)
     problem = prepare(scan, geometry, resolve_device(device))
     start_probe = probe if probe is not None else scan.probe

@@ -34,9 +34,11 @@ PAGE = """<!doctype html>
  table { border-collapse: collapse; margin-top: .5rem; } td { padding: .1rem .8rem .1rem 0; }
  td.v { font-variant-numeric: tabular-nums; text-align: right; }
  #state { font-weight: bold; }
+ #problems { color: #f66; font-weight: bold; }
 </style></head>
 <body>
 <h1>EdgeRay live view &mdash; <span id="scan">waiting for a scan</span> <span id="state"></span></h1>
+<p id="problems"></p>
 <div class="row">
  <figure><img id="phase" alt="phase mosaic"><figcaption>phase (magma, 1&ndash;99 % range)</figcaption></figure>
  <figure><img id="amplitude" alt="amplitude mosaic">
@@ -67,6 +69,10 @@ async function tick() {
     $("latency").textContent = `${ms(s.latency_ms_p50)} / ${ms(s.latency_ms_p99)}`;
     $("queues").textContent = `${s.infer_queue} / ${s.write_queue}`;
     $("invalid").textContent = s.frames_invalid_total;
+    const problems = [...s.scan_errors];
+    if (s.network_image) problems.push("no network image: " + s.network_image);
+    if (s.scans_failed) problems.push(`${s.scans_failed} ended scan(s) failed: see their summaries`);
+    $("problems").textContent = problems.join("; ");
     $("model").textContent = s.model_version;
     if (s.refine_epochs !== null) {
       const misfit = s.refine_misfit === null ? "-" : s.refine_misfit.toFixed(4);

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeray.io import CXIFile, Product, write_product
+from edgeray.io._h5util import write_text_atomic
 from edgeray.stream.pictures import draw_preview, load_pictures
 from edgeray.stream.protocol import geometry_of
 from edgeray.stream.scan import ScanEnded, ScanRun, latency_profile
@@ -115,7 +116,7 @@ class Finisher:
 
     def record(self, summary: dict, path: Path) -> None:
         """Write a scan's summary and count it (the service stops after ``options.scans`` of them)."""
-        path.write_text(json.dumps(summary, indent=2))
+        write_text_atomic(path, json.dumps(summary, indent=2))
         if self.on_summary is not None:
             self.on_summary(summary, path)
         with self.lock:

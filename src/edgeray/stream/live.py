@@ -63,6 +63,11 @@ class LiveState:
             "refine_epochs": run.refiner.epochs if run and run.refiner else None,
             "refine_misfit": run.refiner.misfit if run and run.refiner else None,
             "scans_done": len(self.summaries),
+            # a failed stage shows here: the open scan's failures and why it has no network image, the count of
+            # ended scans whose summary names one
+            "scan_errors": list(run.errors) if run else [],
+            "network_image": run.no_network if run else None,
+            "scans_failed": sum(1 for summary in list(self.summaries) if summary.get("errors")),
         }
 
     def publish(self, period_s: float = 0.2) -> None:

@@ -6,6 +6,8 @@ read rows -> normalize (flats, darks) -> zingers -> minus-log -> stripes -> cent
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +25,8 @@ from edgeray.tomo.preprocess import minus_log, normalize, remove_outliers, remov
 from edgeray.tomo.sirt import cgls, sirt
 
 ALGORITHMS = ("gridrec", "fbp", "sirt", "cgls")
+
+log = logging.getLogger("edgeray.tomo")
 
 
 @dataclass
@@ -65,11 +69,44 @@ class TomoOptions:
     layout: str | None = None
     compression: str = "none"
 
+    def __post_init__(self) -> None:
+        """The numeric options within their limits (ValueError naming the option), before any work."""
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm {self.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+        for name in ("chunk_slices", "iterations"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"TomoOptions.{name} (--{name.replace('_', '-')}) must be >= 1, not {value!r}")
+        if not (math.isfinite(self.cutoff) and 0 < self.cutoff <= 1):
+            raise ValueError(f"TomoOptions.cutoff must be in (0, 1] (a fraction of Nyquist), not {self.cutoff!r}")
+        if not (math.isfinite(self.zingers) and self.zingers >= 0):
+            raise ValueError(f"TomoOptions.zingers (--zingers) must be >= 0, not {self.zingers!r}")
+        if self.center is not None and not math.isfinite(self.center):
+            raise ValueError(f"TomoOptions.center (--center) must be a finite column, not {self.center!r}")
+
+
+def scan_warnings(theta_deg: np.ndarray, columns: int, center: float | None) -> list[str]:
+    """What is legal but suspicious in a scan about to be reconstructed: one angle, angles all equal or spanning
+    less than 90 degrees, a rotation centre outside the detector."""
+    found = []
+    if len(theta_deg) < 2:
+        found.append(f"{len(theta_deg)} projection angle: a reconstruction from it is a smear, not a slice")
+    elif np.ptp(theta_deg) == 0:
+        found.append(f"all {len(theta_deg)} projection angles are {theta_deg[0]:g} deg: the sample did not rotate")
+    elif np.ptp(theta_deg) < 90:
+        found.append(f"the angles span {np.ptp(theta_deg):.1f} deg only (a parallel-beam scan needs 180)")
+    if center is not None and not 0 <= center < columns:
+        found.append(f"the rotation centre {center:g} lies outside the detector's columns 0 to {columns - 1}")
+    return found
+
 
 def preprocess_rows(data: DataExchangeFile | NXtomoFile, rows: slice, options: TomoOptions) -> np.ndarray:
     """Sinograms ``(S, A, C)`` of line integrals for detector ``rows`` of ``data``."""
     projections = data.read_sinograms(rows.start, rows.stop)
-    transmission = normalize(projections, data.flats(rows), data.darks(rows))
+    try:
+        transmission = normalize(projections, data.flats(rows), data.darks(rows))
+    except ValueError as error:  # name the file: a wrong flat or dark is the file's fault
+        raise ValueError(f"{data.path}: {error}") from None
     if options.zingers > 0:
         transmission = remove_outliers(transmission, options.zingers)
     sinograms = np.ascontiguousarray(np.moveaxis(minus_log(transmission), 1, 0))
@@ -129,6 +166,9 @@ def reconstruct_file(
         else:
             center, how = float(options.center), "given"
         theta = np.radians(data.theta_deg)
+        warnings = scan_warnings(np.asarray(data.theta_deg), columns, center)
+        for warning in warnings:
+            log.warning("%s: %s", path, warning)
         n_slices = last - first
         params = {**{k: v for k, v in asdict(options).items() if v is not None}, "center": center,
                   "center_method": how, "source": Path(path).name, "first_slice": first}  # fmt: skip
@@ -161,4 +201,5 @@ def reconstruct_file(
                 written.result()
     seconds = time.perf_counter() - start_time
     return {"center": center, "center_method": how, "slices": n_slices, "seconds": seconds,
-            "slices_per_s": n_slices / seconds, "algorithm": options.algorithm, "output": str(output)}  # fmt: skip
+            "slices_per_s": n_slices / seconds, "algorithm": options.algorithm, "output": str(output),
+            "warnings": warnings}  # fmt: skip
