@@ -56,7 +56,7 @@ def test_the_library_checks_its_options_too():
     from edgeray.ptycho.lsqml import LSQMLOptions
     from edgeray.tomo import TomoOptions
 
-    with pytest.raises(ValueError, match="LSQMLOptions.batch_size must be >= 1"):
+    with pytest.raises(ValueError, match=r"LSQMLOptions\.batch_size must be >= 1"):
         LSQMLOptions(batch_size=0)
     with pytest.raises(ValueError, match="n_probe_modes"):
         LSQMLOptions(n_probe_modes=0)
