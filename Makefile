@@ -14,7 +14,7 @@ PY_DIRS := $(wildcard src tests benchmarks docs examples)
 PEERS := .venv-peers
 PEERS_STAMP := $(PEERS)/.peers-installed
 
-.PHONY: demo test lint format clean venv peers bench browser slurm docs installed
+.PHONY: demo test test-loaded lint format clean venv peers bench browser slurm stress docs installed
 
 venv: $(STAMP)
 
@@ -43,6 +43,13 @@ slurm:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
 	    --no-install-recommends slurmctld slurmd slurm-client munge >/dev/null; }
 
+# A CPU load for the tests that hold on a busy machine: Debian's stress-ng, once.
+stress:
+	@test -x /usr/bin/stress-ng || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    --no-install-recommends stress-ng >/dev/null; }
+
 lint: $(STAMP)
 	$(BIN)/ruff check $(PY_DIRS)
 	$(BIN)/ruff format --check $(PY_DIRS)
@@ -53,6 +60,14 @@ format: $(STAMP)
 
 test: lint browser slurm
 	$(BIN)/python -m pytest -q
+
+# The tests that start servers or streams (edge, Tiled, Slurm, the flow, the live view), again beside one busy
+# process at normal priority, as a beamline host often has: a timing assumption fails here, not at a user's.
+LOADED_TESTS := tests/test_stream.py tests/test_edge_hostile.py tests/test_stream_learn.py tests/test_tiled.py \
+	tests/test_workflow.py tests/test_workflow_slurm.py tests/test_dashboard.py tests/test_pva.py
+test-loaded: $(STAMP) browser slurm stress
+	stress-ng --cpu 1 --cpu-method matrixprod --timeout 3600s --quiet & load=$$!; \
+	  $(BIN)/python -m pytest -q $(LOADED_TESTS); status=$$?; kill $$load; wait $$load 2>/dev/null; exit $$status
 
 # The documentation site (Sphinx, docs/ -> docs/_build/html); any warning fails the build. The gallery's pictures
 # are made by running the examples first.

@@ -317,7 +317,7 @@ def test_live_refiner_improves_the_image_newest_frames_first(scan):
     from edgeray.metrics import compare
     from edgeray.nn.corpus import unit_probe
     from edgeray.nn.physics import probe_weights
-    from edgeray.stream.refine import LiveRefiner, RefineOptions
+    from edgeray.stream.refine import HOLDOUT_EVERY, LiveRefiner, RefineOptions
 
     probe = torch.from_numpy(scan.ground_truth.probe[0])
     mosaic = Mosaic((64, 64), scan.geometry.object_pixel_size_m, probe_weights(unit_probe(64)))
@@ -330,12 +330,14 @@ def test_live_refiner_improves_the_image_newest_frames_first(scan):
     refiner = LiveRefiner((64, 64), probe, RefineOptions(batch_size=50, capacity=1000), sums)
     refiner.add(scan.frames[:300], scan.positions_m[:300])
     refiner.step()
-    assert refiner.frame_updates == 50 and refiner.positions_px[:300].any()
+    held_out = sum(k % HOLDOUT_EVERY == HOLDOUT_EVERY - 1 for k in range(250, 300))  # never fitted
+    assert refiner.frame_updates == 50 - held_out and refiner.positions_px[:300].any()
     first_batch = refiner.misfits[0]
     refiner.add(scan.frames[300:], scan.positions_m[300:])
     refiner.step()  # the newest frames come first
-    np.testing.assert_allclose(refiner.positions_px[550:600].numpy(),
-                               (scan.positions_m[550:600] - refiner.origin_m) / refiner.pixel_size_m)  # fmt: skip
+    fitted = np.array([k for k in range(550, 600) if k % HOLDOUT_EVERY != HOLDOUT_EVERY - 1])
+    np.testing.assert_allclose(refiner.positions_px[fitted].numpy(),
+                               (scan.positions_m[fitted] - refiner.origin_m) / refiner.pixel_size_m)  # fmt: skip
     while refiner.epochs < 4:
         refiner.step()
     assert refiner.misfit < 0.5 * first_batch[0] / first_batch[1]
@@ -355,6 +357,75 @@ def test_live_refiner_improves_the_image_newest_frames_first(scan):
     cols = slice(int(-shift[1]) + 60, int(-shift[1]) + scan.ground_truth.object.shape[1] - 60)
     truth = scan.ground_truth.object[60:-60, 60:-60]
     assert compare(refined[rows, cols], truth)["ssim_phase"] > compare(start[rows, cols], truth)["ssim_phase"] + 0.2
+
+
+def _ended_refiner(scan, network: str = "flat", **options):
+    """A refiner over ``scan`` seeded by a network of no structure (``flat``) or a perfect one (``truth``: the
+    true object's patches), all frames handed over, the scan ended; returns the refiner and its mosaic."""
+    from edgeray.nn.corpus import unit_probe
+    from edgeray.nn.physics import probe_weights
+    from edgeray.nn.trainset import object_patches
+    from edgeray.stream.refine import LiveRefiner, RefineOptions
+
+    probe = torch.from_numpy(scan.ground_truth.probe[0])
+    probe = probe / torch.linalg.vector_norm(probe)  # unit power, as the edge hands it over
+    mosaic = Mosaic((64, 64), scan.geometry.object_pixel_size_m, probe_weights(unit_probe(64)))
+    if network == "flat":
+        patches = torch.ones(len(scan.frames), 64, 64, dtype=torch.complex64)
+    else:
+        truth = scan.ground_truth
+        patches = torch.from_numpy(object_patches(truth.object, truth.positions_px, (64, 64)))
+    mosaic.add(patches, scan.positions_m)
+
+    def sums():
+        return mosaic.numerator.clone(), mosaic.coverage.clone(), mosaic.origin_m.copy(), mosaic.pixel_size_m.copy()
+
+    refiner = LiveRefiner((64, 64), probe, RefineOptions(batch_size=50, capacity=1000, **options), sums)
+    refiner.add(scan.frames, scan.positions_m)
+    refiner.end()
+    return refiner, mosaic
+
+
+def test_the_refined_image_is_the_best_on_held_out_frames_never_worse_than_the_network(scan):
+    """Held-out frames are never fitted; the image kept is the best on them. A refinement that helps is kept; one
+    that makes a perfect network's image worse at every epoch (sabotaged here) leaves the network's image as the
+    refined one."""
+    from edgeray.stream.refine import HOLDOUT_EVERY
+
+    refiner, mosaic = _ended_refiner(scan)
+    refiner.step()
+    fitted, update = [], refiner.engine.update
+    refiner.engine.update = lambda slots, refine_probe: fitted.append(slots.clone()) or update(slots, refine_probe)
+    while refiner.epochs < 3:
+        refiner.step()
+    assert not (torch.cat(fitted) % HOLDOUT_EVERY == HOLDOUT_EVERY - 1).any()  # frames 0..599 lie in slots 0..599
+    refiner._settle()
+    summary = refiner.summary()
+    assert summary["chosen"] == "refined" and summary["holdout_misfit"] < 0.5 * summary["network_holdout_misfit"]
+    assert [epoch for epoch, _ in summary["holdout_history"]] == sorted(e for e, _ in summary["holdout_history"])
+    assert summary["holdout_misfit"] == min(m for _, m in summary["holdout_history"])
+
+    sabotaged, mosaic = _ended_refiner(scan, "truth", patience_epochs=2)
+    generator = torch.Generator().manual_seed(0)
+    sabotaged.step()  # the engine exists; from now on every update scrambles the object's phase
+    update = sabotaged.engine.update
+
+    def scrambling(slots, refine_probe):
+        misfit = update(slots, refine_probe)
+        noise = torch.rand(sabotaged.engine.state.object.shape, generator=generator) * 6.0
+        sabotaged.engine.state.object = sabotaged.engine.state.object * torch.polar(torch.ones_like(noise), noise)
+        return misfit
+
+    sabotaged.engine.update = scrambling
+    while not sabotaged.stop.is_set() and sabotaged.epochs < 10:  # patience ends it
+        sabotaged.step()
+    assert sabotaged.stopped_early is not None
+    sabotaged._settle()
+    assert sabotaged.summary()["chosen"] == "network", json.dumps(sabotaged.summary())
+    numerator, coverage = mosaic.numerator.numpy(), mosaic.coverage.numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        network = np.where(coverage > 0, numerator / coverage, np.nan).astype(np.complex64)
+    np.testing.assert_array_equal(sabotaged.image(numerator, coverage), network)
 
 
 def test_a_killed_writer_loses_no_frame(tmp_path, scan):

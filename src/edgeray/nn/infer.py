@@ -96,7 +96,7 @@ def cached_onnx(model_dir: str | Path | None, export) -> Path:
         try:
             export(onnx_path)
             for stale in directory.glob("model.export*.onnx"):  # graphs of other weights (a restored checkpoint)
-                if stale != onnx_path:
+                if f".{digest}." not in stale.name:
                     stale.unlink(missing_ok=True)
         except OSError:  # a read-only install: export beside a temporary name instead
             import tempfile

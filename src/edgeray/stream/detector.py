@@ -134,18 +134,21 @@ def replay(
     send_end: bool = True,
     progress: Callable[[int], None] | None = None,
     cycles: int = 1,
+    announce: bool = True,
 ) -> ReplayReport:
     """Send ``scan`` (start, frames ``start_index..N-1``, end) on ``socket`` at ``rate_hz`` frames per second.
 
     ``rate_hz <= 0`` sends as fast as possible. ``progress`` is called with the frames sent, about 10 times a
     second. Frames are read as stored (uint16 or uint32); the positions sent are the probe's on the object.
     ``cycles > 1`` sends the scan's frames that many times over as one longer scan (indices go on counting):
-    a long, steady stream from a short simulation, for soak tests and benchmarks.
+    a long, steady stream from a short simulation, for soak tests and benchmarks. ``announce=False`` leaves the
+    frame count out of the start (a scan of unknown extent, as a fly scan's may be).
     """
     scan_id = scan_id or f"scan-{uuid.uuid4().hex[:8]}"
     frames = _Cycled(scan.frames, cycles) if cycles > 1 else scan.frames
     n = len(frames)
-    socket.send_multipart(encode_start(scan_id, str(frames.dtype), frames.shape[1:], scan_geometry(scan), n))
+    socket.send_multipart(encode_start(scan_id, str(frames.dtype), frames.shape[1:], scan_geometry(scan),
+                                       n if announce else None))  # fmt: skip
     positions = np.asarray(scan.positions_m, dtype=np.float64)
     positions = np.tile(positions, (cycles, 1)) if cycles > 1 else positions
     period_ns = int(1e9 / rate_hz) if rate_hz > 0 else 0

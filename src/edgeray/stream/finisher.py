@@ -23,7 +23,7 @@ import numpy as np
 
 from edgeray.io import CXIFile, Product, write_product
 from edgeray.io._h5util import write_text_atomic
-from edgeray.stream.pictures import draw_preview, load_pictures
+from edgeray.stream.pictures import draw_preview, load_pictures, lower_priority
 from edgeray.stream.protocol import geometry_of
 from edgeray.stream.scan import ScanEnded, ScanRun, latency_profile
 from edgeray.stream.serving import ModelHolder
@@ -73,7 +73,7 @@ class Finisher:
             self.pictures.shutdown(wait=True)
 
     def _new_pictures(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=lower_priority)
 
     def draw(self, function, *args) -> str | None:
         """``function(*args)`` in the pictures process: the picture's path, or None after an error (logged; a

@@ -13,6 +13,17 @@ def load_pictures() -> None:
     import edgeray.viz  # noqa: F401
 
 
+def lower_priority() -> None:
+    """The pictures process at the lowest CPU priority: a preview of the last scan (about a second of CPU) must not
+    take a core from the next scan's first frames."""
+    import os
+
+    try:
+        os.nice(19)
+    except (AttributeError, OSError):
+        pass
+
+
 class PictureError(RuntimeError):
     """A picture that could not be drawn; one message only, so it crosses back from the pictures process (an
     exception whose ``__init__`` takes other arguments cannot be unpickled there, and breaks the pool)."""

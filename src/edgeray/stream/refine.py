@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from edgeray.ptycho.engine import LowPassMomentum, State
+from edgeray.ptycho.engine import Batch, LowPassMomentum, State
 from edgeray.ptycho.ops import Propagator, patch_indices, split_positions
 from edgeray.ptycho.problem import Geometry, Problem
 from edgeray.ptycho.reconstruct import ENGINE_TABLE, default_options
@@ -41,6 +41,8 @@ log = logging.getLogger("edgeray.refine")
 
 REFINE_ENGINES = ("lsqml", "rpie")
 SEEDS = ("network", "network-detail", "flat")
+HOLDOUT_EVERY = 16  # one stored frame in this many is never updated on: the misfit that picks the image written
+HOLDOUT_MAX = 512  # held-out frames a misfit is measured on (evenly chosen among them)
 
 
 @dataclass
@@ -60,6 +62,12 @@ class RefineOptions:
             longer grows): see :class:`~edgeray.ptycho.engine.LowPassMomentum`; 0 turns it off.
         start_after_s: seconds after the scan's start before the first update: the stream's stages settle first
             (in `edgeray demo` the first second held the scan's slowest frames while the refinement set up).
+        patience_epochs: after the scan's end, the tail stops once this many whole epochs have passed without a
+            better held-out misfit (the image is then as good as it gets; more CPU time would not change it).
+
+    One frame in :data:`HOLDOUT_EVERY` is held out: never updated on, it measures each image by how well it
+    explains frames it was not fitted to. The image written is the best so far by that measure, the network's
+    mosaic included: the refined product is never worse than the network's by it.
     """
 
     engine: str = "lsqml"
@@ -72,6 +80,7 @@ class RefineOptions:
     momentum: float = 0.8
     momentum_scale_px: float = 8.0
     start_after_s: float = 1.0
+    patience_epochs: int = 3
 
 
 def beam_diameter_px(probe: torch.Tensor) -> float:
@@ -146,6 +155,11 @@ class LiveRefiner(SpareTimeWorker):
         self.thread = threading.Thread(target=self._run, name="edge-refine", daemon=True)
         self._detail_cache: tuple | None = None
         self.beam_px = beam_diameter_px(self.unit_probe)
+        self.holdout_history: list[tuple[float, float]] = []  # (epoch, held-out misfit) after the scan's end
+        self.network_holdout: float | None = None  # the network's mosaic (with the start probe), same frames
+        self.best: tuple[float, float, torch.Tensor, torch.Tensor] | None = None  # (misfit, epoch, object, probe)
+        self.chosen = "refined"  # what the written image is: "refined" (the best epoch) or "network"
+        self.stopped_early: str | None = None
 
     # -- feeding -----------------------------------------------------------------------------------------
     def add(self, counts: np.ndarray, positions_m: np.ndarray) -> None:
@@ -182,7 +196,7 @@ class LiveRefiner(SpareTimeWorker):
         with np.errstate(invalid="ignore", divide="ignore"):
             mosaic = np.where(coverage > 0, numerator / coverage, np.nan + 0j)
         with self.lock:
-            if self.object is None or tuple(self.object.shape) != tuple(mosaic.shape):
+            if self.object is None or tuple(self.object.shape) != tuple(mosaic.shape) or self.chosen == "network":
                 return mosaic.astype(np.complex64)
             refined = self.object.numpy().copy()
             seeded = self.seeded.numpy().copy()
@@ -301,6 +315,9 @@ class LiveRefiner(SpareTimeWorker):
         chosen = self.order.next(self.stored)
         if sums is None or chosen is None:
             return False
+        chosen = chosen[chosen % HOLDOUT_EVERY != HOLDOUT_EVERY - 1]  # the held-out frames are never fitted
+        if not len(chosen):
+            return True
         numerator, coverage = sums
         slots = torch.from_numpy(chosen % self.options.capacity)
         positions_px = self.positions_px
@@ -327,9 +344,73 @@ class LiveRefiner(SpareTimeWorker):
         if int(self.epochs) > (self.history[-1][0] if self.history else 0):
             self.history.append((int(self.epochs), self.misfit))
             if self.final_sums is not None:  # the grid is final: the object's history means the same pixels
+                self._judge()
                 with self.lock:
                     self.object = self.momentum(self.object)
         return True
+
+    # -- the image it keeps -----------------------------------------------------------------------------------
+    def _holdout_index(self) -> torch.Tensor | None:
+        """Slots of up to :data:`HOLDOUT_MAX` held-out frames kept and inside the grid (their positions set)."""
+        oldest = max(0, self.stored - self.options.capacity)
+        first = oldest + (HOLDOUT_EVERY - 1 - oldest) % HOLDOUT_EVERY
+        held = np.arange(first, self.stored, HOLDOUT_EVERY)
+        if len(held) > HOLDOUT_MAX:
+            held = held[np.linspace(0, len(held) - 1, HOLDOUT_MAX).astype(int)]
+        if not len(held):
+            return None
+        slots = torch.from_numpy(held % self.options.capacity)
+        self.positions_px[slots] = torch.from_numpy(
+            (self.positions_m[slots.numpy()] - self.origin_m) / self.pixel_size_m
+        )
+        corners, _ = split_positions(self.positions_px[slots], self.frame_shape)
+        limit = torch.tensor(self.object.shape) - torch.tensor(self.frame_shape)
+        slots = slots[((corners >= 0) & (corners <= limit)).all(dim=1)]
+        return slots if len(slots) else None
+
+    def holdout_misfit(self, obj: torch.Tensor, probe: torch.Tensor, slots: torch.Tensor) -> float:
+        """Normalized amplitude misfit of ``obj`` and ``probe`` on the frames ``slots`` (the engine's model)."""
+        engine = self.engine
+        state = State(obj, probe, self.positions_px)
+        batch = Batch(engine.problem, state, slots, torch.fft.fft2(probe))
+        data = float((engine.valid * batch.amplitudes**2).sum())
+        return float(batch.misfit(engine.valid)) / max(data, 1e-30)
+
+    def _judge(self) -> None:
+        """Measure the image on the held-out frames; keep it if it is the best so far (the network's mosaic, with
+        the start probe, measured first); past ``patience_epochs`` without a better one, stop the tail."""
+        if self.engine is None or self.final_sums is None:
+            return
+        slots = self._holdout_index()
+        if slots is None:
+            return
+        with self.lock:
+            obj, probe = self.object.clone(), self.probe.clone()
+        if self.network_holdout is None:
+            numerator, coverage = self.final_sums
+            network = torch.where(coverage > 0, numerator / coverage.clamp_min(1e-30), torch.ones_like(numerator))
+            start_probe = (np.sqrt(self.count_sum / max(self.count_pixels, 1)) * self.unit_probe)[None]
+            self.network_holdout = self.holdout_misfit(network.to(torch.complex64), start_probe, slots)
+        misfit = self.holdout_misfit(obj, probe, slots)
+        self.holdout_history.append((round(self.epochs, 2), misfit))
+        if self.best is None or misfit < self.best[0]:
+            self.best = (misfit, self.epochs, obj, probe)
+        elif self.epochs - self.best[1] >= self.options.patience_epochs and self.ended.is_set():
+            self.stopped_early = (f"held-out misfit best at epoch {self.best[1]:.1f}, no better in "
+                                  f"{self.options.patience_epochs} epochs since")  # fmt: skip
+            self.stop.set()
+
+    def _settle(self) -> None:
+        """At the end: the image written is the best one measured (the refinement's, or the network's mosaic)."""
+        self._judge()
+        if self.best is None:
+            return
+        with self.lock:
+            if self.network_holdout is not None and self.network_holdout <= self.best[0]:
+                self.chosen = "network"
+                self.probe = (np.sqrt(self.count_sum / max(self.count_pixels, 1)) * self.unit_probe)[None]
+            else:
+                self.object, self.probe = self.best[2], self.best[3]
 
     def _run(self) -> None:
         lower_thread_priority()
@@ -340,6 +421,7 @@ class LiveRefiner(SpareTimeWorker):
             if self.cpu_at_last_frame is not None:
                 self.cpu_seconds_after_last_frame = time.process_time() - self.cpu_at_last_frame
             self._take_pending()
+            self._settle()
         finally:  # the finisher waits for this, whatever happened
             self.done.set()
 
@@ -361,4 +443,10 @@ class LiveRefiner(SpareTimeWorker):
             "seconds_after_last_frame": self.seconds_after_last_frame,
             "cpu_seconds_after_last_frame": self.cpu_seconds_after_last_frame,
             "tail_s": self.options.tail_s,
+            "chosen": self.chosen,  # the image written: "refined" (its best epoch) or "network" (no better)
+            "best_epoch": None if self.best is None else round(self.best[1], 2),
+            "holdout_misfit": None if self.best is None else self.best[0],
+            "network_holdout_misfit": self.network_holdout,
+            "holdout_history": self.holdout_history,
+            "stopped_early": self.stopped_early,
         }

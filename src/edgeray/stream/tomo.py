@@ -31,7 +31,7 @@ import zmq
 
 from edgeray.io import TomoScan
 from edgeray.stream.detector import ReplayReport, wait_until
-from edgeray.stream.pictures import draw_slices, load_pictures
+from edgeray.stream.pictures import draw_slices, load_pictures, lower_priority
 from edgeray.stream.protocol import End, Frame, ProtocolError, Start, decode, encode_end, encode_frame, encode_start
 from edgeray.stream.security import bind_server_socket
 from edgeray.tomo.streaming import StreamingSlices, acquisition_order
@@ -146,7 +146,9 @@ class TomoEdgeService:
         self.socket, self.endpoint = bind_server_socket(self.context, zmq.PULL, options.listen, options.curve_keys)
         self.queue: queue.Queue = queue.Queue()
         self.to_finish: queue.Queue = queue.Queue()  # (run, complete) of ended scans, then None
-        self.pictures = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        self.pictures = ProcessPoolExecutor(
+            1, mp_context=multiprocessing.get_context("spawn"), initializer=lower_priority
+        )
         self.pictures.submit(load_pictures).result()  # started before any frame
         self.stopping, self.finished = threading.Event(), threading.Event()
         self.lock = threading.Lock()
@@ -298,7 +300,9 @@ class TomoEdgeService:
             self.pictures.submit(draw_slices, panels, str(self.out / f"{start.scan_id}.png"), title).result()
         except BrokenProcessPool as error:  # the next scan gets a new pictures process
             log.error("the pictures process broke (%s); starting another", error)
-            self.pictures = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+            self.pictures = ProcessPoolExecutor(
+                1, mp_context=multiprocessing.get_context("spawn"), initializer=lower_priority
+            )
         except Exception as error:
             log.error("scan %s: its picture could not be drawn: %s", start.scan_id, error)
         seconds = [u["seconds"] * 1e3 for u in stream.updates]
