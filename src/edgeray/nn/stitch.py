@@ -125,8 +125,15 @@ def synchronize(
 
     ``index`` ``(n, P)`` are their flat object indices and ``weighted`` ``(n, P)`` complex their weighted values as
     added. In sweeps, each patch is turned by the phase that best matches the sum without its own share (a power
-    iteration of phase synchronization), until the largest turn is below ``tolerance_rad``.
+    iteration of phase synchronization), until the largest turn is below ``tolerance_rad``: on the CPU one patch
+    after the other in a compiled kernel (:mod:`edgeray.nn.sync_kernel`), elsewhere all at once.
     """
+    if flat_numerator.device.type == "cpu" and flat_numerator.dtype == torch.complex64:
+        from edgeray.nn.sync_kernel import synchronize_sweeps
+
+        synchronize_sweeps(flat_numerator.numpy(), index.contiguous().numpy(),
+                           weighted.to(torch.complex64).contiguous().numpy().copy(), max_sweeps, tolerance_rad)  # fmt: skip
+        return
     n = len(weighted)
     for _ in range(max_sweeps):
         others = flat_numerator.index_select(0, index.reshape(-1)).view(n, -1) - weighted

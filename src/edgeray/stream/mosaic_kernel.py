@@ -59,5 +59,8 @@ def add_patches(
 
 def warm_up() -> None:
     """Compile the kernel (or load it from numba's cache) now, not on a scan's first batch (~1-3 s)."""
+    from edgeray.nn.sync_kernel import warm_up as warm_up_synchronization
+
     add_patches(np.zeros((2, 2), np.complex64), np.zeros((2, 2), np.float32), np.zeros((1, 1, 1), np.complex64),
                 np.zeros((1, 2), np.int64), np.ones((1, 1), np.float32), True, 0.5)  # fmt: skip
+    warm_up_synchronization()
