@@ -131,8 +131,8 @@ def synchronize(
     if flat_numerator.device.type == "cpu" and flat_numerator.dtype == torch.complex64:
         from edgeray.nn.sync_kernel import synchronize_sweeps
 
-        synchronize_sweeps(flat_numerator.numpy(), index.contiguous().numpy(),
-                           weighted.to(torch.complex64).contiguous().numpy().copy(), max_sweeps, tolerance_rad)  # fmt: skip
+        values = weighted.to(torch.complex64).contiguous().numpy().copy()  # turned in the kernel
+        synchronize_sweeps(flat_numerator.numpy(), index.contiguous().numpy(), values, max_sweeps, tolerance_rad)
         return
     n = len(weighted)
     for _ in range(max_sweeps):
