@@ -229,11 +229,12 @@ class Finisher:
             obj, _ = run.mosaic.image()
             center = run.mosaic.center_m()
             numerator, coverage = run.mosaic.numerator.numpy().copy(), run.mosaic.coverage.numpy().copy()
+            origin_m = run.mosaic.origin_m.copy()
         probe = np.zeros((1, *run.start.shape), dtype=np.complex64)
         engine, suffix = "nn-stream", "_product"
         history = np.zeros((0, 2))
         if refined:
-            image = run.refiner.image(numerator, coverage)
+            image = run.refiner.image(numerator, coverage, origin_m)
             obj = np.where(np.isfinite(image), image, 1.0).astype(np.complex64)
             probe = run.refiner.probe.numpy().astype(np.complex64)
             engine, suffix = f"nn-stream + live {run.refiner.options.engine}", "_refined"

@@ -93,8 +93,10 @@ class LiveState:
             return None
         step = 1 if max_side is None else max(1, -(-max(run.mosaic.shape) // max_side))
         if run.refiner is not None:
+            with self.lock:
+                origin_m = run.mosaic.origin_m.copy()
             numerator, coverage = self.mosaic_sums(run, 1)
-            return run.refiner.image(numerator, coverage)[::step, ::step]
+            return run.refiner.image(numerator, coverage, origin_m)[::step, ::step]
         numerator, coverage = self.mosaic_sums(run, step)  # only the pixels shown
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(coverage > 0, numerator / coverage, np.nan + 0j).astype(np.complex64)

@@ -83,6 +83,20 @@ class RefineOptions:
     patience_epochs: int = 3
 
 
+def _place(obj: np.ndarray, seeded: np.ndarray, origin_m: np.ndarray, grid_origin_m: np.ndarray,
+           pixel_size_m: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """``obj`` and its ``seeded`` mask (on a grid at ``origin_m``) on another grid of ``shape`` at ``grid_origin_m``
+    (the same pixels, shifted by whole pixels); unseeded where the object does not reach."""
+    offset = np.round((np.asarray(origin_m) - np.asarray(grid_origin_m)) / np.asarray(pixel_size_m)).astype(int)
+    placed, placed_seeded = np.ones(shape, obj.dtype), np.zeros(shape, bool)
+    target = [slice(max(o, 0), min(o + n, s)) for o, n, s in zip(offset, obj.shape, shape, strict=True)]
+    source = [slice(t.start - o, t.stop - o) for t, o in zip(target, offset, strict=True)]
+    if all(t.stop > t.start for t in target):
+        placed[target[0], target[1]] = obj[source[0], source[1]]
+        placed_seeded[target[0], target[1]] = seeded[source[0], source[1]]
+    return placed, placed_seeded
+
+
 def beam_diameter_px(probe: torch.Tensor) -> float:
     """About the beam's diameter, pixels: twice the rms radius of ``probe``'s ``(H, W)`` intensity."""
     power = (probe.abs() ** 2).numpy()
@@ -190,16 +204,23 @@ class LiveRefiner(SpareTimeWorker):
         values = np.array(self.misfits)
         return float(values[:, 0].sum() / max(values[:, 1].sum(), 1e-30))
 
-    def image(self, numerator: torch.Tensor, coverage: torch.Tensor) -> np.ndarray:
+    def image(self, numerator: np.ndarray, coverage: np.ndarray, origin_m: np.ndarray | None = None) -> np.ndarray:
         """The live image on the mosaic's current grid: refined where updates reached, the network's elsewhere;
-        NaN where neither did. ``numerator``, ``coverage``: the mosaic's sums (already copied)."""
+        NaN where neither did. ``numerator``, ``coverage``: the mosaic's sums (already copied); ``origin_m``: their
+        grid's origin, which places the refined object when the mosaic's grid has changed since (a model swapped in
+        at the scan's end makes the mosaic again, on a grid that may have grown)."""
         with np.errstate(invalid="ignore", divide="ignore"):
             mosaic = np.where(coverage > 0, numerator / coverage, np.nan + 0j)
         with self.lock:
-            if self.object is None or tuple(self.object.shape) != tuple(mosaic.shape) or self.chosen == "network":
+            if self.object is None or self.chosen == "network":
                 return mosaic.astype(np.complex64)
             refined = self.object.numpy().copy()
             seeded = self.seeded.numpy().copy()
+            own_origin = None if self.origin_m is None else self.origin_m.copy()
+        if refined.shape != mosaic.shape:
+            if origin_m is None or own_origin is None:
+                return mosaic.astype(np.complex64)
+            refined, seeded = _place(refined, seeded, own_origin, origin_m, self.pixel_size_m, mosaic.shape)
         # the network's mosaic has its own constant phase: turn it to the refined object's
         both = seeded & np.isfinite(mosaic)
         turn = np.exp(1j * np.angle(np.vdot(mosaic[both], refined[both]))) if both.any() else 1.0
