@@ -425,6 +425,22 @@ def test_the_refined_image_is_the_best_on_held_out_frames_never_worse_than_the_n
     np.testing.assert_array_equal(sabotaged.image(numerator, coverage), network)
 
 
+def test_the_refined_object_is_placed_on_a_grown_grid_by_its_origin():
+    """A mosaic made again on a grid grown by whole pixels: the refined object lands on the same object pixels."""
+    from edgeray.stream.refine import _place
+
+    obj = (np.arange(12).reshape(3, 4) + 1j).astype(np.complex64)
+    seeded = np.ones((3, 4), bool)
+    pixel = np.array([1e-8, 1e-8])
+    origin = np.array([5e-8, 7e-8])
+    placed, placed_seeded = _place(obj, seeded, origin, origin - 2 * pixel, pixel, (6, 8))  # grew 2 px before
+    np.testing.assert_array_equal(placed[2:5, 2:6], obj)
+    assert placed_seeded.sum() == 12 and placed_seeded[2:5, 2:6].all()
+    clipped, clipped_seeded = _place(obj, seeded, origin, origin + pixel, pixel, (2, 3))  # a smaller grid: cropped
+    np.testing.assert_array_equal(clipped, obj[1:3, 1:4])
+    assert clipped_seeded.all()
+
+
 def test_a_killed_writer_loses_no_frame(tmp_path, scan):
     """SIGKILL the run-file writer mid-scan: the run file stays valid with every frame up to the kill, the service
     says so, and a new writer puts the rest in a part file; together they hold every frame sent."""
