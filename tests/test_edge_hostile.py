@@ -256,22 +256,20 @@ def test_a_batch_that_cannot_be_stitched_ends_the_scans_image_not_the_stitcher(s
 def test_a_picture_that_fails_leaves_the_pictures_process_drawing(tmp_path, scan):
     """A preview of a file that is no product fails with a message naming it; the next preview is drawn."""
     from edgeray.io import Product, write_product
-    from edgeray.stream.finisher import Finisher
-    from edgeray.stream.pictures import draw_preview
+    from edgeray.stream.pictures import Pictures, draw_preview
 
-    finisher = Finisher(EdgeOptions(out=tmp_path), queue.Queue(), None, threading.Lock(), threading.Event(),
-                        threading.Event())  # fmt: skip
+    pictures = Pictures()
     try:
         (tmp_path / "not_a_product.h5").write_bytes(b"nothing here")
-        assert finisher.draw(draw_preview, str(tmp_path / "not_a_product.h5"), str(tmp_path / "bad.png")) is None
+        assert pictures.draw(draw_preview, str(tmp_path / "not_a_product.h5"), str(tmp_path / "bad.png")) is None
         product = Product(object=np.exp(1j * np.linspace(0, 1, 64 * 64)).reshape(1, 64, 64).astype(np.complex64),
                           probe=np.ones((1, 64, 64), np.complex64), positions_m=np.zeros((1, 2)),
                           object_pixel_size_m=(1e-8, 1e-8), probe_pixel_size_m=(1e-8, 1e-8), energy_eV=1e4,
                           distance_m=2.0)  # fmt: skip
         path = write_product(tmp_path / "good.h5", product)
-        assert Path(finisher.draw(draw_preview, str(path), str(tmp_path / "good.png"))).exists()
+        assert Path(pictures.draw(draw_preview, str(path), str(tmp_path / "good.png"))).exists()
     finally:
-        finisher.close()
+        pictures.close()
 
 
 def test_sigterm_and_sigint_stop_the_edge_with_a_scan_open_and_its_file_closed(tmp_path, scan):

@@ -879,6 +879,6 @@ def test_the_live_image_is_copied_in_blocks_equal_to_the_mosaic(scan, step):
     assert mosaic.shape[0] > 3 * COPY_ROWS  # several blocks, the last one partial
     run = SimpleNamespace(mosaic=mosaic)
     live = LiveState(None, None, [], None, threading.Lock(), None, threading.Event())
-    numerator, coverage = live.mosaic_sums(run, step)
+    numerator, coverage, _ = live.mosaic_sums(run, step)
     np.testing.assert_array_equal(numerator, mosaic.numerator[::step, ::step].numpy())
     np.testing.assert_array_equal(coverage, mosaic.coverage[::step, ::step].numpy())

@@ -1,16 +1,16 @@
 """The limits of every numeric option of the command line, in one table, checked before any work starts.
 
-Each entry is ``dest: (low, high, kind)`` with ``kind`` ``">="`` (``low`` allowed) or ``">"`` (``low`` excluded);
-``None`` leaves that side open. Every float option must also be finite. A value outside its limits stops the command
-at once with an error naming the flag (``--epochs must be >= 1, not -1``); an option missing here is only checked
-for finiteness. The library's options classes check their own fields the same way (``EngineOptions``,
-``EdgeOptions``), so a Python caller meets the same limits.
+Each entry is a :data:`edgeray.limits.Limit` ``(low, high, kind)``, checked by the rule the options classes use for
+their fields (:func:`edgeray.limits.problem`); every float option must also be finite. A value outside its limits
+stops the command at once with an error naming the flag (``--epochs must be >= 1, not -1``); an option missing here
+is only checked for finiteness.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+
+from edgeray.limits import Limit, problem
 
 AT_LEAST_ONE = (
     "angles batch batch_per_rank batch_size capacity checkpoint_every chunk_slices cycles depth epochs "
@@ -29,7 +29,7 @@ ABOVE_ZERO = (
     "tiled_period_s tiled_retry_s view_fps"
 ).split()
 
-LIMITS: dict[str, tuple[float | None, float | None, str]] = {
+LIMITS: dict[str, Limit] = {
     **{name: (1, None, ">=") for name in AT_LEAST_ONE},
     **{name: (0, None, ">=") for name in AT_LEAST_ZERO},
     **{name: (0, None, ">") for name in ABOVE_ZERO},
@@ -60,14 +60,7 @@ def check_limits(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
     for dest, value in vars(args).items():
         if isinstance(value, bool) or not isinstance(value, int | float):
             continue
-        problem = None
-        low, high, kind = LIMITS.get(dest, (None, None, ">="))
-        if isinstance(value, float) and not math.isfinite(value):
-            problem = "must be a finite number"
-        elif low is not None and (value < low if kind == ">=" else value <= low):
-            problem = f"must be {kind} {low:g}" + (f" and <= {high:g}" if high is not None else "")
-        elif high is not None and value > high:
-            problem = f"must be <= {high:g}"
-        if problem is not None:
+        found = problem(value, *LIMITS.get(dest, (None, None, ">=")))
+        if found is not None:
             flags = flags or _flags(parser)
-            raise ValueError(f"{flags.get(dest, dest)} {problem}, not {value:g}")
+            raise ValueError(f"{flags.get(dest, dest)} {found}, not {value:g}")

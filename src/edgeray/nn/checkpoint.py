@@ -20,6 +20,14 @@ from edgeray.nn.models import ModelConfig, build_model
 SHIPPED = Path(__file__).parent / "shipped" / "edge"
 
 
+def weights_digest(directory: str | Path | None) -> str:
+    """SHA-256 (hex) of a model folder's ``model.safetensors`` (None: the shipped model): which weights these are."""
+    import hashlib
+
+    folder = Path(directory) if directory is not None else SHIPPED
+    return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+
+
 def save_model(directory: str | Path, model: nn.Module, card: dict) -> Path:
     """Write weights and card; the card must hold ``config`` (a :class:`ModelConfig` dict)."""
     directory = Path(directory)

@@ -84,13 +84,11 @@ def cached_onnx(model_dir: str | Path | None, export) -> Path:
     """The model's ONNX file beside its weights (default: the shipped model), named by the weights' SHA-256 and
     written by ``export(path)`` when missing (graphs of other weights are removed); in a temporary folder when the
     model's folder is read-only."""
-    import hashlib
-
-    from edgeray.nn.checkpoint import SHIPPED
+    from edgeray.nn.checkpoint import SHIPPED, weights_digest
     from edgeray.nn.export import EXPORT_VERSION
 
     directory = Path(model_dir) if model_dir is not None else SHIPPED
-    digest = hashlib.sha256((directory / "model.safetensors").read_bytes()).hexdigest()[:16]
+    digest = weights_digest(directory)[:16]
     onnx_path = directory / f"model.export{EXPORT_VERSION}.{digest}.onnx"  # keyed by the weights, not by time
     if not onnx_path.exists():
         try:

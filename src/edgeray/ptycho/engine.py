@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from edgeray.limits import check_fields
 from edgeray.ptycho.ops import (
     abs2,
     extract_patches,
@@ -63,14 +64,13 @@ class EngineOptions:
 
     def __post_init__(self) -> None:
         """Each numeric field within its limits (ValueError naming it), before any work."""
-        limits = {"batch_size": (1, None), "n_probe_modes": (1, 64), "probe_start_epoch": (0, None),
-                  "position_start_epoch": (0, None), "position_step_limit_px": (0, None), "momentum": (0, 0.999),
-                  "momentum_scale_px": (1e-9, None), "divergence_factor": (1, None)}  # fmt: skip
-        for name, (low, high) in limits.items():
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= low and (high is None or value <= high)):
-                bounds = f">= {low:g}" + ("" if high is None else f" and <= {high:g}")
-                raise ValueError(f"{type(self).__name__}.{name} must be {bounds}, not {value!r}")
+        limits = {"batch_size": (1, None, ">="), "n_probe_modes": (1, 64, ">="), "probe_start_epoch": (0, None, ">="),
+                  "position_start_epoch": (0, None, ">="), "position_step_limit_px": (0, None, ">="),
+                  "momentum": (0, 0.999, ">="), "momentum_scale_px": (0, None, ">"),
+                  "divergence_factor": (1, None, ">=")}  # fmt: skip
+        check_fields(
+            self, limits, integers=("batch_size", "n_probe_modes", "probe_start_epoch", "position_start_epoch")
+        )
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"{type(self).__name__}.dtype must be float32 or float64, not {self.dtype!r}")
 

@@ -21,7 +21,6 @@ stitching kernel's compilation, the pictures process, the learner's first step) 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import queue
 import threading
@@ -32,6 +31,7 @@ from pathlib import Path
 import torch
 import zmq
 
+from edgeray.limits import check_fields
 from edgeray.stream import mosaic_kernel
 from edgeray.stream.finisher import Finisher
 from edgeray.stream.helpers import ScanHelpers
@@ -118,24 +118,16 @@ class EdgeOptions:
 
     def __post_init__(self) -> None:
         """Every limit checked before anything starts (ValueError naming the option)."""
-        positive = ("max_batch", "ring_frames", "infer_threads", "infer_workers", "memory_bytes", "max_object_px",
-                    "max_message_bytes")  # fmt: skip
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(
-                    f"EdgeOptions.{name} (--{name.replace('_', '-')}) must be a positive integer, not {value!r}"
-                )
-        for name in ("max_wait_ms", "flush_s", "registry_poll_s"):
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-                raise ValueError(
-                    f"EdgeOptions.{name} (--{name.replace('_', '-')}) must be a positive number, not {value!r}"
-                )
-        if self.spill_bytes < 0:
-            raise ValueError(f"EdgeOptions.spill_bytes must be >= 0, not {self.spill_bytes!r}")
-        if self.scans is not None and self.scans < 1:
-            raise ValueError(f"EdgeOptions.scans must be >= 1 or None, not {self.scans!r}")
+        check_fields(self, EDGE_LIMITS, integers=EDGE_INTEGERS, flags=True)
+
+
+EDGE_INTEGERS = ("max_batch", "ring_frames", "infer_threads", "infer_workers", "memory_bytes", "max_object_px",
+                 "max_message_bytes", "spill_bytes", "scans")  # fmt: skip
+EDGE_LIMITS = {
+    **dict.fromkeys(EDGE_INTEGERS, (1, None, ">=")),
+    "spill_bytes": (0, None, ">="),
+    **dict.fromkeys(("max_wait_ms", "flush_s", "registry_poll_s"), (0, None, ">")),
+}
 
 
 def machine_memory_bytes() -> int:

@@ -11,24 +11,32 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import os
 import queue
 import threading
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
 
 from edgeray.io import CXIFile, Product, write_product
 from edgeray.io._h5util import write_text_atomic
-from edgeray.stream.pictures import draw_preview, load_pictures, lower_priority
+from edgeray.stream.pictures import Pictures, draw_preview
 from edgeray.stream.protocol import geometry_of
 from edgeray.stream.scan import ScanEnded, ScanRun, latency_profile
 from edgeray.stream.serving import ModelHolder
 
 log = logging.getLogger("edgeray.edge")
+
+
+def frame_counts(run: ScanRun) -> dict:
+    """A scan's frames expected, received, written, inverted and refused, for its summary."""
+    return {
+        "frames_expected": run.expected if run.expected is not None else run.start.n_frames,
+        "frames_received": run.received,
+        "frames_written": run.written,
+        "frames_inferred": run.stitched,
+        "frames_invalid": run.invalid,
+    }
 
 
 class Finisher:
@@ -52,8 +60,7 @@ class Finisher:
         self.helpers: list[threading.Thread] = []  # scans whose refinement or learning still runs
         self.pictures = None
         if options.preview:
-            self.pictures = self._new_pictures()
-            self.pictures.submit(load_pictures).result()  # started (and matplotlib loaded) before any frame
+            self.pictures = Pictures()
 
     def run(self) -> None:
         """The finisher's thread: ended scans' summaries, products and pictures, in order; the service's end once
@@ -70,23 +77,7 @@ class Finisher:
 
     def close(self) -> None:
         if self.pictures is not None:
-            self.pictures.shutdown(wait=True)
-
-    def _new_pictures(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=lower_priority)
-
-    def draw(self, function, *args) -> str | None:
-        """``function(*args)`` in the pictures process: the picture's path, or None after an error (logged; a
-        process that broke is replaced, so the next scan has its pictures)."""
-        try:
-            return self.pictures.submit(function, *args).result(timeout=300)
-        except BrokenProcessPool as error:
-            log.error("the pictures process broke (%s); starting another", error)
-            self.pictures.shutdown(wait=False, cancel_futures=True)
-            self.pictures = self._new_pictures()
-        except Exception as error:
-            log.error("picture %s could not be drawn: %s", args[-1], error)
-        return None
+            self.pictures.close()
 
     def record_failure(self, run: ScanRun, stage: str, error: BaseException) -> None:
         """A scan whose summary could not be made: an error summary with its counts and the failure named (what
@@ -96,11 +87,7 @@ class Finisher:
         summary = {
             "scan_id": run.start.scan_id,
             "complete": False,
-            "frames_expected": run.expected if run.expected is not None else run.start.n_frames,
-            "frames_received": run.received,
-            "frames_written": run.written,
-            "frames_inferred": run.stitched,
-            "frames_invalid": run.invalid,
+            **frame_counts(run),
             "network_image": run.no_network,
             "errors": run.errors,
             "writer_errors": run.writer_errors,
@@ -147,11 +134,7 @@ class Finisher:
         summary = {
             "scan_id": scan_id,
             "complete": run.complete,
-            "frames_expected": run.expected if run.expected is not None else run.start.n_frames,
-            "frames_received": run.received,
-            "frames_written": run.written,
-            "frames_inferred": run.stitched,
-            "frames_invalid": run.invalid,
+            **frame_counts(run),
             "frames_duplicate": run.duplicates,
             "frames_dropped": run.dropped,
             "frames_not_inverted": run.not_inverted,
@@ -264,5 +247,7 @@ class Finisher:
         files = {key: str(product_path)}
         if self.options.preview:
             png = Path(self.options.out) / (f"{stem}_refined.png" if refined else f"{stem}.png")
-            files[f"{key}_preview" if refined else "preview"] = self.draw(draw_preview, str(product_path), str(png))
+            files[f"{key}_preview" if refined else "preview"] = self.pictures.draw(
+                draw_preview, str(product_path), str(png)
+            )
         return files

@@ -93,17 +93,16 @@ class LiveState:
             return None
         step = 1 if max_side is None else max(1, -(-max(run.mosaic.shape) // max_side))
         if run.refiner is not None:
-            with self.lock:
-                origin_m = run.mosaic.origin_m.copy()
-            numerator, coverage = self.mosaic_sums(run, 1)
+            numerator, coverage, origin_m = self.mosaic_sums(run, 1)
             return run.refiner.image(numerator, coverage, origin_m)[::step, ::step]
-        numerator, coverage = self.mosaic_sums(run, step)  # only the pixels shown
+        numerator, coverage, _ = self.mosaic_sums(run, step)  # only the pixels shown
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(coverage > 0, numerator / coverage, np.nan + 0j).astype(np.complex64)
 
-    def mosaic_sums(self, run, step: int = 1, allocate=None) -> tuple[np.ndarray, np.ndarray]:
+    def mosaic_sums(self, run, step: int = 1, allocate=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Copies of ``run``'s mosaic sums (every ``step``-th pixel): ``numerator`` complex64 and ``coverage``
-        float32 ``(Y, X)``, into the arrays ``allocate(shape)`` returns (default: new ones). Copied ``COPY_ROWS``
+        float32 ``(Y, X)``, into the arrays ``allocate(shape)`` returns (default: new ones), and their grid's
+        ``origin_m`` ``(2,)``. Copied ``COPY_ROWS``
         rows per hold of the service's lock, so the stitcher waits for one block at most, never for the whole copy
         (a patch added meanwhile may show in some rows only; a grid that grew meanwhile is copied again)."""
         if allocate is None:
@@ -112,8 +111,9 @@ class LiveState:
                 return np.empty(shape, np.complex64), np.empty(shape, np.float32)
 
         while True:
-            with self.lock:
+            with self.lock:  # a grown grid is new tensors and a new origin, made together under this lock
                 numerator_t, coverage_t = run.mosaic.numerator, run.mosaic.coverage
+                origin_m = None if run.mosaic.origin_m is None else run.mosaic.origin_m.copy()
             rows = numerator_t.shape[0]
             shape = (-(-rows // step), -(-numerator_t.shape[1] // step))
             numerator, coverage = allocate(shape)
@@ -126,4 +126,4 @@ class LiveState:
                     numerator[out] = numerator_t[block, ::step].numpy()
                     coverage[out] = coverage_t[block, ::step].numpy()
             else:
-                return numerator, coverage
+                return numerator, coverage, origin_m

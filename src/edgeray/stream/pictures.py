@@ -1,11 +1,46 @@
-"""What the edges' pictures process runs: PNG previews of products and slices, drawn away from the stream's
-interpreter.
+"""The edges' pictures process: PNG previews of products and slices, drawn away from the stream's interpreter.
 
-This module imports nothing heavy, so the process that unpickles these functions loads only matplotlib and
+:class:`Pictures` owns the process (at the lowest CPU priority, replaced if it breaks); the functions below are what
+it runs. This module imports nothing heavy, so the process that unpickles these functions loads only matplotlib and
 EdgeRay's file readers (not torch and the networks).
 """
 
 from __future__ import annotations
+
+import logging
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+log = logging.getLogger("edgeray.edge")
+
+
+class Pictures:
+    """A process of its own that draws pictures, started (and matplotlib loaded) before any frame comes."""
+
+    def __init__(self):
+        self.pool = self._start()
+        self.pool.submit(load_pictures).result()
+
+    @staticmethod
+    def _start() -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=lower_priority)
+
+    def draw(self, function, *args) -> str | None:
+        """``function(*args)`` in the process: the picture's path, or None after an error (logged; a process that
+        broke is replaced, so the next picture is drawn)."""
+        try:
+            return self.pool.submit(function, *args).result(timeout=300)
+        except BrokenProcessPool as error:
+            log.error("the pictures process broke (%s); starting another", error)
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = self._start()
+        except Exception as error:
+            log.error("a picture (%s) could not be drawn: %s", function.__name__, error)
+        return None
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
 
 
 def load_pictures() -> None:

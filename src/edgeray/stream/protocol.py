@@ -142,15 +142,14 @@ def _is_number(value) -> bool:
 
 def _check_scan_id(scan_id: str) -> None:
     """A scan id names files: printable, no path separators, not hidden, at most :data:`MAX_SCAN_ID_BYTES`."""
-    size = len(scan_id.encode("utf-8", "surrogatepass"))
     if not scan_id or any(c in scan_id for c in "/\\\0") or scan_id.startswith(".") or not scan_id.isprintable():
         raise ProtocolError(f"scan_id {scan_id[:80]!r} is not a usable name (printable, no '/', '\\', leading '.')")
+    try:
+        size = len(scan_id.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate
+        raise ProtocolError(f"scan_id {scan_id[:80]!r} is not valid Unicode") from None
     if size > MAX_SCAN_ID_BYTES:
         raise ProtocolError(f"scan_id of {size} bytes is too long for a file name (at most {MAX_SCAN_ID_BYTES})")
-    try:
-        scan_id.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ProtocolError(f"scan_id {scan_id[:80]!r} is not valid Unicode") from None
 
 
 def _check_geometry_value(key: str, value) -> None:

@@ -297,12 +297,16 @@ class LiveRefiner(SpareTimeWorker):
         self._detail_cache = (detail, now, numerator)
         return detail
 
-    def _engine_for(self, scale: float):
+    def start_probe(self) -> torch.Tensor:
+        """The probe the refinement starts from, ``(1, H, W)``: the unit probe at the scan's mean count per pixel."""
+        return (np.sqrt(self.count_sum / max(self.count_pixels, 1)) * self.unit_probe)[None]
+
+    def _engine_for(self):
         """The engine over the refiner's buffers (views, no copies), made again only when the grid changed; its
         state is the refiner's object and probe."""
         shape = tuple(self.object.shape)
         if self.probe is None:
-            self.probe = (np.sqrt(scale) * self.unit_probe)[None]
+            self.probe = self.start_probe()
         if self.engine is None or self.engine.problem.object_shape != shape:
             problem = Problem(
                 amplitudes=self.amplitudes,
@@ -351,8 +355,7 @@ class LiveRefiner(SpareTimeWorker):
             if not len(slots):
                 return False
         self._seed(corners, numerator, coverage)
-        scale = self.count_sum / max(self.count_pixels, 1)
-        engine = self._engine_for(scale)
+        engine = self._engine_for()
         refine_probe = self.frame_updates >= self.options.refine_probe_after
         with self.lock:
             data = float((self.valid * self.amplitudes[slots] ** 2).sum())
@@ -410,8 +413,7 @@ class LiveRefiner(SpareTimeWorker):
         if self.network_holdout is None:
             numerator, coverage = self.final_sums
             network = torch.where(coverage > 0, numerator / coverage.clamp_min(1e-30), torch.ones_like(numerator))
-            start_probe = (np.sqrt(self.count_sum / max(self.count_pixels, 1)) * self.unit_probe)[None]
-            self.network_holdout = self.holdout_misfit(network.to(torch.complex64), start_probe, slots)
+            self.network_holdout = self.holdout_misfit(network.to(torch.complex64), self.start_probe(), slots)
         misfit = self.holdout_misfit(obj, probe, slots)
         self.holdout_history.append((round(self.epochs, 2), misfit))
         if self.best is None or misfit < self.best[0]:
@@ -429,7 +431,7 @@ class LiveRefiner(SpareTimeWorker):
         with self.lock:
             if self.network_holdout is not None and self.network_holdout <= self.best[0]:
                 self.chosen = "network"
-                self.probe = (np.sqrt(self.count_sum / max(self.count_pixels, 1)) * self.unit_probe)[None]
+                self.probe = self.start_probe()
             else:
                 self.object, self.probe = self.best[2], self.best[3]
 

@@ -7,7 +7,6 @@ them as one (under its lock) when the registry's ``CURRENT`` version changes and
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import tempfile
 import threading
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgeray.nn.checkpoint import SHIPPED, load_model
+from edgeray.nn.checkpoint import SHIPPED, load_model, weights_digest
 from edgeray.nn.export import CountsRuntime
 from edgeray.nn.group import AloneGroup, GroupNet
 from edgeray.nn.infer import stitch_weights
@@ -28,8 +27,7 @@ log = logging.getLogger("edgeray.edge")
 def model_version(model_dir: Path | None) -> str:
     """``<folder name>@<first 8 hex digits of the weights' SHA-256>``: which network inverted a frame."""
     directory = Path(model_dir) if model_dir is not None else SHIPPED
-    digest = hashlib.sha256((directory / "model.safetensors").read_bytes()).hexdigest()[:8]
-    return f"{directory.name}@{digest}"
+    return f"{directory.name}@{weights_digest(directory)[:8]}"
 
 
 class LoadedModel:

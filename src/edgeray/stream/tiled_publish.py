@@ -214,7 +214,7 @@ class TiledPublisher:
             np.copyto(coverage, finite)
             return list(image.shape)
         step = max(1, -(-max(run.mosaic.shape) // side))
-        numerator, _ = self.live.mosaic_sums(run, step, allocate)
+        numerator, _, _ = self.live.mosaic_sums(run, step, allocate)
         return list(numerator.shape)
 
     def _scan_metadata(self, run) -> dict:

@@ -14,14 +14,11 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import queue
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +28,7 @@ import zmq
 
 from edgeray.io import TomoScan
 from edgeray.stream.detector import ReplayReport, wait_until
-from edgeray.stream.pictures import draw_slices, load_pictures, lower_priority
+from edgeray.stream.pictures import Pictures, draw_slices
 from edgeray.stream.protocol import End, Frame, ProtocolError, Start, decode, encode_end, encode_frame, encode_start
 from edgeray.stream.security import bind_server_socket
 from edgeray.tomo.streaming import StreamingSlices, acquisition_order
@@ -146,10 +143,7 @@ class TomoEdgeService:
         self.socket, self.endpoint = bind_server_socket(self.context, zmq.PULL, options.listen, options.curve_keys)
         self.queue: queue.Queue = queue.Queue()
         self.to_finish: queue.Queue = queue.Queue()  # (run, complete) of ended scans, then None
-        self.pictures = ProcessPoolExecutor(
-            1, mp_context=multiprocessing.get_context("spawn"), initializer=lower_priority
-        )
-        self.pictures.submit(load_pictures).result()  # started before any frame
+        self.pictures = Pictures()
         self.stopping, self.finished = threading.Event(), threading.Event()
         self.lock = threading.Lock()
         self.summaries: list[dict] = []
@@ -183,7 +177,7 @@ class TomoEdgeService:
     def join(self, timeout: float | None = None) -> None:
         for thread in self.threads:
             thread.join(timeout)
-        self.pictures.shutdown(wait=True)
+        self.pictures.close()
         self.socket.close(0)
 
     def _receive(self) -> None:
@@ -296,15 +290,7 @@ class TomoEdgeService:
         if stream.enhanced is not None:
             panels["enhanced"] = stream.enhanced[middle]
         title = f"{start.scan_id}: {stream.n_in_buffer} projections in the buffer"
-        try:
-            self.pictures.submit(draw_slices, panels, str(self.out / f"{start.scan_id}.png"), title).result()
-        except BrokenProcessPool as error:  # the next scan gets a new pictures process
-            log.error("the pictures process broke (%s); starting another", error)
-            self.pictures = ProcessPoolExecutor(
-                1, mp_context=multiprocessing.get_context("spawn"), initializer=lower_priority
-            )
-        except Exception as error:
-            log.error("scan %s: its picture could not be drawn: %s", start.scan_id, error)
+        self.pictures.draw(draw_slices, panels, str(self.out / f"{start.scan_id}.png"), title)
         seconds = [u["seconds"] * 1e3 for u in stream.updates]
         summary = {
             "scan_id": start.scan_id, "mode": "tomo", "complete": complete, "frames_expected": start.n_frames,

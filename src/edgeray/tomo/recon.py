@@ -7,7 +7,6 @@ read rows -> normalize (flats, darks) -> zingers -> minus-log -> stripes -> cent
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +18,7 @@ import numpy as np
 from edgeray.io import DataExchangeFile, NXtomoFile, open_tomo
 from edgeray.io._h5util import atomic_h5, compression_kwargs
 from edgeray.io.nxtomo import TomoPaths
+from edgeray.limits import check_fields
 from edgeray.tomo.center import find_center_entropy, find_center_pair, opposite_pair
 from edgeray.tomo.fbp import fbp, gridrec
 from edgeray.tomo.preprocess import minus_log, normalize, remove_outliers, remove_stripes
@@ -73,16 +73,9 @@ class TomoOptions:
         """The numeric options within their limits (ValueError naming the option), before any work."""
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"unknown algorithm {self.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
-        for name in ("chunk_slices", "iterations"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"TomoOptions.{name} (--{name.replace('_', '-')}) must be >= 1, not {value!r}")
-        if not (math.isfinite(self.cutoff) and 0 < self.cutoff <= 1):
-            raise ValueError(f"TomoOptions.cutoff must be in (0, 1] (a fraction of Nyquist), not {self.cutoff!r}")
-        if not (math.isfinite(self.zingers) and self.zingers >= 0):
-            raise ValueError(f"TomoOptions.zingers (--zingers) must be >= 0, not {self.zingers!r}")
-        if self.center is not None and not math.isfinite(self.center):
-            raise ValueError(f"TomoOptions.center (--center) must be a finite column, not {self.center!r}")
+        check_fields(self, {"chunk_slices": (1, None, ">="), "iterations": (1, None, ">="), "cutoff": (0, 1, ">"),
+                            "zingers": (0, None, ">="), "center": (None, None, ">=")},
+                     integers=("chunk_slices", "iterations"), flags=True)  # fmt: skip
 
 
 def scan_warnings(theta_deg: np.ndarray, columns: int, center: float | None) -> list[str]:
